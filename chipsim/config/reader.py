@@ -1,0 +1,96 @@
+"""Typed, key-path-aware reading of a YAML mapping.
+
+`Section(data, file, path)` hands out values by key, converting unit strings to SI floats and
+raising InputError with the file and full key path on anything wrong; `done()` rejects keys that
+were never read (so a typo such as `bandwith:` is an error, not a silently ignored line).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from chipsim.config.units import KINDS, parse_quantity
+from chipsim.errors import InputError
+
+_MISSING = object()
+
+
+class Section:
+    def __init__(self, data: Any, file: str | None, path: str = "") -> None:
+        if not isinstance(data, dict):
+            raise InputError(f"expected a mapping, got {type(data).__name__}", file=file, key=path or None)
+        self.data = data
+        self.file = file
+        self.path = path
+        self._read: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def error(self, name: str | None, message: str) -> InputError:
+        return InputError(message, file=self.file, key=self.key(name) if name else (self.path or None))
+
+    def has(self, name: str) -> bool:
+        return name in self.data
+
+    def raw(self, name: str, default: Any = _MISSING) -> Any:
+        self._read.add(name)
+        if name not in self.data:
+            if default is _MISSING:
+                raise self.error(name, "required key is missing")
+            return default
+        return self.data[name]
+
+    def quantity(self, name: str, kind: str, default: Any = _MISSING) -> float:
+        value = self.raw(name, default)
+        if value is None:
+            raise self.error(name, f"expected {KINDS[kind][1]}")
+        return parse_quantity(value, kind, key=self.key(name), file=self.file)
+
+    def optional_quantity(self, name: str, kind: str) -> float | None:
+        if name not in self.data:
+            self._read.add(name)
+            return None
+        return self.quantity(name, kind)
+
+    def number(self, name: str, default: Any = _MISSING, *, minimum: float | None = 0.0,
+               maximum: float | None = None, integer: bool = False) -> float:
+        value = self.raw(name, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.error(name, f"expected {'an integer' if integer else 'a number'}, got {value!r}")
+        if integer and int(value) != value:
+            raise self.error(name, f"expected an integer, got {value!r}")
+        if minimum is not None and value < minimum:
+            raise self.error(name, f"expected a value >= {minimum}, got {value!r}")
+        if maximum is not None and value > maximum:
+            raise self.error(name, f"expected a value <= {maximum}, got {value!r}")
+        return int(value) if integer else float(value)
+
+    def string(self, name: str, default: Any = _MISSING, *, choices: Iterable[str] | None = None) -> str:
+        value = self.raw(name, default)
+        if not isinstance(value, str):
+            raise self.error(name, f"expected a string, got {value!r}")
+        if choices is not None:
+            allowed = list(choices)
+            if value not in allowed:
+                raise self.error(name, f"expected one of {', '.join(allowed)}, got {value!r}")
+        return value
+
+    def section(self, name: str, default: Any = _MISSING) -> Section:
+        value = self.raw(name, default)
+        return Section(value, self.file, self.key(name))
+
+    def mapping(self, name: str, kind: str, default: Any = _MISSING) -> dict[str, float]:
+        """A mapping of names to quantities of one kind (or plain numbers when kind == 'number')."""
+        sub = self.section(name, default)
+        out: dict[str, float] = {}
+        for item in sub.data:
+            out[str(item)] = sub.number(item) if kind == "number" else sub.quantity(item, kind)
+        return out
+
+    def done(self) -> None:
+        unknown = [k for k in self.data if k not in self._read]
+        if unknown:
+            known = sorted(self._read)
+            raise self.error(str(unknown[0]), f"unknown key; expected one of: {', '.join(known)}")

@@ -1,0 +1,76 @@
+"""Physical quantities written as strings ("3.35 TB/s", "700 W", "50 MiB", "989.4 TFLOP/s").
+
+Parsing is done by pint, once, at the YAML boundary: everything inside chipsim is SI floats
+(seconds, bytes, bytes/s, FLOP/s, watts, joules, hertz). A bare number is accepted only where the
+schema says the quantity is dimensionless or where the SI unit is implied by the key's name.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import pint
+
+from chipsim.errors import InputError
+
+# kind -> (pint unit the value is converted to, human description)
+KINDS: dict[str, tuple[str, str]] = {
+    "bytes": ("B", "a size such as '50 MiB' or '80 GB'"),
+    "bandwidth": ("B/s", "a bandwidth such as '3.35 TB/s'"),
+    "flops": ("FLOP/s", "a rate such as '989.4 TFLOP/s' (or TOP/s for integer ops)"),
+    "power": ("W", "a power such as '700 W'"),
+    "frequency": ("Hz", "a frequency such as '1.98 GHz'"),
+    "time": ("s", "a time such as '300 ns' or '10 us'"),
+    "energy_per_flop": ("J/FLOP", "an energy per operation such as '0.5 pJ/FLOP'"),
+    "energy_per_byte": ("J/B", "an energy per byte or bit such as '3.9 pJ/bit'"),
+    "area": ("mm**2", "an area such as '814 mm^2'"),
+}
+
+
+@lru_cache(maxsize=1)
+def _registry() -> pint.UnitRegistry:
+    ureg = pint.UnitRegistry(cache_folder=None)
+    ureg.define("FLOP = [operation] = flop = OP = op")
+    return ureg
+
+
+@lru_cache(maxsize=4096)
+def _parse_cached(text: str, kind: str) -> float:
+    unit, _ = KINDS[kind]
+    ureg = _registry()
+    quantity = ureg.Quantity(text.replace("µ", "u").replace("TOPS", "TOP/s").replace("TFLOPS", "TFLOP/s"))
+    return float(quantity.to(unit).magnitude)
+
+
+def parse_quantity(value: Any, kind: str, *, key: str | None = None, file: str | None = None) -> float:
+    """Convert a unit string (or a number in SI units) of the given kind to an SI float."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown quantity kind {kind!r}")
+    unit, description = KINDS[kind]
+    if isinstance(value, bool):
+        raise InputError(f"expected {description}, got {value!r}", file=file, key=key)
+    if isinstance(value, (int, float)):
+        result = float(value)
+    elif isinstance(value, str):
+        try:
+            result = _parse_cached(value.strip(), kind)
+        except (pint.errors.PintError, ValueError, TypeError, AttributeError, AssertionError, KeyError):
+            raise InputError(f"expected {description}, got {value!r}", file=file, key=key) from None
+    else:
+        raise InputError(f"expected {description}, got {value!r}", file=file, key=key)
+    if result != result or result < 0:
+        raise InputError(f"expected a non-negative {description}, got {value!r}", file=file, key=key)
+    return result
+
+
+def format_si(value: float, unit: str) -> str:
+    """Render an SI value with an engineering prefix: format_si(3.35e12, 'B/s') == '3.35 TB/s'."""
+    if value == 0:
+        return f"0 {unit}"
+    prefixes = [(1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1, ""),
+                (1e-3, "m"), (1e-6, "u"), (1e-9, "n"), (1e-12, "p")]
+    for scale, prefix in prefixes:
+        if abs(value) >= scale:
+            return f"{value / scale:.4g} {prefix}{unit}"
+    return f"{value:.3g} {unit}"

@@ -1,0 +1,276 @@
+"""The cost of one op on one chip, alone (no contention, boost clock).
+
+time = fixed + max(compute, memory, link), where
+- compute = FLOPs at the dtype's peak x a calibrated efficiency, with tile and wave quantization;
+- memory  = bytes at the memory level's bandwidth x calibrated streaming/kernel efficiencies;
+- fixed   = per-kernel device latency + the memory level's access latency (+ collective latency).
+The engine turns these parts into events: it shares memory and link bandwidth between concurrent ops
+and stretches compute when the power controller lowers the clock.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from chipsim.errors import InputError
+from chipsim.hardware.chip import Chip
+from chipsim.workload.graph import Op
+from chipsim.workload.kinds import DTYPE_BYTES
+
+
+@dataclass(frozen=True)
+class OpCost:
+    fixed_s: float
+    compute_s: float
+    mem_bytes: float  # bytes through HBM (the shared level)
+    mem_s: float  # time of those bytes alone
+    link_bytes: float = 0.0
+    link_s: float = 0.0
+    compute_energy_j: float = 0.0  # at the boost clock; scales with clock**(dvfs_exponent - 1)
+    memory_energy_j: float = 0.0
+    kernels: int = 1
+    level: str = "hbm"  # the memory level the op's data came from
+    mode: str = ""  # e.g. 'int4 weight-only (dequantize + bf16 MMA)' or 'int4 native'
+
+    @property
+    def seconds(self) -> float:
+        return self.fixed_s + max(self.compute_s, self.mem_s, self.link_s)
+
+    @property
+    def bound(self) -> str:
+        body = max(self.compute_s, self.mem_s, self.link_s)
+        if self.fixed_s >= body:
+            return "latency"
+        if body == self.link_s:
+            return "link"
+        return "compute" if self.compute_s >= self.mem_s else "memory"
+
+
+CostFn = Callable[[Op, Chip], OpCost]
+COST_MODELS: dict[str, CostFn] = {}
+
+
+def register_cost(*kinds: str) -> Callable[[CostFn], CostFn]:
+    def wrap(fn: CostFn) -> CostFn:
+        for kind in kinds:
+            COST_MODELS[kind] = fn
+        return fn
+
+    return wrap
+
+
+def cost_of(op: Op, chip: Chip) -> OpCost:
+    fn = COST_MODELS.get(op.kind)
+    if fn is None:
+        raise InputError(f"no cost model for op kind '{op.kind}'", key=f"ops[{op.id}].kind")
+    try:
+        return fn(op, chip)
+    except InputError as exc:
+        raise InputError(f"op '{op.name}': {exc.message}", key=f"ops[{op.id}].{exc.key or 'dtype'}") from None
+
+
+# ---------------------------------------------------------------- shared pieces
+
+
+def _memory_part(op: Op, chip: Chip, nbytes: float, kernel_class: str) -> tuple[float, float, float, str, float]:
+    """Split `nbytes` between the weight buffer (eligible bytes that fit) and HBM.
+
+    Returns (hbm_bytes, seconds, energy, level, latency)."""
+    cal = chip.calibration
+    eff = cal.memory_efficiency * cal.kernel_bw_efficiency.get(kernel_class, 1.0)
+    wb = chip.weight_buffer
+    buffered = float(op.attrs.get("buffer_bytes", 0.0))
+    if wb is not None and 0 < buffered <= wb.capacity_bytes:
+        buffered = min(buffered, nbytes)
+        hbm_bytes = nbytes - buffered
+        seconds = hbm_bytes / (chip.hbm.bandwidth_bytes_per_s * eff) + buffered / (
+            wb.bandwidth_bytes_per_s * cal.memory_efficiency)
+        energy = hbm_bytes * chip.hbm.energy_j_per_byte + buffered * wb.energy_j_per_byte
+        return hbm_bytes, seconds, energy, "weight_buffer", wb.latency_s
+    seconds = nbytes / (chip.hbm.bandwidth_bytes_per_s * eff)
+    return nbytes, seconds, nbytes * chip.hbm.energy_j_per_byte, "hbm", chip.hbm.latency_s
+
+
+def _fixed(chip: Chip, kernels: int, mem_latency: float) -> float:
+    return kernels * (chip.calibration.kernel_latency_s + mem_latency)
+
+
+def _compute_energy(chip: Chip, flops: float, dtype: str) -> float:
+    return flops * chip.power.energy_j_per_flop.get(dtype, chip.power.energy_j_per_flop["bf16"])
+
+
+def _streaming(op: Op, chip: Chip, kernel_class: str, kernels: int = 1) -> OpCost:
+    hbm_bytes, mem_s, mem_e, level, lat = _memory_part(op, chip, op.bytes, kernel_class)
+    # vector math runs on the non-tensor pipes: fp32 rate (bounded below by 1/16 of bf16 peak)
+    vector_rate = chip.peak_flops_per_s.get("fp32") or chip.peak("bf16") / 16
+    compute_s = op.flops / vector_rate
+    return OpCost(_fixed(chip, kernels, lat), compute_s, hbm_bytes, mem_s,
+                  compute_energy_j=op.flops * chip.power.energy_j_per_flop.get("fp32", 0.0) / 4,
+                  memory_energy_j=mem_e, kernels=kernels, level=level)
+
+
+# ---------------------------------------------------------------- GEMM
+
+
+def gemm_compute_seconds(m: float, n: float, k: float, batch: float, chip: Chip, rate: float, eff: float) -> float:
+    """Best time over the calibrated CTA tile shapes and split-k factors, with wave quantization."""
+    cal = chip.calibration
+    per_unit = rate * eff / chip.compute_units
+    best = math.inf
+    for tm, tn in cal.gemm_tiles:
+        tiles = math.ceil(m / tm) * math.ceil(n / tn) * batch
+        split = 1
+        while split <= cal.gemm_max_split_k:
+            if split > 1 and k / split < 128:
+                break
+            waves = math.ceil(tiles * split / chip.compute_units)
+            seconds = waves * 2.0 * tm * tn * math.ceil(k / split) / per_unit
+            best = min(best, seconds)
+            split *= 2
+    return best
+
+
+@register_cost("gemm")
+def gemm_cost(op: Op, chip: Chip) -> OpCost:
+    s = op.shape
+    cal = chip.calibration
+    dtype = op.dtype
+    weight_dtype = op.attrs.get("weight_dtype", dtype)
+    mode = ""
+    if weight_dtype == "int4" or dtype == "int4":
+        if chip.int4_mode == "native":
+            rate, eff, e_dtype, mode = chip.peak("int4"), cal.gemm_efficiency.get("int4", 0.7), "int4", "int4 native MAC"
+        else:
+            rate, eff, e_dtype = chip.peak("bf16"), cal.int4_weight_only_efficiency, "bf16"
+            mode = "int4 weight-only (dequantize + bf16 MMA)"
+    else:
+        rate = chip.peak(dtype)
+        eff = cal.gemm_efficiency.get(dtype)
+        if eff is None:
+            raise InputError(f"chip '{chip.name}' has no calibrated GEMM efficiency for {dtype}", key="dtype")
+        e_dtype = dtype
+    compute_s = gemm_compute_seconds(s["m"], s["n"], s["k"], s["batch"], chip, rate, eff)
+    hbm_bytes, mem_s, mem_e, level, lat = _memory_part(op, chip, op.bytes, "gemm")
+    return OpCost(_fixed(chip, 1, lat), compute_s, hbm_bytes, mem_s,
+                  compute_energy_j=_compute_energy(chip, op.flops, e_dtype), memory_energy_j=mem_e,
+                  level=level, mode=mode)
+
+
+# ---------------------------------------------------------------- attention
+
+Q_TILE = 128  # query rows per CTA in flash-style kernels
+
+
+@register_cost("attention")
+def attention_cost(op: Op, chip: Chip) -> OpCost:
+    s = op.shape
+    cal = chip.calibration
+    backend = op.attrs.get("backend", "flash")
+    if backend not in cal.attention_fwd_efficiency:
+        raise InputError(f"unknown attention backend '{backend}'; expected one of "
+                         f"{', '.join(cal.attention_fwd_efficiency)}", key="attrs.backend")
+    rate = chip.peak(op.dtype)
+    table = cal.attention_fwd_efficiency if s["pass"] == "fwd" else cal.attention_bwd_efficiency
+    # wave quantization over query tiles (batch x heads x ceil(seq_q / 128) CTAs)
+    ctas = s["batch"] * s["heads"] * math.ceil(s["seq_q"] / Q_TILE)
+    wave_eff = ctas / (math.ceil(ctas / chip.compute_units) * chip.compute_units)
+    compute_s = op.flops / (rate * table[backend] * wave_eff)
+    hbm_bytes, mem_s, mem_e, level, lat = _memory_part(op, chip, op.bytes, "attention")
+    if s["seq_q"] <= 16 and s["pass"] == "fwd":
+        # decode: streaming the KV cache; parallelism is batch x kv_heads (x KV splits if the kernel splits)
+        units = s["batch"] * s["kv_heads"]
+        occupancy = 1.0 if cal.attention_split_kv.get(backend, False) else min(1.0, units / chip.compute_units)
+        mem_s = hbm_bytes / (chip.hbm.bandwidth_bytes_per_s * cal.attention_decode_efficiency[backend] * occupancy)
+    return OpCost(_fixed(chip, 1, lat), compute_s, hbm_bytes, mem_s,
+                  compute_energy_j=_compute_energy(chip, op.flops, op.dtype), memory_energy_j=mem_e, level=level)
+
+
+# ---------------------------------------------------------------- memory-bound kernels
+
+
+@register_cost("elementwise")
+def elementwise_cost(op: Op, chip: Chip) -> OpCost:
+    return _streaming(op, chip, str(op.attrs.get("op", "add")))
+
+
+@register_cost("norm")
+def norm_cost(op: Op, chip: Chip) -> OpCost:
+    return _streaming(op, chip, str(op.attrs.get("type", "rms_norm")))
+
+
+@register_cost("softmax")
+def softmax_cost(op: Op, chip: Chip) -> OpCost:
+    return _streaming(op, chip, "softmax")
+
+
+@register_cost("quantize", "dequantize")
+def quantize_cost(op: Op, chip: Chip) -> OpCost:
+    return _streaming(op, chip, op.kind)
+
+
+@register_cost("optimizer")
+def optimizer_cost(op: Op, chip: Chip) -> OpCost:
+    return _streaming(op, chip, "optimizer", kernels=int(op.attrs.get("kernels", 1)))
+
+
+@register_cost("memcpy")
+def memcpy_cost(op: Op, chip: Chip) -> OpCost:
+    levels = {level.name: level for level in chip.memory_levels()}
+    src, dst = op.attrs.get("src", "hbm"), op.attrs.get("dst", "hbm")
+    for end, name in (("src", src), ("dst", dst)):
+        if name not in levels:
+            raise InputError(f"chip '{chip.name}' has no memory level '{name}'; it has {', '.join(levels)}",
+                             key=f"attrs.{end}")
+    if src == "hbm" and dst == "hbm":
+        return _streaming(op, chip, "copy")
+    # a transfer between levels: limited by the slower side; HBM carries one side of it
+    slow = min(levels[src].bandwidth_bytes_per_s, levels[dst].bandwidth_bytes_per_s)
+    size = op.shape["bytes"]
+    seconds = size / (slow * chip.calibration.memory_efficiency)
+    energy = size * (levels[src].energy_j_per_byte + levels[dst].energy_j_per_byte)
+    lat = max(levels[src].latency_s, levels[dst].latency_s)
+    return OpCost(_fixed(chip, 1, lat), 0.0, size, seconds, memory_energy_j=energy,
+                  level=src if src != "hbm" else dst)
+
+
+@register_cost("opaque")
+def opaque_cost(op: Op, chip: Chip) -> OpCost:
+    duration = float(op.shape["duration_s"])
+    return OpCost(0.0, duration, 0.0, 0.0, kernels=1, mode="opaque (measured duration)")
+
+
+# ---------------------------------------------------------------- collectives over the chip's own link
+
+# per-rank bytes each rank sends over the ring, as a multiple of the per-rank input
+RING_TRAFFIC: dict[str, Callable[[int], float]] = {
+    "all_reduce": lambda n: 2.0 * (n - 1) / n,
+    "reduce_scatter": lambda n: (n - 1) / n,
+    "all_gather": lambda n: float(n - 1),
+}
+RING_STEPS: dict[str, Callable[[int], int]] = {
+    "all_reduce": lambda n: 2 * (n - 1),
+    "reduce_scatter": lambda n: n - 1,
+    "all_gather": lambda n: n - 1,
+}
+
+
+@register_cost("all_reduce", "all_gather", "reduce_scatter")
+def collective_cost(op: Op, chip: Chip) -> OpCost:
+    """Ring algorithm over `group` chips joined by the chip's own link (one representative rank)."""
+    n = int(op.shape["group"])
+    size = float(op.shape["bytes"])
+    if n <= 1 or size == 0:
+        return OpCost(chip.calibration.kernel_latency_s, 0.0, 0.0, 0.0, kernels=1)
+    cal = chip.calibration
+    sent = RING_TRAFFIC[op.kind](n) * size
+    link_s = sent / (chip.link.bandwidth_bytes_per_s * cal.collective_efficiency)
+    fixed = cal.collective_latency_s + RING_STEPS[op.kind](n) * chip.link.latency_s
+    # the reduction reads local + received data and writes the result through HBM
+    hbm_bytes = sent * (1.5 if op.kind != "all_gather" else 1.0)
+    mem_s = hbm_bytes / (chip.hbm.bandwidth_bytes_per_s * cal.memory_efficiency)
+    reduce_flops = sent / DTYPE_BYTES.get(op.dtype, 2) if op.kind != "all_gather" else 0.0
+    return OpCost(fixed, 0.0, hbm_bytes, mem_s, link_bytes=sent, link_s=link_s,
+                  compute_energy_j=reduce_flops * chip.power.energy_j_per_flop.get("fp32", 0.0) / 4,
+                  memory_energy_j=hbm_bytes * chip.hbm.energy_j_per_byte + sent * chip.link.energy_j_per_byte)

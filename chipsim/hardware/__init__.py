@@ -1,0 +1,24 @@
+"""Frozen descriptions of chips (SI units inside), built from validated YAML."""
+
+from chipsim.hardware.chip import (
+    DTYPE_BYTES,
+    DTYPES,
+    Calibration,
+    Chip,
+    Link,
+    MemoryLevel,
+    PowerModel,
+)
+from chipsim.hardware.registry import builtin_chip_names, load_chip
+
+__all__ = [
+    "DTYPES",
+    "DTYPE_BYTES",
+    "Calibration",
+    "Chip",
+    "Link",
+    "MemoryLevel",
+    "PowerModel",
+    "builtin_chip_names",
+    "load_chip",
+]

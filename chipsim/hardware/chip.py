@@ -1,0 +1,285 @@
+"""The `Chip` dataclass and its parts. Every number is SI: seconds, bytes, bytes/s, FLOP/s, W, J."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from chipsim.config.reader import Section
+from chipsim.errors import InputError
+
+# Numeric formats a chip can run, and their storage size in bytes.
+DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4")
+DTYPE_BYTES: dict[str, float] = {
+    "fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1, "int4": 0.5, "int32": 4,
+}
+INT4_MODES = ("weight_only", "native")
+ATTENTION_BACKENDS = ("flash", "cudnn", "efficient")
+
+
+@dataclass(frozen=True)
+class MemoryLevel:
+    name: str
+    capacity_bytes: float
+    bandwidth_bytes_per_s: float
+    latency_s: float
+    energy_j_per_byte: float
+    area_fraction: float = 0.0  # share of the die's transistors (only set for design additions)
+
+
+@dataclass(frozen=True)
+class Link:
+    """The chip's own scale-up link (NVLink, Infinity Fabric): per-direction bandwidth per chip."""
+
+    name: str
+    bandwidth_bytes_per_s: float
+    latency_s: float
+    energy_j_per_byte: float
+    ports: int
+
+
+@dataclass(frozen=True)
+class PowerModel:
+    limit_w: float
+    idle_w: float
+    energy_j_per_flop: dict[str, float]
+    dvfs_exponent: float  # dynamic power ~ clock**exponent (f * V^2 with V ~ f gives 3)
+    min_clock_hz: float
+    window_s: float  # time constant of the power controller's running average
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Efficiencies and fixed costs of the chip family and its software stack (see validation/)."""
+
+    gemm_efficiency: dict[str, float]
+    gemm_tiles: tuple[tuple[int, int], ...]
+    gemm_max_split_k: int
+    int4_weight_only_efficiency: float
+    memory_efficiency: float
+    kernel_bw_efficiency: dict[str, float]
+    attention_fwd_efficiency: dict[str, float]
+    attention_bwd_efficiency: dict[str, float]
+    attention_decode_efficiency: dict[str, float]
+    attention_split_kv: dict[str, bool]
+    kernel_latency_s: float
+    graph_launch_s: float
+    host_dispatch_s: dict[str, float]
+    collective_latency_s: float
+    collective_efficiency: float
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Chip:
+    name: str
+    description: str
+    vendor: str
+    family: str
+    compute_units: int
+    clock_hz: float
+    peak_flops_per_s: dict[str, float]
+    int4_mode: str
+    hbm: MemoryLevel
+    onchip: tuple[MemoryLevel, ...]
+    weight_buffer: MemoryLevel | None
+    host_memory: MemoryLevel | None
+    link: Link
+    power: PowerModel
+    calibration: Calibration
+    transistors: float
+    die_area_mm2: float
+    source_file: str = ""
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def peak(self, dtype: str) -> float:
+        """Dense peak rate for a dtype; raises InputError if the chip cannot run it."""
+        rate = self.peak_flops_per_s.get(dtype)
+        if rate is None or rate <= 0:
+            raise InputError(
+                f"chip '{self.name}' has no {dtype} rate; it runs: {', '.join(sorted(self.peak_flops_per_s))}",
+                key="dtype",
+            )
+        return rate
+
+    def memory_levels(self) -> tuple[MemoryLevel, ...]:
+        levels = [self.hbm, *self.onchip]
+        if self.weight_buffer is not None:
+            levels.append(self.weight_buffer)
+        if self.host_memory is not None:
+            levels.append(self.host_memory)
+        return tuple(levels)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved spec, SI units, for `chipsim chips show`."""
+        from dataclasses import asdict
+
+        data = asdict(self)
+        data.pop("extras", None)
+        return data
+
+
+# ---------------------------------------------------------------- building from YAML
+
+
+def _memory_level(sec: Section, name: str, *, with_area: bool = False) -> MemoryLevel:
+    level = MemoryLevel(
+        name=name,
+        capacity_bytes=sec.quantity("capacity", "bytes"),
+        bandwidth_bytes_per_s=sec.quantity("bandwidth", "bandwidth"),
+        latency_s=sec.quantity("latency", "time", 0.0),
+        energy_j_per_byte=sec.quantity("energy", "energy_per_byte", 0.0),
+        area_fraction=sec.number("area_fraction", 0.0, maximum=1.0) if with_area else 0.0,
+    )
+    sec.done()
+    return level
+
+
+def _calibration(sec: Section) -> Calibration:
+    gemm = sec.section("gemm")
+    tiles_raw = gemm.raw("tiles")
+    if not (isinstance(tiles_raw, list) and tiles_raw and all(
+            isinstance(t, list) and len(t) == 2 and all(isinstance(x, int) and x > 0 for x in t)
+            for t in tiles_raw)):
+        raise gemm.error("tiles", "expected a list of [rows, cols] CTA tile shapes, e.g. [[128, 256]]")
+    cal_gemm = dict(
+        gemm_efficiency=gemm.mapping("efficiency", "number"),
+        gemm_tiles=tuple((int(a), int(b)) for a, b in tiles_raw),
+        gemm_max_split_k=gemm.number("max_split_k", 1, minimum=1, integer=True),
+        int4_weight_only_efficiency=gemm.number("int4_weight_only_efficiency", 0.5, maximum=1.0),
+    )
+    gemm.done()
+    mem = sec.section("memory")
+    cal_mem = dict(
+        memory_efficiency=mem.number("efficiency", maximum=1.0),
+        kernel_bw_efficiency=mem.mapping("kernels", "number", {}),
+    )
+    mem.done()
+    att = sec.section("attention")
+    split = att.section("split_kv", {})
+    split_kv = {b: bool(split.raw(b)) for b in split.data}
+    split.done()
+    cal_att = dict(
+        attention_fwd_efficiency=att.mapping("fwd", "number"),
+        attention_bwd_efficiency=att.mapping("bwd", "number"),
+        attention_decode_efficiency=att.mapping("decode", "number"),
+        attention_split_kv=split_kv,
+    )
+    for part in ("fwd", "bwd", "decode"):
+        missing = [b for b in ATTENTION_BACKENDS if b not in cal_att[f"attention_{part}_efficiency"]]
+        if missing:
+            raise att.error(part, f"missing backends {missing}; expected all of {list(ATTENTION_BACKENDS)}")
+    att.done()
+    lat = sec.section("latency")
+    cal_lat = dict(kernel_latency_s=lat.quantity("kernel", "time"), graph_launch_s=lat.quantity("graph_launch", "time"))
+    lat.done()
+    host = sec.section("host")
+    cal_host = dict(host_dispatch_s=host.mapping("dispatch", "time"))
+    host.done()
+    coll = sec.section("collective")
+    cal_coll = dict(
+        collective_latency_s=coll.quantity("latency", "time"),
+        collective_efficiency=coll.number("efficiency", maximum=1.0),
+    )
+    coll.done()
+    source = sec.string("source", "")
+    sec.done()
+    return Calibration(**cal_gemm, **cal_mem, **cal_att, **cal_lat, **cal_host, **cal_coll, source=source)
+
+
+def build_chip(data: dict[str, Any], file: str | None = None) -> Chip:
+    """Validate a merged chip mapping (after `extends:`) and build the frozen Chip."""
+    top = Section(data, file)
+    version = top.number("schema_version", 1, integer=True)
+    if version != 1:
+        raise top.error("schema_version", f"this chipsim reads chip schema version 1, got {version}")
+    name = top.string("name")
+    compute = top.section("compute")
+    peak_sec = compute.section("peak")
+    peak = {}
+    for dtype in peak_sec.data:
+        if dtype not in DTYPES:
+            raise peak_sec.error(str(dtype), f"unknown dtype; expected one of {', '.join(DTYPES)}")
+        peak[dtype] = peak_sec.quantity(dtype, "flops")
+    peak_sec.done()
+    if "bf16" not in peak:
+        raise compute.error("peak", "expected at least a bf16 rate")
+    units = compute.number("units", minimum=1, integer=True)
+    clock = compute.quantity("clock", "frequency")
+    int4_mode = compute.string("int4", "weight_only", choices=INT4_MODES)
+    if int4_mode == "native" and "int4" not in peak:
+        raise compute.error("int4", "native int4 needs a peak.int4 rate")
+    compute.done()
+
+    mem = top.section("memory")
+    hbm = _memory_level(mem.section("hbm"), "hbm")
+    onchip_sec = mem.section("onchip", {})
+    onchip = tuple(_memory_level(onchip_sec.section(level), str(level)) for level in onchip_sec.data)
+    onchip_sec.done()
+    wb = _memory_level(mem.section("weight_buffer"), "weight_buffer", with_area=True) if mem.has("weight_buffer") else None
+    host_mem = _memory_level(mem.section("host"), "host") if mem.has("host") else None
+    mem.raw("weight_buffer", None)
+    mem.raw("host", None)
+    mem.done()
+
+    ln = top.section("link")
+    link = Link(
+        name=ln.string("name"),
+        bandwidth_bytes_per_s=ln.quantity("bandwidth", "bandwidth"),
+        latency_s=ln.quantity("latency", "time", 0.0),
+        energy_j_per_byte=ln.quantity("energy", "energy_per_byte", 0.0),
+        ports=ln.number("ports", 1, minimum=1, integer=True),
+    )
+    ln.done()
+
+    pw = top.section("power")
+    e_flop = pw.mapping("energy_per_flop", "energy_per_flop")
+    for dtype in e_flop:
+        if dtype not in DTYPES:
+            raise pw.error(f"energy_per_flop.{dtype}", f"unknown dtype; expected one of {', '.join(DTYPES)}")
+    missing = [d for d in peak if d not in e_flop]
+    if missing:
+        raise pw.error("energy_per_flop", f"missing an energy for dtypes the chip runs: {', '.join(missing)}")
+    power = PowerModel(
+        limit_w=pw.quantity("limit", "power"),
+        idle_w=pw.quantity("idle", "power"),
+        energy_j_per_flop=e_flop,
+        dvfs_exponent=pw.number("dvfs_exponent", 3.0, minimum=1.0),
+        min_clock_hz=pw.quantity("min_clock", "frequency"),
+        window_s=pw.quantity("window", "time"),
+    )
+    pw.done()
+    if power.idle_w >= power.limit_w:
+        raise top.error("power.idle", f"idle power {power.idle_w} W must be below the limit {power.limit_w} W")
+
+    area = top.section("area", {})
+    transistors = area.number("transistors", 0.0)
+    die = area.number("die_mm2", 0.0)
+    area.done()
+
+    cal = _calibration(top.section("calibration"))
+    chip = Chip(
+        name=name,
+        description=top.string("description", ""),
+        vendor=top.string("vendor", ""),
+        family=top.string("family", ""),
+        compute_units=int(units),
+        clock_hz=clock,
+        peak_flops_per_s=peak,
+        int4_mode=int4_mode,
+        hbm=hbm,
+        onchip=onchip,
+        weight_buffer=wb,
+        host_memory=host_mem,
+        link=link,
+        power=power,
+        calibration=cal,
+        transistors=transistors,
+        die_area_mm2=die,
+        source_file=file or "",
+    )
+    top.done()
+    missing_eff = [d for d in peak if d not in cal.gemm_efficiency]
+    if missing_eff:
+        raise top.error("calibration.gemm.efficiency", f"missing efficiency for dtypes: {', '.join(missing_eff)}")
+    return chip

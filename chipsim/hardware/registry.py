@@ -1,0 +1,51 @@
+"""Built-in chips (package data under chipsim/chips/) and loading a chip by name or path."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+from chipsim.config.loader import load_yaml_with_extends
+from chipsim.errors import InputError
+from chipsim.hardware.chip import Chip, build_chip
+
+
+def _chips_dir() -> Path:
+    return Path(str(resources.files("chipsim") / "chips"))
+
+
+def builtin_chip_names() -> list[str]:
+    return sorted(p.stem for p in _chips_dir().glob("*.yaml"))
+
+
+def resolve_chip_path(name_or_path: str, relative_to: Path | None = None) -> Path:
+    """A built-in name (`h100_sxm`) or a path to a YAML file (relative to `relative_to`'s folder)."""
+    builtin = _chips_dir() / f"{name_or_path}.yaml"
+    if "/" not in name_or_path and not name_or_path.endswith((".yaml", ".yml")):
+        if builtin.is_file():
+            return builtin
+        raise InputError(
+            f"unknown chip '{name_or_path}'; built-in chips: {', '.join(builtin_chip_names())} "
+            "(or give a path to a chip YAML)"
+        )
+    path = Path(name_or_path)
+    if not path.is_absolute() and relative_to is not None:
+        candidate = relative_to.parent / path
+        if candidate.exists():
+            path = candidate
+    if not path.is_file():
+        raise InputError("chip file not found", file=str(path))
+    return path
+
+
+@lru_cache(maxsize=64)
+def _load_cached(path: str, mtime_ns: int) -> Chip:
+    data = load_yaml_with_extends(path, lambda name, child: resolve_chip_path(name, child))
+    return build_chip(data, file=path)
+
+
+def load_chip(name_or_path: str | Path, relative_to: Path | None = None) -> Chip:
+    """Load a chip: a built-in name or a YAML path; `extends:` resolved, validated, SI units."""
+    path = resolve_chip_path(str(name_or_path), relative_to)
+    return _load_cached(str(path.resolve()), path.stat().st_mtime_ns)

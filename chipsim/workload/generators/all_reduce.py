@@ -1,0 +1,59 @@
+"""`all_reduce`: a ring all-reduce over N chips of one kind joined by their own link, plain or the
+article's int8-compressed scheme (per-tensor absmax quantize, all-gather, dequantize and average)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from chipsim.config.units import parse_quantity
+from chipsim.errors import InputError
+from chipsim.workload.generators.registry import param, register_generator
+from chipsim.workload.graph import Workload, WorkloadBuilder
+from chipsim.workload.kinds import DTYPE_BYTES
+
+
+@dataclass(frozen=True)
+class AllReduceParams:
+    chips: int = param(8, "chips in the ring (one representative rank is simulated: ranks are symmetric)")
+    size: str | int = param("1 GiB", "bytes per rank, e.g. '256 MiB' or 268435456")
+    dtype: Literal["fp32", "bf16", "fp16"] = param("fp32", "element type of the reduced tensor")
+    scheme: Literal["plain", "int8_compressed"] = param(
+        "plain", "plain ring all-reduce, or int8 quantize + all-gather + dequantize-average")
+
+    def __post_init__(self) -> None:
+        if self.chips < 1:
+            raise InputError("expected at least 1 chip", key="chips")
+
+    @property
+    def nbytes(self) -> float:
+        return parse_quantity(self.size, "bytes", key="size")
+
+
+@register_generator("all_reduce", AllReduceParams, "ring all-reduce over N chips, plain or int8-compressed")
+def all_reduce(p: AllReduceParams) -> Workload:
+    size = p.nbytes
+    numel = int(size / DTYPE_BYTES[p.dtype])
+    if numel < 1:
+        raise InputError(f"size {p.size!r} holds no {p.dtype} element", key="size")
+    b = WorkloadBuilder(f"all_reduce_{p.scheme}_{p.chips}x_{int(size)}B", "all_reduce", vars(p))
+    if p.scheme == "plain":
+        b.add("all_reduce", "all_reduce", p.dtype, [], stream="comm", bytes=size, group=p.chips)
+    else:
+        dt = p.dtype
+        absv = b.add("elementwise", "quant.abs", dt, [], numel=numel, attrs={"op": "abs"})
+        amax = b.add("elementwise", "quant.amax", dt, [absv], numel=numel, attrs={"op": "reduce"})
+        div = b.add("elementwise", "quant.div", dt, [amax], numel=numel, attrs={"op": "scale"})
+        rnd = b.add("elementwise", "quant.round", dt, [div], numel=numel, attrs={"op": "round"})
+        clp = b.add("elementwise", "quant.clamp", dt, [rnd], numel=numel, attrs={"op": "clamp"})
+        q = b.add("elementwise", "quant.to_int8", dt, [clp], numel=numel, attrs={"op": "cast", "out_dtype": "int8"})
+        g = b.add("all_gather", "all_gather.int8", "int8", [q], stream="comm", bytes=float(numel), group=p.chips)
+        gs = b.add("all_gather", "all_gather.scales", "fp32", [amax], stream="comm", bytes=4.0, group=p.chips)
+        f = b.add("elementwise", "dequant.to_float", "int8", [g], numel=numel * p.chips,
+                  attrs={"op": "cast", "out_dtype": dt})
+        m = b.add("elementwise", "dequant.scale", dt, [f, gs], numel=numel * p.chips, attrs={"op": "scale"})
+        b.add("elementwise", "dequant.mean", dt, [m], numel=numel * p.chips, attrs={"op": "reduce"})
+    b.memory.update({"buffers": size * (1 if p.scheme == "plain" else 2 + p.chips * 1.25)})
+    b.meta.update(link_bytes_per_rank_plain=2 * (p.chips - 1) / p.chips * size,
+                  link_bytes_per_rank_compressed=(p.chips - 1) * numel)
+    return b.build()

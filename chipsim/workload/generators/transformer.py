@@ -1,0 +1,289 @@
+"""Llama-style transformer blocks (RMSNorm, fused QKV, RoPE, SDPA, SwiGLU MLP) as op graphs, and
+the `transformer_train_step` generator: forward, backward and fused AdamW, in fp32, bf16 or fp8."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from chipsim.errors import InputError
+from chipsim.workload.generators.registry import param, register_generator
+from chipsim.workload.graph import Workload, WorkloadBuilder
+
+# Activation bytes a layer keeps for backward, per token and per unit of d_model, in 16-bit
+# training with flash attention: 34 (Korthikanti et al., "Reducing Activation Recomputation in Large
+# Transformer Models", 2022, eq. 1; the 5*a*s/h term drops since flash attention stores no scores).
+ACTIVATION_BYTES_PER_TOKEN_PER_DIM = 34
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    layers: int
+    d_model: int
+    heads: int
+    kv_heads: int
+    ffn: int
+    vocab: int
+
+    def __post_init__(self) -> None:
+        if min(self.layers, self.d_model, self.heads, self.kv_heads, self.ffn, self.vocab) < 1:
+            raise InputError("layers, d_model, heads, kv_heads, ffn and vocab must all be >= 1")
+        if self.d_model % self.heads:
+            raise InputError(f"d_model ({self.d_model}) must be a multiple of heads ({self.heads})", key="heads")
+        if self.heads % self.kv_heads:
+            raise InputError(f"heads ({self.heads}) must be a multiple of kv_heads ({self.kv_heads})", key="kv_heads")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.heads
+
+    @property
+    def qkv_out(self) -> int:
+        return (self.heads + 2 * self.kv_heads) * self.head_dim
+
+    def linears(self) -> list[tuple[str, int, int]]:
+        """(name, in_features, out_features) of one block's linears."""
+        return [("qkv", self.d_model, self.qkv_out), ("out", self.heads * self.head_dim, self.d_model),
+                ("gate_up", self.d_model, 2 * self.ffn), ("down", self.ffn, self.d_model)]
+
+    @property
+    def block_params(self) -> int:
+        return sum(i * o for _, i, o in self.linears()) + 2 * self.d_model
+
+    @property
+    def params(self) -> int:
+        # untied embedding and LM head, final norm
+        return self.layers * self.block_params + 2 * self.vocab * self.d_model + self.d_model
+
+
+PRESETS = {
+    "llama-350m": ModelShape(24, 1024, 16, 16, 2816, 32000),
+    "llama-1.3b": ModelShape(24, 2048, 16, 16, 5632, 32000),
+    "llama-2-7b": ModelShape(32, 4096, 32, 32, 11008, 32000),
+    "llama-3-8b": ModelShape(32, 4096, 32, 8, 14336, 128256),
+    "llama-2-70b": ModelShape(80, 8192, 64, 8, 28672, 32000),
+}
+
+
+def model_shape(preset: str | None, layers: int | None, d_model: int | None, heads: int | None,
+                kv_heads: int | None, ffn: int | None, vocab: int | None) -> ModelShape:
+    """A preset, with any explicitly given dimension overriding it."""
+    if preset is not None and preset not in PRESETS:
+        raise InputError(f"unknown model preset '{preset}'; expected one of {', '.join(PRESETS)}", key="model")
+    base = PRESETS[preset or "llama-350m"]
+    heads_v = heads if heads is not None else base.heads
+    return ModelShape(
+        layers if layers is not None else base.layers,
+        d_model if d_model is not None else base.d_model,
+        heads_v,
+        kv_heads if kv_heads is not None else (heads_v if heads is not None else base.kv_heads),
+        ffn if ffn is not None else base.ffn,
+        vocab if vocab is not None else base.vocab,
+    )
+
+
+class Linears:
+    """Emits the ops of one linear layer (forward, backward) at a given precision."""
+
+    def __init__(self, b: WorkloadBuilder, precision: str, tokens: int, *, weight_dtype: str | None = None,
+                 group_size: int = 128, master_fp32: bool = False) -> None:
+        self.b = b
+        self.precision = precision
+        self.tokens = tokens
+        self.weight_dtype = weight_dtype
+        self.group_size = group_size
+        self.master_fp32 = master_fp32
+
+    def _act_dtype(self) -> str:
+        return "fp32" if self.precision == "fp32" else "bf16"
+
+    def forward(self, name: str, dep: int | None, k: int, n: int) -> int:
+        b, m = self.b, self.tokens
+        if self.precision == "fp8":
+            amax_x = b.add("elementwise", f"{name}.amax_x", "bf16", [dep], numel=m * k, attrs={"op": "reduce"})
+            cast_x = b.add("quantize", f"{name}.cast_x_e4m3", "bf16", [amax_x], numel=m * k,
+                           attrs={"narrow_dtype": "fp8"})
+            amax_w = b.add("elementwise", f"{name}.amax_w", "fp32", [dep], numel=k * n, attrs={"op": "reduce"})
+            cast_w = b.add("quantize", f"{name}.cast_w_e4m3", "fp32", [amax_w], numel=k * n,
+                           attrs={"narrow_dtype": "fp8"})
+            return b.add("gemm", f"{name}.fwd", "fp8", [cast_x, cast_w], m=m, n=n, k=k)
+        deps = [dep]
+        if self.master_fp32 and self.precision == "bf16":
+            deps.append(b.add("elementwise", f"{name}.cast_w_bf16", "fp32", [dep], numel=k * n,
+                              attrs={"op": "cast", "out_dtype": "bf16"}))
+        attrs = {}
+        if self.weight_dtype in ("int4", "int8"):
+            attrs = {"weight_dtype": self.weight_dtype, "group_size": self.group_size}
+        return b.add("gemm", f"{name}.fwd", self._act_dtype(), deps, m=m, n=n, k=k, attrs=attrs)
+
+    def backward(self, name: str, dep: int, k: int, n: int) -> tuple[int, int]:
+        """Returns (dgrad op, wgrad op)."""
+        b, m = self.b, self.tokens
+        if self.precision == "fp8":
+            amax_g = b.add("elementwise", f"{name}.amax_dy", "bf16", [dep], numel=m * n, attrs={"op": "reduce"})
+            cast_g = b.add("quantize", f"{name}.cast_dy_e5m2", "bf16", [amax_g], numel=m * n,
+                           attrs={"narrow_dtype": "fp8"})
+            t_w = b.add("elementwise", f"{name}.transpose_w", "fp8", [cast_g], numel=k * n, attrs={"op": "transpose"})
+            dgrad = b.add("gemm", f"{name}.dgrad", "fp8", [t_w], m=m, n=k, k=n)
+            t_x = b.add("elementwise", f"{name}.transpose_x", "fp8", [cast_g], numel=m * k, attrs={"op": "transpose"})
+            t_g = b.add("elementwise", f"{name}.transpose_dy", "fp8", [cast_g], numel=m * n,
+                        attrs={"op": "transpose"})
+            wgrad = b.add("gemm", f"{name}.wgrad", "fp8", [t_x, t_g], m=k, n=n, k=m)
+            return dgrad, wgrad
+        dt = self._act_dtype()
+        dgrad = b.add("gemm", f"{name}.dgrad", dt, [dep], m=m, n=k, k=n)
+        wgrad = b.add("gemm", f"{name}.wgrad", dt, [dep], m=k, n=n, k=m)
+        return dgrad, wgrad
+
+
+@dataclass(frozen=True)
+class BlockArgs:
+    batch: int
+    seq_q: int
+    seq_kv: int
+    causal: bool = True
+    backend: str = "flash"
+
+
+def block_forward(b: WorkloadBuilder, lin: Linears, shape: ModelShape, args: BlockArgs, layer: int,
+                  x: int | None) -> tuple[int | None, dict[str, int]]:
+    """One Llama block forward; returns (output op, named ops needed by backward)."""
+    t = args.batch * args.seq_q
+    d, hd = shape.d_model, shape.head_dim
+    act = lin._act_dtype()
+    p = f"layer{layer}"
+    saved: dict[str, int] = {}
+    n1 = b.add("norm", f"{p}.attn_norm", act, [x], rows=t, cols=d, attrs={"type": "rms_norm"})
+    qkv = lin.forward(f"{p}.qkv", n1, d, shape.qkv_out)
+    rope = b.add("elementwise", f"{p}.rope", act, [qkv], numel=t * (shape.heads + shape.kv_heads) * hd,
+                 attrs={"op": "rope"})
+    attn = b.add("attention", f"{p}.attn", act, [rope], batch=args.batch, heads=shape.heads,
+                 kv_heads=shape.kv_heads, seq_q=args.seq_q, seq_kv=args.seq_kv, head_dim=hd,
+                 causal=args.causal, attrs={"backend": args.backend})
+    out = lin.forward(f"{p}.out", attn, shape.heads * hd, d)
+    res1 = b.add("elementwise", f"{p}.residual1", act, [out, x], numel=t * d, attrs={"op": "add"})
+    n2 = b.add("norm", f"{p}.mlp_norm", act, [res1], rows=t, cols=d, attrs={"type": "rms_norm"})
+    gu = lin.forward(f"{p}.gate_up", n2, d, 2 * shape.ffn)
+    act_op = b.add("elementwise", f"{p}.silu_mul", act, [gu], numel=t * shape.ffn, attrs={"op": "silu_mul"})
+    down = lin.forward(f"{p}.down", act_op, shape.ffn, d)
+    res2 = b.add("elementwise", f"{p}.residual2", act, [down, res1], numel=t * d, attrs={"op": "add"})
+    saved.update(attn=attn)
+    return res2, saved
+
+
+def block_backward(b: WorkloadBuilder, lin: Linears, shape: ModelShape, args: BlockArgs, layer: int,
+                   dy: int, wgrads: list[int]) -> int:
+    t = args.batch * args.seq_q
+    d, hd = shape.d_model, shape.head_dim
+    act = lin._act_dtype()
+    p = f"layer{layer}"
+    dg, wg = lin.backward(f"{p}.down", dy, shape.ffn, d)
+    wgrads.append(wg)
+    dact = b.add("elementwise", f"{p}.silu_mul_bwd", act, [dg], numel=t * shape.ffn, attrs={"op": "silu_mul_bwd"})
+    dg, wg = lin.backward(f"{p}.gate_up", dact, d, 2 * shape.ffn)
+    wgrads.append(wg)
+    dn2 = b.add("norm", f"{p}.mlp_norm_bwd", act, [dg], rows=t, cols=d, attrs={"type": "rms_norm", "pass": "bwd"})
+    dres = b.add("elementwise", f"{p}.residual1_bwd", act, [dn2, dy], numel=t * d, attrs={"op": "add"})
+    dg, wg = lin.backward(f"{p}.out", dres, shape.heads * hd, d)
+    wgrads.append(wg)
+    da = b.add("attention", f"{p}.attn_bwd", act, [dg], batch=args.batch, heads=shape.heads,
+               kv_heads=shape.kv_heads, seq_q=args.seq_q, seq_kv=args.seq_kv, head_dim=hd,
+               causal=args.causal, attrs={"backend": args.backend}, **{"pass": "bwd"})
+    drope = b.add("elementwise", f"{p}.rope_bwd", act, [da], numel=t * (shape.heads + shape.kv_heads) * hd,
+                  attrs={"op": "rope"})
+    dg, wg = lin.backward(f"{p}.qkv", drope, d, shape.qkv_out)
+    wgrads.append(wg)
+    dn1 = b.add("norm", f"{p}.attn_norm_bwd", act, [dg], rows=t, cols=d, attrs={"type": "rms_norm", "pass": "bwd"})
+    return b.add("elementwise", f"{p}.residual0_bwd", act, [dn1, dres], numel=t * d, attrs={"op": "add"})
+
+
+@dataclass(frozen=True)
+class TrainStepParams:
+    model: str | None = param("llama-350m", "preset: llama-350m, llama-1.3b, llama-2-7b, llama-3-8b, llama-2-70b")
+    layers: int | None = param(None, "transformer blocks (overrides the preset)")
+    d_model: int | None = param(None, "hidden size")
+    heads: int | None = param(None, "attention heads")
+    kv_heads: int | None = param(None, "key/value heads (GQA when < heads)")
+    ffn: int | None = param(None, "SwiGLU hidden size")
+    vocab: int | None = param(None, "vocabulary size")
+    batch: int = param(8, "sequences per step")
+    seq: int = param(2048, "tokens per sequence")
+    precision: Literal["fp32", "bf16", "fp8"] = param(
+        "bf16", "fp32 (tf32 off); bf16 (autocast: fp32 master weights, bf16 math); fp8 (block linears in "
+        "FP8 with per-tensor amax scaling, unfused casts and transposes)")
+    overflow_probability: float = param(
+        0.0, "fp8 only: chance a step overflows and re-runs in bf16 (the article's dynamic fallback)")
+    steps: int = param(1, "training steps in the graph")
+    seed: int = param(0, "seed of the overflow draws")
+    attention_backend: Literal["flash", "cudnn", "efficient"] = param("flash", "SDPA backend")
+
+    def __post_init__(self) -> None:
+        if self.batch < 1 or self.seq < 1 or self.steps < 1:
+            raise InputError("batch, seq and steps must be >= 1", key="batch")
+        if self.overflow_probability > 1:
+            raise InputError(f"expected a probability in [0, 1], got {self.overflow_probability}",
+                             key="overflow_probability")
+
+
+def training_memory(shape: ModelShape, batch: int, seq: int, precision: str) -> dict[str, float]:
+    params = shape.params
+    act_bytes = 2 if precision != "fp32" else 4
+    return {
+        "weights": params * 4.0,  # fp32 parameters (master weights under autocast / fp8)
+        "gradients": params * 4.0,
+        "optimizer_state": params * 8.0,  # AdamW m and v in fp32
+        "activations": shape.layers * ACTIVATION_BYTES_PER_TOKEN_PER_DIM / 2 * act_bytes * batch * seq * shape.d_model,
+        "logits": batch * seq * shape.vocab * (act_bytes + 4.0),
+    }
+
+
+def emit_train_step(b: WorkloadBuilder, shape: ModelShape, p: TrainStepParams, precision: str, step: int,
+                    after: int | None) -> int:
+    t = p.batch * p.seq
+    d = shape.d_model
+    lin = Linears(b, precision, t, master_fp32=precision == "bf16")
+    act = lin._act_dtype()
+    args = BlockArgs(p.batch, p.seq, p.seq, True, p.attention_backend if precision != "fp32" else "efficient")
+    s = f"step{step}." if p.steps > 1 or step else ""
+    emb = b.add("elementwise", f"{s}embedding", act, [after], numel=t * d, attrs={"op": "embedding"})
+    x: int | None = emb
+    for layer in range(shape.layers):
+        x, _ = block_forward(b, lin, shape, args, layer, x)
+    fn = b.add("norm", f"{s}final_norm", act, [x], rows=t, cols=d, attrs={"type": "rms_norm"})
+    head = Linears(b, "bf16" if precision == "fp8" else precision, t, master_fp32=precision != "fp32")
+    logits = head.forward(f"{s}lm_head", fn, d, shape.vocab)
+    loss = b.add("softmax", f"{s}cross_entropy", "fp32", [logits], rows=t, cols=shape.vocab)
+    dlogits = b.add("elementwise", f"{s}cross_entropy_bwd", act, [loss], numel=t * shape.vocab, attrs={"op": "add"})
+    wgrads: list[int] = []
+    dg, wg = head.backward(f"{s}lm_head", dlogits, d, shape.vocab)
+    wgrads.append(wg)
+    dy = b.add("norm", f"{s}final_norm_bwd", act, [dg], rows=t, cols=d, attrs={"type": "rms_norm", "pass": "bwd"})
+    for layer in reversed(range(shape.layers)):
+        dy = block_backward(b, lin, shape, args, layer, dy, wgrads)
+    emb_bwd = b.add("elementwise", f"{s}embedding_bwd", "fp32", [dy], numel=t * d, attrs={"op": "embedding"})
+    n_tensors = shape.layers * 6 + 3
+    return b.add("optimizer", f"{s}adamw", "fp32", [emb_bwd, *wgrads], params=shape.params,
+                 attrs={"algorithm": "adamw", "kernels": math.ceil(n_tensors / 64), "master_weights": False})
+
+
+@register_generator("transformer_train_step", TrainStepParams,
+                    "Llama-style training step: forward, backward and fused AdamW (fp32 | bf16 | fp8)")
+def transformer_train_step(p: TrainStepParams) -> Workload:
+    shape = model_shape(p.model, p.layers, p.d_model, p.heads, p.kv_heads, p.ffn, p.vocab)
+    b = WorkloadBuilder(f"train_{p.model or 'custom'}_{p.precision}_b{p.batch}_s{p.seq}",
+                        "transformer_train_step", vars(p))
+    rng = np.random.default_rng(p.seed)
+    last: int | None = None
+    reruns = 0
+    for step in range(p.steps):
+        last = emit_train_step(b, shape, p, p.precision, step, last)
+        if p.precision == "fp8" and p.overflow_probability > 0 and rng.random() < p.overflow_probability:
+            reruns += 1
+            last = emit_train_step(b, shape, p, "bf16", step, last)
+    b.memory.update(training_memory(shape, p.batch, p.seq, p.precision))
+    b.meta.update(params=shape.params, tokens=p.batch * p.seq * p.steps, fp8_overflow_reruns=reruns,
+                  model_flops=6.0 * shape.params * p.batch * p.seq * p.steps)
+    return b.build()

@@ -1,0 +1,156 @@
+"""The op graph: `Op` (one kernel or collective), `Workload` (a DAG of ops plus metadata)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from chipsim.errors import InputError
+from chipsim.workload.kinds import DTYPE_BYTES, KINDS
+
+STREAMS = ("compute", "copy", "comm")
+FORMAT = "chipsim.workload"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Op:
+    id: int
+    name: str
+    kind: str
+    dtype: str
+    shape: Mapping[str, Any]
+    deps: tuple[int, ...] = ()
+    stream: str = "compute"
+    device: int = 0
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+    flops: float = 0.0
+    bytes: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id, "name": self.name, "kind": self.kind, "dtype": self.dtype,
+                               "shape": dict(self.shape), "deps": list(self.deps), "stream": self.stream}
+        if self.device:
+            out["device"] = self.device
+        if self.attrs:
+            out["attrs"] = dict(self.attrs)
+        return out
+
+
+def make_op(op_id: int, name: str, kind: str, dtype: str, shape: Mapping[str, Any], *,
+            deps: Iterable[int] = (), stream: str = "compute", device: int = 0,
+            attrs: Mapping[str, Any] | None = None, where: str = "") -> Op:
+    """Validate one op and compute its work. `where` locates errors (e.g. 'ops[12]')."""
+    where = where or f"ops[{op_id}]"
+    spec = KINDS.get(kind)
+    if spec is None:
+        raise InputError(f"unknown op kind '{kind}'; expected one of {', '.join(sorted(KINDS))}", key=f"{where}.kind")
+    if dtype not in DTYPE_BYTES:
+        raise InputError(f"unknown dtype '{dtype}'; expected one of {', '.join(DTYPE_BYTES)}", key=f"{where}.dtype")
+    if stream not in STREAMS:
+        raise InputError(f"unknown stream '{stream}'; expected one of {', '.join(STREAMS)}", key=f"{where}.stream")
+    if not isinstance(shape, Mapping):
+        raise InputError("expected a mapping of shape keys", key=f"{where}.shape")
+    full: dict[str, Any] = {}
+    for key, default in spec.shape_keys.items():
+        value = shape.get(key, default)
+        if value is None:
+            raise InputError(f"{kind} needs shape key '{key}' (shape keys: {', '.join(spec.shape_keys)})",
+                             key=f"{where}.shape.{key}")
+        full[key] = value
+    unknown = [k for k in shape if k not in spec.shape_keys]
+    if unknown:
+        raise InputError(f"unknown shape key for {kind}; expected: {', '.join(spec.shape_keys)}",
+                         key=f"{where}.shape.{unknown[0]}")
+    for key, value in full.items():
+        if isinstance(value, bool) or key == "pass":
+            continue
+        if not isinstance(value, (int, float)) or value < 0 or value != value:
+            raise InputError(f"expected a non-negative number, got {value!r}", key=f"{where}.shape.{key}")
+    if kind in ("gemm",) and min(full["m"], full["n"], full["k"], full["batch"]) < 1:
+        raise InputError("GEMM dimensions must be >= 1", key=f"{where}.shape")
+    if kind == "attention":
+        if full["pass"] not in ("fwd", "bwd"):
+            raise InputError(f"expected 'fwd' or 'bwd', got {full['pass']!r}", key=f"{where}.shape.pass")
+        if min(full["batch"], full["heads"], full["kv_heads"], full["seq_q"], full["seq_kv"], full["head_dim"]) < 1:
+            raise InputError("attention dimensions must be >= 1", key=f"{where}.shape")
+        if full["heads"] % full["kv_heads"]:
+            raise InputError(f"heads ({full['heads']}) must be a multiple of kv_heads ({full['kv_heads']})",
+                             key=f"{where}.shape.kv_heads")
+    if kind in ("all_reduce", "all_gather", "reduce_scatter") and full["group"] < 1:
+        raise InputError("a collective needs a group of >= 1 chips", key=f"{where}.shape.group")
+    attrs = dict(attrs or {})
+    flops, nbytes = spec.work(full, dtype, attrs)
+    return Op(op_id, name, kind, dtype, full, tuple(int(d) for d in deps), stream, int(device), attrs,
+              float(flops), float(nbytes))
+
+
+@dataclass
+class Workload:
+    """A DAG of ops in program (issue) order, plus metadata such as the memory footprint."""
+
+    name: str
+    ops: list[Op]
+    generator: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    memory: dict[str, float] = field(default_factory=dict)  # footprint by category, bytes
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        for index, op in enumerate(self.ops):
+            if op.id != index:
+                raise InputError(f"op ids must be 0..N-1 in order; found id {op.id} at position {index}",
+                                 key=f"ops[{index}].id")
+            for dep in op.deps:
+                if not 0 <= dep < index:
+                    raise InputError(f"dependency {dep} must name an earlier op (0..{index - 1})",
+                                     key=f"ops[{index}].deps")
+
+    @property
+    def total_flops(self) -> float:
+        return sum(op.flops for op in self.ops)
+
+    @property
+    def total_bytes(self) -> float:
+        return sum(op.bytes for op in self.ops)
+
+    @property
+    def footprint_bytes(self) -> float:
+        return float(sum(self.memory.values()))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "version": FORMAT_VERSION, "name": self.name, "generator": self.generator,
+                "params": self.params, "memory": self.memory, "meta": self.meta,
+                "ops": [op.to_dict() for op in self.ops]}
+
+
+class WorkloadBuilder:
+    """Appends ops in program order; each `add` returns the new op's id for use in `deps`."""
+
+    def __init__(self, name: str, generator: str = "", params: Mapping[str, Any] | None = None) -> None:
+        self.name = name
+        self.generator = generator
+        self.params = dict(params or {})
+        self.ops: list[Op] = []
+        self.memory: dict[str, float] = {}
+        self.meta: dict[str, Any] = {}
+
+    def add(self, kind: str, name: str, dtype: str, deps: Iterable[int | None] = (), *,
+            stream: str = "compute", device: int = 0, attrs: Mapping[str, Any] | None = None,
+            **shape: Any) -> int:
+        op_id = len(self.ops)
+        clean = tuple(sorted({d for d in deps if d is not None}))
+        self.ops.append(make_op(op_id, name, kind, dtype, shape, deps=clean, stream=stream, device=device,
+                                attrs=attrs))
+        return op_id
+
+    @property
+    def last(self) -> int | None:
+        return len(self.ops) - 1 if self.ops else None
+
+    def build(self) -> Workload:
+        return Workload(self.name, self.ops, self.generator, self.params, self.memory, self.meta)
