@@ -56,6 +56,7 @@ class Result:
     memory_breakdown: dict[str, float]
     records: list[OpRecord]
     power_timeline: list[tuple[float, float]]  # (time s, board power W) steps
+    limit_w: float = 0.0
     notes: list[str] = field(default_factory=list)
 
     # ------------------------------------------------------------ derived figures
@@ -105,7 +106,8 @@ class Result:
             total_flops=sum(r.flops for r in records), total_bytes=sum(r.bytes for r in records),
             throttled_time_s=throttled, min_clock_scale=min((r.clock_scale for r in records), default=1.0),
             footprint_bytes=footprint, capacity_bytes=chip.hbm.capacity_bytes,
-            memory_breakdown=dict(workload.memory), records=records, power_timeline=timeline, notes=notes,
+            memory_breakdown=dict(workload.memory), records=records, power_timeline=timeline,
+            limit_w=chip.power.limit_w, notes=notes,
         )
 
     # ------------------------------------------------------------ tables

@@ -1,0 +1,67 @@
+"""The Python API notebooks use; the CLI is a thin layer over it.
+
+    import chipsim
+    chip = chipsim.load_chip("h200_sxm")
+    wl = chipsim.build_workload("transformer_train_step", {"model": "llama-350m"})
+    result = chipsim.simulate(wl, chip)
+    result.summary(); result.ops_frame(); chipsim.report.plots.plot_breakdown([result])
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from chipsim.config.runconfig import RunConfig, WorkloadSpec
+from chipsim.engine.sim import SimOptions, simulate
+from chipsim.errors import InputError
+from chipsim.hardware.chip import Chip
+from chipsim.hardware.registry import load_chip
+from chipsim.report.result import Result
+from chipsim.workload.generators import build_workload
+from chipsim.workload.graph import Workload
+from chipsim.workload.io import load_workload
+
+log = logging.getLogger(__name__)
+
+
+def workload_from_spec(spec: WorkloadSpec) -> Workload:
+    if spec.trace is not None:
+        return load_workload(spec.trace)
+    assert spec.generator is not None
+    return build_workload(spec.generator, spec.params)
+
+
+def load_chips(names: Sequence[str], relative_to: Path | None = None) -> list[Chip]:
+    chips = []
+    for index, name in enumerate(names):
+        try:
+            chips.append(load_chip(name, relative_to))
+        except InputError as exc:
+            if exc.file is None:  # an unknown name: locate it in the run config
+                raise exc.within(file=str(relative_to) if relative_to else None, key_prefix=f"chips[{index}]") from None
+            raise
+    return chips
+
+
+def run(config: RunConfig, chips: Sequence[str] | None = None,
+        progress: Callable[[int, int, str], None] | None = None) -> list[Result]:
+    """Simulate the config's workload on each chip (or on `chips`, when given). Everything is loaded
+    and checked before the first simulation starts."""
+    chip_objs = load_chips(chips or config.chips, config.file)
+    try:
+        workload = workload_from_spec(config.workload)
+    except InputError as exc:
+        raise exc.within(file=str(config.file) if config.file else None) from None
+    options = SimOptions(launch=config.launch, sustained=config.sustained)
+    results = []
+    for index, chip in enumerate(chip_objs):
+        if progress:
+            progress(index, len(chip_objs), chip.name)
+        try:
+            results.append(simulate(workload, chip, options))
+        except InputError as exc:
+            raise InputError(f"{chip.name} cannot run this workload: {exc.message}", file=exc.file,
+                             key=exc.key) from None
+    return results

@@ -1,0 +1,73 @@
+"""Matplotlib figures for runs: time by op kind, power over time, and a per-op roofline."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from chipsim.hardware.chip import Chip  # noqa: E402
+from chipsim.report.result import Result  # noqa: E402
+
+
+def plot_breakdown(results: Sequence[Result]) -> Figure:
+    """Stacked bars: busy time by op kind for each chip (ms)."""
+    fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(results) + 3), 4))
+    frames = [r.ops_frame() for r in results]
+    kinds = sorted({k for f in frames for k in f["kind"]})
+    bottom = np.zeros(len(results))
+    for kind in kinds:
+        values = np.array([f.loc[f["kind"] == kind, "duration_s"].sum() * 1e3 for f in frames])
+        ax.bar([r.chip for r in results], values, bottom=bottom, label=kind)
+        bottom += values
+    ax.plot([r.chip for r in results], [r.latency_s * 1e3 for r in results], "k_", markersize=30,
+            label="end-to-end latency")
+    ax.set_ylabel("time (ms)")
+    ax.set_title(f"{results[0].workload}: time by op kind")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def plot_power(results: Sequence[Result]) -> Figure:
+    """Board power over the run, with each chip's power limit dashed."""
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for r in results:
+        if not r.power_timeline:
+            continue
+        t = [p[0] * 1e3 for p in r.power_timeline]
+        w = [p[1] for p in r.power_timeline]
+        line = ax.step(t, w, where="post", label=f"{r.chip} (avg {r.avg_power_w:.0f} W)")[0]
+        if r.limit_w:
+            ax.axhline(r.limit_w, color=line.get_color(), linestyle="--", linewidth=0.8)
+    ax.set_xlabel("time (ms)")
+    ax.set_ylabel("board power (W)")
+    ax.set_title(f"{results[0].workload}: power (dashed: power limit)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_roofline(result: Result, chip: Chip, dtype: str = "bf16") -> Figure:
+    """Each op's achieved FLOP/s against its arithmetic intensity, under the chip's roofline."""
+    frame = result.ops_frame()
+    frame = frame[(frame["flops"] > 0) & (frame["bytes"] > 0) & (frame["duration_s"] > 0)]
+    fig, ax = plt.subplots(figsize=(7, 5))
+    peak = chip.peak(dtype)
+    bw = chip.hbm.bandwidth_bytes_per_s
+    x = np.logspace(-1, 4, 200)
+    ax.loglog(x, np.minimum(peak, x * bw), "k-", label=f"roofline ({dtype} peak, HBM)")
+    for kind, group in frame.groupby("kind"):
+        ax.loglog(group["flops"] / group["bytes"], group["flops"] / group["duration_s"], "o", ms=3,
+                  alpha=0.7, label=str(kind))
+    ax.set_xlabel("arithmetic intensity (FLOP/byte)")
+    ax.set_ylabel("achieved FLOP/s")
+    ax.set_title(f"{result.workload} on {result.chip}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
