@@ -62,6 +62,7 @@ def run(config: RunConfig, chips: Sequence[str] | None = None,
         try:
             results.append(simulate(workload, chip, options))
         except InputError as exc:
-            raise InputError(f"{chip.name} cannot run this workload: {exc.message}", file=exc.file,
-                             key=exc.key) from None
+            source = config.workload.trace or config.file  # name the file the workload came from
+            raise InputError(f"{chip.name} cannot run this workload: {exc.message}",
+                             file=exc.file or (str(source) if source else None), key=exc.key) from None
     return results

@@ -68,7 +68,8 @@ def load_yaml_with_extends(
         raise InputError("expected the name or path of the parent as a string", file=str(path), key="extends")
     try:
         parent_path = resolve(parent_name, path)
-    except InputError as exc:
-        raise exc.within(file=str(path), key_prefix="extends") from None
+    except InputError as exc:  # the error is in this file's `extends:` line, whatever file it names
+        message = f"{exc.message}: {exc.file}" if exc.file else exc.message
+        raise InputError(message, file=str(path), key="extends") from None
     parent = load_yaml_with_extends(parent_path, resolve, (*_seen, path))
     return deep_merge(parent, data)

@@ -7,7 +7,9 @@ schema says the quantity is dimensionless or where the SI unit is implied by the
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
+from importlib import resources
 from typing import Any
 
 import pint
@@ -28,9 +30,30 @@ KINDS: dict[str, tuple[str, str]] = {
 }
 
 
+def _definition_lines(name: str) -> list[str]:
+    """pint's default definitions, imports inlined, with `bit = []` given its own dimension: pint makes
+    bits dimensionless, which would let '3.35 TB/s' pass as a frequency and '1.98 GHz' as a bandwidth."""
+    lines: list[str] = []
+    for line in (resources.files("pint") / name).read_text(encoding="utf-8").splitlines():
+        if line.startswith("@import"):
+            lines += _definition_lines(line.split()[1])
+        elif line.split("#")[0].strip() == "bit = []":
+            lines.append("bit = [information]")
+        else:
+            lines.append(line)
+    return lines
+
+
+# "<number> <unit expression>": pint alone would evaluate typos as arithmetic ("3..5 W" is 3. x .5 W,
+# "3 4 W" is 12 W, a bare "W" is 1 W), so the text's form is checked before pint sees it.
+_UNIT_ATOM = r"[A-Za-zµ_]+(?:(?:\^|\*\*)-?\d+)?"
+_QUANTITY_RE = re.compile(
+    rf"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?\s*{_UNIT_ATOM}(?:\s*[/*]?\s*{_UNIT_ATOM})*")
+
+
 @lru_cache(maxsize=1)
 def _registry() -> pint.UnitRegistry:
-    ureg = pint.UnitRegistry(cache_folder=None)
+    ureg = pint.UnitRegistry(_definition_lines("default_en.txt"), cache_folder=None)
     ureg.define("FLOP = [operation] = flop = OP = op")
     return ureg
 
@@ -38,6 +61,8 @@ def _registry() -> pint.UnitRegistry:
 @lru_cache(maxsize=4096)
 def _parse_cached(text: str, kind: str) -> float:
     unit, _ = KINDS[kind]
+    if not _QUANTITY_RE.fullmatch(text):
+        raise ValueError(f"not a number followed by a unit: {text!r}")
     ureg = _registry()
     quantity = ureg.Quantity(text.replace("µ", "u").replace("TOPS", "TOP/s").replace("TFLOPS", "TFLOP/s"))
     return float(quantity.to(unit).magnitude)

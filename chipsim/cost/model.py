@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from chipsim.errors import InputError
 from chipsim.hardware.chip import Chip
 from chipsim.workload.graph import Op
-from chipsim.workload.kinds import DTYPE_BYTES
+from chipsim.workload.kinds import DTYPE_BYTES, attention_flops
 
 
 @dataclass(frozen=True)
@@ -114,15 +114,19 @@ def _streaming(op: Op, chip: Chip, kernel_class: str, kernels: int = 1) -> OpCos
 # ---------------------------------------------------------------- GEMM
 
 
-def gemm_compute_seconds(m: float, n: float, k: float, batch: float, chip: Chip, rate: float, eff: float) -> float:
-    """Best time over the calibrated CTA tile shapes and split-k factors, with wave quantization."""
-    cal = chip.calibration
+def gemm_compute_seconds(m: float, n: float, k: float, batch: float, chip: Chip, dtype: str, rate: float,
+                         eff: float) -> float:
+    """Best time over the library's CTA tile shapes and split-k factors, with wave quantization.
+    A matrix-vector product (m or n <= GEMV_MAX) runs a GEMV kernel: no tile padding."""
+    if min(m, n) <= GEMV_MAX:
+        return 2.0 * batch * m * n * k / (rate * eff)
+    menu = chip.calibration.gemm_menus.get(dtype, chip.calibration.gemm_menus["default"])
     per_unit = rate * eff / chip.compute_units
     best = math.inf
-    for tm, tn in cal.gemm_tiles:
+    for tm, tn in menu.tiles:
         tiles = math.ceil(m / tm) * math.ceil(n / tn) * batch
         split = 1
-        while split <= cal.gemm_max_split_k:
+        while split <= menu.max_split_k:
             if split > 1 and k / split < 128:
                 break
             waves = math.ceil(tiles * split / chip.compute_units)
@@ -151,8 +155,16 @@ def gemm_cost(op: Op, chip: Chip) -> OpCost:
         if eff is None:
             raise InputError(f"chip '{chip.name}' has no calibrated GEMM efficiency for {dtype}", key="dtype")
         e_dtype = dtype
-    compute_s = gemm_compute_seconds(s["m"], s["n"], s["k"], s["batch"], chip, rate, eff)
-    hbm_bytes, mem_s, mem_e, level, lat = _memory_part(op, chip, op.bytes, "gemm")
+    kernel_class = "gemm"
+    if mode.startswith("int4 weight-only"):
+        # dequantize-in-the-GEMM kernels run at their own (low) MMA throughput; at GEMV sizes a
+        # dedicated kernel streams the packed weights at its own achieved bandwidth
+        compute_s = op.flops / (rate * eff)
+        if min(s["m"], s["n"]) <= GEMV_MAX:
+            compute_s, kernel_class = 0.0, "int4_gemv"
+    else:
+        compute_s = gemm_compute_seconds(s["m"], s["n"], s["k"], s["batch"], chip, dtype, rate, eff)
+    hbm_bytes, mem_s, mem_e, level, lat = _memory_part(op, chip, op.bytes, kernel_class)
     return OpCost(_fixed(chip, 1, lat), compute_s, hbm_bytes, mem_s,
                   compute_energy_j=_compute_energy(chip, op.flops, e_dtype), memory_energy_j=mem_e,
                   level=level, mode=mode)
@@ -160,7 +172,9 @@ def gemm_cost(op: Op, chip: Chip) -> OpCost:
 
 # ---------------------------------------------------------------- attention
 
+GEMV_MAX = 8  # rows (or columns) below which libraries switch to matrix-vector kernels
 Q_TILE = 128  # query rows per CTA in flash-style kernels
+KV_BLOCK = 128  # keys per step of a decode kernel's loop over the KV cache
 
 
 @register_cost("attention")
@@ -176,15 +190,31 @@ def attention_cost(op: Op, chip: Chip) -> OpCost:
     # wave quantization over query tiles (batch x heads x ceil(seq_q / 128) CTAs)
     ctas = s["batch"] * s["heads"] * math.ceil(s["seq_q"] / Q_TILE)
     wave_eff = ctas / (math.ceil(ctas / chip.compute_units) * chip.compute_units)
-    compute_s = op.flops / (rate * table[backend] * wave_eff)
+    # each CTA pays a fixed prologue/epilogue (load Q, write O, or in backward the dQ/dK/dV
+    # accumulators) worth `setup_keys` keys of its loop over the KV sequence
+    setup = cal.attention_setup_keys.get(s["pass"], 0.0)
+    keys_per_cta = s["seq_kv"] * attention_flops(s) / attention_flops({**s, "causal": False})
+    compute_s = op.flops / (rate * table[backend] * wave_eff) * (1.0 + setup / keys_per_cta)
     hbm_bytes, mem_s, mem_e, level, lat = _memory_part(op, chip, op.bytes, "attention")
     if s["seq_q"] <= 16 and s["pass"] == "fwd":
-        # decode: streaming the KV cache; parallelism is batch x kv_heads (x KV splits if the kernel splits)
-        units = s["batch"] * s["kv_heads"]
-        occupancy = 1.0 if cal.attention_split_kv.get(backend, False) else min(1.0, units / chip.compute_units)
-        mem_s = hbm_bytes / (chip.hbm.bandwidth_bytes_per_s * cal.attention_decode_efficiency[backend] * occupancy)
+        mem_s = max(mem_s * cal.memory_efficiency / cal.attention_decode_efficiency[backend],
+                    decode_loop_seconds(op, chip, backend))
     return OpCost(_fixed(chip, 1, lat), compute_s, hbm_bytes, mem_s,
                   compute_energy_j=_compute_energy(chip, op.flops, op.dtype), memory_energy_j=mem_e, level=level)
+
+
+def decode_loop_seconds(op: Op, chip: Chip, backend: str) -> float:
+    """Decode (few query rows): each CTA walks its share of the KV cache block by block, so time is
+    waves x blocks per CTA x the kernel's per-block time. Kernels that split the KV sequence
+    (flash-decoding) create enough CTAs to fill the chip; the others get batch x heads CTAs."""
+    s = op.shape
+    cal = chip.calibration
+    pairs = s["batch"] * s["kv_heads"]  # a GQA group's query heads share one pass over its KV
+    splits = max(1, chip.compute_units // pairs) if cal.attention_split_kv.get(backend, False) else 1
+    ctas = pairs * splits
+    blocks = math.ceil(s["seq_kv"] / splits / KV_BLOCK)
+    block_s = cal.attention_decode_block_s[backend] * s["head_dim"] / 128
+    return math.ceil(ctas / chip.compute_units) * blocks * block_s
 
 
 # ---------------------------------------------------------------- memory-bound kernels
@@ -265,7 +295,7 @@ def collective_cost(op: Op, chip: Chip) -> OpCost:
         return OpCost(chip.calibration.kernel_latency_s, 0.0, 0.0, 0.0, kernels=1)
     cal = chip.calibration
     sent = RING_TRAFFIC[op.kind](n) * size
-    link_s = sent / (chip.link.bandwidth_bytes_per_s * cal.collective_efficiency)
+    link_s = sent / (chip.link.bandwidth_bytes_per_s * cal.collective_efficiency.get(op.kind, 1.0))
     fixed = cal.collective_latency_s + RING_STEPS[op.kind](n) * chip.link.latency_s
     # the reduction reads local + received data and writes the result through HBM
     hbm_bytes = sent * (1.5 if op.kind != "all_gather" else 1.0)

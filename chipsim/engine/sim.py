@@ -15,7 +15,7 @@ from chipsim.errors import InputError
 from chipsim.hardware.chip import Chip
 from chipsim.report.result import OpRecord, Result
 from chipsim.workload.graph import Op, Workload
-from chipsim.workload.kinds import KINDS
+from chipsim.workload.kinds import host_class
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +37,12 @@ class SimOptions:
 
 
 def _dispatch_seconds(op: Op, chip: Chip) -> float:
+    """Host time to issue the op eagerly: its class's dispatch cost, plus any framework calls that
+    launch no kernel (views, splits, module calls) attributed to it in `attrs.host_calls`."""
     table = chip.calibration.host_dispatch_s
-    host_class = KINDS[op.kind].host_class
-    return table.get(host_class, table.get("other", 0.0))
+    seconds = table.get(host_class(op.kind, op.attrs), table.get("other", 0.0))
+    calls = op.attrs.get("host_calls", 0)
+    return seconds + calls * table.get("call", 0.0) if calls else seconds
 
 
 class _Replay:
@@ -52,8 +55,7 @@ class _Replay:
         # the port itself runs at peak; each op's own cap carries its achieved efficiency
         hbm_rate = chip.hbm.bandwidth_bytes_per_s
         self.hbm = FluidShare(self.env, hbm_rate, "hbm")
-        link_rate = chip.link.bandwidth_bytes_per_s * chip.calibration.collective_efficiency
-        self.link = FluidShare(self.env, link_rate, "link")
+        self.link = FluidShare(self.env, chip.link.bandwidth_bytes_per_s, "link")
         self.power = PowerController(chip.power, chip.clock_hz, options.sustained)
         self.records: list[OpRecord | None] = [None] * len(workload.ops)
         self.power_steps: list[tuple[float, float]] = [(0.0, chip.power.idle_w)]

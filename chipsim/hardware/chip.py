@@ -49,24 +49,33 @@ class PowerModel:
 
 
 @dataclass(frozen=True)
+class GemmMenu:
+    """The CTA tile shapes and largest split-k a GEMM library offers for one dtype."""
+
+    tiles: tuple[tuple[int, int], ...]
+    max_split_k: int
+
+
+@dataclass(frozen=True)
 class Calibration:
     """Efficiencies and fixed costs of the chip family and its software stack (see validation/)."""
 
     gemm_efficiency: dict[str, float]
-    gemm_tiles: tuple[tuple[int, int], ...]
-    gemm_max_split_k: int
+    gemm_menus: dict[str, GemmMenu]  # dtype (or 'default') -> the kernel library's tile shapes
     int4_weight_only_efficiency: float
     memory_efficiency: float
     kernel_bw_efficiency: dict[str, float]
     attention_fwd_efficiency: dict[str, float]
     attention_bwd_efficiency: dict[str, float]
     attention_decode_efficiency: dict[str, float]
+    attention_decode_block_s: dict[str, float]
     attention_split_kv: dict[str, bool]
+    attention_setup_keys: dict[str, float]
     kernel_latency_s: float
     graph_launch_s: float
     host_dispatch_s: dict[str, float]
     collective_latency_s: float
-    collective_efficiency: float
+    collective_efficiency: dict[str, float]  # per collective kind: achieved fraction of link bandwidth
     source: str = ""
 
 
@@ -137,15 +146,26 @@ def _memory_level(sec: Section, name: str, *, with_area: bool = False) -> Memory
 
 def _calibration(sec: Section) -> Calibration:
     gemm = sec.section("gemm")
-    tiles_raw = gemm.raw("tiles")
-    if not (isinstance(tiles_raw, list) and tiles_raw and all(
-            isinstance(t, list) and len(t) == 2 and all(isinstance(x, int) and x > 0 for x in t)
-            for t in tiles_raw)):
-        raise gemm.error("tiles", "expected a list of [rows, cols] CTA tile shapes, e.g. [[128, 256]]")
+    menus_sec = gemm.section("kernels")
+    menus: dict[str, GemmMenu] = {}
+    for dtype in menus_sec.data:
+        if dtype != "default" and dtype not in DTYPES:
+            raise menus_sec.error(str(dtype), f"expected 'default' or a dtype ({', '.join(DTYPES)})")
+        menu = menus_sec.section(dtype)
+        tiles_raw = menu.raw("tiles")
+        if not (isinstance(tiles_raw, list) and tiles_raw and all(
+                isinstance(t, list) and len(t) == 2 and all(isinstance(x, int) and x > 0 for x in t)
+                for t in tiles_raw)):
+            raise menu.error("tiles", "expected a list of [rows, cols] CTA tile shapes, e.g. [[128, 256]]")
+        menus[str(dtype)] = GemmMenu(tuple((int(a), int(b)) for a, b in tiles_raw),
+                                     menu.number("max_split_k", 1, minimum=1, integer=True))
+        menu.done()
+    menus_sec.done()
+    if "default" not in menus:
+        raise menus_sec.error("default", "expected a 'default' kernel menu")
     cal_gemm = dict(
         gemm_efficiency=gemm.mapping("efficiency", "number"),
-        gemm_tiles=tuple((int(a), int(b)) for a, b in tiles_raw),
-        gemm_max_split_k=gemm.number("max_split_k", 1, minimum=1, integer=True),
+        gemm_menus=menus,
         int4_weight_only_efficiency=gemm.number("int4_weight_only_efficiency", 0.5, maximum=1.0),
     )
     gemm.done()
@@ -163,10 +183,13 @@ def _calibration(sec: Section) -> Calibration:
         attention_fwd_efficiency=att.mapping("fwd", "number"),
         attention_bwd_efficiency=att.mapping("bwd", "number"),
         attention_decode_efficiency=att.mapping("decode", "number"),
+        attention_decode_block_s=att.mapping("decode_block", "time"),
         attention_split_kv=split_kv,
+        attention_setup_keys=att.mapping("setup_keys", "number", {}),
     )
-    for part in ("fwd", "bwd", "decode"):
-        missing = [b for b in ATTENTION_BACKENDS if b not in cal_att[f"attention_{part}_efficiency"]]
+    for part in ("fwd", "bwd", "decode", "decode_block"):
+        table = cal_att["attention_decode_block_s" if part == "decode_block" else f"attention_{part}_efficiency"]
+        missing = [b for b in ATTENTION_BACKENDS if b not in table]
         if missing:
             raise att.error(part, f"missing backends {missing}; expected all of {list(ATTENTION_BACKENDS)}")
     att.done()
@@ -179,7 +202,7 @@ def _calibration(sec: Section) -> Calibration:
     coll = sec.section("collective")
     cal_coll = dict(
         collective_latency_s=coll.quantity("latency", "time"),
-        collective_efficiency=coll.number("efficiency", maximum=1.0),
+        collective_efficiency=coll.mapping("efficiency", "number"),
     )
     coll.done()
     source = sec.string("source", "")

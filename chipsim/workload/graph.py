@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from chipsim.errors import InputError
-from chipsim.workload.kinds import DTYPE_BYTES, KINDS
+from chipsim.workload.kinds import DTYPE_BYTES, ELEMENTWISE_OPS, KINDS
 
 STREAMS = ("compute", "copy", "comm")
 FORMAT = "chipsim.workload"
 FORMAT_VERSION = 1
+_DTYPE_ATTRS = ("weight_dtype", "out_dtype", "narrow_dtype")
+_NUMBER_ATTRS = ("group_size", "buffer_bytes", "kernels")
 
 
 @dataclass(frozen=True)
@@ -43,12 +46,12 @@ def make_op(op_id: int, name: str, kind: str, dtype: str, shape: Mapping[str, An
             attrs: Mapping[str, Any] | None = None, where: str = "") -> Op:
     """Validate one op and compute its work. `where` locates errors (e.g. 'ops[12]')."""
     where = where or f"ops[{op_id}]"
-    spec = KINDS.get(kind)
+    spec = KINDS.get(kind) if isinstance(kind, str) else None
     if spec is None:
         raise InputError(f"unknown op kind '{kind}'; expected one of {', '.join(sorted(KINDS))}", key=f"{where}.kind")
-    if dtype not in DTYPE_BYTES:
+    if not isinstance(dtype, str) or dtype not in DTYPE_BYTES:
         raise InputError(f"unknown dtype '{dtype}'; expected one of {', '.join(DTYPE_BYTES)}", key=f"{where}.dtype")
-    if stream not in STREAMS:
+    if not isinstance(stream, str) or stream not in STREAMS:
         raise InputError(f"unknown stream '{stream}'; expected one of {', '.join(STREAMS)}", key=f"{where}.stream")
     if not isinstance(shape, Mapping):
         raise InputError("expected a mapping of shape keys", key=f"{where}.shape")
@@ -66,7 +69,7 @@ def make_op(op_id: int, name: str, kind: str, dtype: str, shape: Mapping[str, An
     for key, value in full.items():
         if isinstance(value, bool) or key == "pass":
             continue
-        if not isinstance(value, (int, float)) or value < 0 or value != value:
+        if not isinstance(value, (int, float)) or value < 0 or not math.isfinite(value):
             raise InputError(f"expected a non-negative number, got {value!r}", key=f"{where}.shape.{key}")
     if kind in ("gemm",) and min(full["m"], full["n"], full["k"], full["batch"]) < 1:
         raise InputError("GEMM dimensions must be >= 1", key=f"{where}.shape")
@@ -80,7 +83,24 @@ def make_op(op_id: int, name: str, kind: str, dtype: str, shape: Mapping[str, An
                              key=f"{where}.shape.kv_heads")
     if kind in ("all_reduce", "all_gather", "reduce_scatter") and full["group"] < 1:
         raise InputError("a collective needs a group of >= 1 chips", key=f"{where}.shape.group")
+    if isinstance(device, bool) or not isinstance(device, int) or device < 0:
+        raise InputError(f"expected a non-negative integer, got {device!r}", key=f"{where}.device")
+    if attrs is not None and not isinstance(attrs, Mapping):
+        raise InputError("expected a mapping of attributes", key=f"{where}.attrs")
     attrs = dict(attrs or {})
+    for key in _DTYPE_ATTRS:
+        if key in attrs and (not isinstance(attrs[key], str) or attrs[key] not in DTYPE_BYTES):
+            raise InputError(f"unknown dtype {attrs[key]!r}; expected one of {', '.join(DTYPE_BYTES)}",
+                             key=f"{where}.attrs.{key}")
+    for key in _NUMBER_ATTRS:
+        value = attrs.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or not math.isfinite(value):
+            raise InputError(f"expected a non-negative number, got {value!r}", key=f"{where}.attrs.{key}")
+    if kind == "elementwise":
+        ew = attrs.get("op", "add")
+        if not isinstance(ew, str) or ew not in ELEMENTWISE_OPS:
+            raise InputError(f"unknown elementwise op {ew!r}; expected one of {', '.join(sorted(ELEMENTWISE_OPS))}",
+                             key=f"{where}.attrs.op")
     flops, nbytes = spec.work(full, dtype, attrs)
     return Op(op_id, name, kind, dtype, full, tuple(int(d) for d in deps), stream, int(device), attrs,
               float(flops), float(nbytes))
@@ -107,7 +127,8 @@ class Workload:
                                  key=f"ops[{index}].id")
             for dep in op.deps:
                 if not 0 <= dep < index:
-                    raise InputError(f"dependency {dep} must name an earlier op (0..{index - 1})",
+                    earlier = f"0..{index - 1}" if index else "op 0 can have none"
+                    raise InputError(f"dependency {dep} must name an earlier op ({earlier})",
                                      key=f"ops[{index}].deps")
 
     @property

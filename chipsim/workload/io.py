@@ -25,6 +25,12 @@ def workload_from_dict(data: Any, file: str | None = None) -> Workload:
         raw_ops = data.get("ops")
         if not isinstance(raw_ops, list) or not raw_ops:
             raise InputError("expected a non-empty list of ops", key="ops")
+        for section in ("params", "memory", "meta"):
+            if not isinstance(data.get(section, {}), dict):
+                raise InputError("expected an object", key=section)
+        for category, value in data.get("memory", {}).items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise InputError(f"expected a size in bytes, got {value!r}", key=f"memory.{category}")
         ops = []
         for index, raw in enumerate(raw_ops):
             where = f"ops[{index}]"

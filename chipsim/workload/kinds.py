@@ -19,9 +19,10 @@ ELEMENTWISE_OPS = {
     "cast": (1, 1, 1), "gelu": (1, 1, 8), "silu": (1, 1, 4), "silu_mul": (2, 1, 5), "rope": (1, 1, 6),
     "reduce": (1, 0, 1), "embedding": (1, 1, 0), "dropout": (1, 1, 2), "scale": (1, 1, 1),
     "transpose": (1, 1, 0), "abs": (1, 1, 1), "clamp": (1, 1, 2), "round": (1, 1, 1),
-    "silu_mul_bwd": (3, 2, 10), "gelu_bwd": (2, 1, 10), "add_bwd": (1, 2, 0),
+    "silu_mul_bwd": (3, 2, 10), "gelu_bwd": (2, 1, 10), "silu_bwd": (2, 1, 6), "mul_bwd": (3, 2, 2),
 }
 NORM_TYPES = ("rms_norm", "layer_norm")
+REDUCTION_OPS = ("reduce", "read")  # elementwise ops the framework dispatches as reductions
 PASSES = ("fwd", "bwd")
 
 
@@ -122,6 +123,13 @@ def _collective_work(s: Mapping[str, Any], dtype: str, attrs: Mapping[str, Any])
 
 def _opaque_work(s: Mapping[str, Any], dtype: str, attrs: Mapping[str, Any]) -> tuple[float, float]:
     return float(s["flops"]), float(s["bytes"])
+
+
+def host_class(kind: str, attrs: Mapping[str, Any]) -> str:
+    """Which host dispatch cost an op pays when launched eagerly."""
+    if kind == "elementwise" and attrs.get("op") in REDUCTION_OPS:
+        return "reduction"
+    return KINDS[kind].host_class
 
 
 _COLLECTIVE_SHAPE = {"bytes": None, "group": None}

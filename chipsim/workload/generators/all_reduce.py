@@ -40,19 +40,24 @@ def all_reduce(p: AllReduceParams) -> Workload:
     if p.scheme == "plain":
         b.add("all_reduce", "all_reduce", p.dtype, [], stream="comm", bytes=size, group=p.chips)
     else:
-        dt = p.dtype
+        # as PyTorch runs it, op by op: per-tensor absmax scale, quantize, all-gather the int8 payload
+        # and the scales, stack, dequantize, average
+        dt, n = p.dtype, p.chips
         absv = b.add("elementwise", "quant.abs", dt, [], numel=numel, attrs={"op": "abs"})
         amax = b.add("elementwise", "quant.amax", dt, [absv], numel=numel, attrs={"op": "reduce"})
-        div = b.add("elementwise", "quant.div", dt, [amax], numel=numel, attrs={"op": "scale"})
+        scale = b.add("elementwise", "quant.scale", dt, [amax], numel=1, attrs={"op": "scale"})
+        div = b.add("elementwise", "quant.div", dt, [scale], numel=numel, attrs={"op": "scale"})
         rnd = b.add("elementwise", "quant.round", dt, [div], numel=numel, attrs={"op": "round"})
         clp = b.add("elementwise", "quant.clamp", dt, [rnd], numel=numel, attrs={"op": "clamp"})
         q = b.add("elementwise", "quant.to_int8", dt, [clp], numel=numel, attrs={"op": "cast", "out_dtype": "int8"})
-        g = b.add("all_gather", "all_gather.int8", "int8", [q], stream="comm", bytes=float(numel), group=p.chips)
-        gs = b.add("all_gather", "all_gather.scales", "fp32", [amax], stream="comm", bytes=4.0, group=p.chips)
-        f = b.add("elementwise", "dequant.to_float", "int8", [g], numel=numel * p.chips,
+        g = b.add("all_gather", "all_gather.int8", "int8", [q], stream="comm", bytes=float(numel), group=n)
+        gs = b.add("all_gather", "all_gather.scales", "fp32", [scale], stream="comm", bytes=4.0, group=n)
+        st = b.add("elementwise", "dequant.stack", "int8", [g], numel=numel * n, attrs={"op": "copy"})
+        f = b.add("elementwise", "dequant.to_float", "int8", [st], numel=numel * n,
                   attrs={"op": "cast", "out_dtype": dt})
-        m = b.add("elementwise", "dequant.scale", dt, [f, gs], numel=numel * p.chips, attrs={"op": "scale"})
-        b.add("elementwise", "dequant.mean", dt, [m], numel=numel * p.chips, attrs={"op": "reduce"})
+        m = b.add("elementwise", "dequant.scale", dt, [f, gs], numel=numel * n, attrs={"op": "scale"})
+        total = b.add("elementwise", "dequant.sum", dt, [m], numel=numel * n, attrs={"op": "reduce"})
+        b.add("elementwise", "dequant.mean", dt, [total], numel=numel, attrs={"op": "scale"})
     b.memory.update({"buffers": size * (1 if p.scheme == "plain" else 2 + p.chips * 1.25)})
     b.meta.update(link_bytes_per_rank_plain=2 * (p.chips - 1) / p.chips * size,
                   link_bytes_per_rank_compressed=(p.chips - 1) * numel)

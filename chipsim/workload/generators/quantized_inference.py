@@ -29,7 +29,10 @@ class InferenceParams:
     weights: Literal["bf16", "int8", "int4"] = param("bf16", "weight format of the block linears")
     group_size: int = param(128, "quantization group size along k")
     quantize_lm_head: bool = param(False, "also quantize the LM head")
-    attention_backend: Literal["flash", "cudnn", "efficient"] = param("flash", "SDPA backend")
+    attention_backend: Literal["flash", "cudnn", "efficient"] = param(
+        "cudnn", "SDPA backend (PyTorch 2.11 picks cuDNN on Hopper)")
+    rope: bool = param(False, "apply rotary embeddings as separate kernels")
+    kv_append: bool = param(False, "decode: copy the new token's K and V into the cache as a separate kernel")
 
     def __post_init__(self) -> None:
         if self.batch < 1 or self.prompt < 1 or self.tokens < 1 or self.group_size < 1:
@@ -50,15 +53,16 @@ def quantized_inference(p: InferenceParams) -> Workload:
         seq_kv = p.prompt + step if p.phase == "decode" else p.prompt
         t = p.batch * seq_q
         lin = Linears(b, "bf16", t, weight_dtype=wdt, group_size=p.group_size)
-        args = BlockArgs(p.batch, seq_q, seq_kv, causal=p.phase == "prefill", backend=p.attention_backend)
+        args = BlockArgs(p.batch, seq_q, seq_kv, causal=p.phase == "prefill", backend=p.attention_backend,
+                         rope=p.rope)
         prefix = f"tok{step}." if steps > 1 else ""
         x: int | None = b.add("elementwise", f"{prefix}embedding", "bf16", [last], numel=t * shape.d_model,
                               attrs={"op": "embedding"})
         for layer in range(shape.layers):
-            if p.phase == "decode":  # append this token's K and V to the cache
+            if p.phase == "decode" and p.kv_append:  # append this token's K and V to the cache
                 x = b.add("elementwise", f"{prefix}layer{layer}.kv_append", "bf16", [x],
                           numel=2 * t * shape.kv_heads * shape.head_dim, attrs={"op": "copy"})
-            x, _ = block_forward(b, lin, shape, args, layer, x)
+            x = block_forward(b, lin, shape, args, layer, x)
         fn = b.add("norm", f"{prefix}final_norm", "bf16", [x], rows=t, cols=shape.d_model, attrs={"type": "rms_norm"})
         head = Linears(b, "bf16", p.batch, weight_dtype=wdt if p.quantize_lm_head else None, group_size=p.group_size)
         last = head.forward(f"{prefix}lm_head", fn, shape.d_model, shape.vocab)  # logits of the last token only

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -17,6 +17,10 @@ from chipsim.workload.graph import Workload, WorkloadBuilder
 # training with flash attention: 34 (Korthikanti et al., "Reducing Activation Recomputation in Large
 # Transformer Models", 2022, eq. 1; the 5*a*s/h term drops since flash attention stores no scores).
 ACTIVATION_BYTES_PER_TOKEN_PER_DIM = 34
+# Framework calls that launch no kernel, per attention block of the reference implementation
+# (reference/h200/traces: split_with_sizes, 3 views and 3 transposes for q/k/v, then transpose and
+# reshape of the output); their host cost is the chip's `host.dispatch.call`.
+ATTENTION_HOST_CALLS = 9
 
 
 @dataclass(frozen=True)
@@ -100,42 +104,61 @@ class Linears:
     def _act_dtype(self) -> str:
         return "fp32" if self.precision == "fp32" else "bf16"
 
-    def forward(self, name: str, dep: int | None, k: int, n: int) -> int:
+    def forward(self, name: str, dep: int | None, k: int, n: int, *, input_dtype: str | None = None) -> int:
+        """A linear's forward. Under autocast (`master_fp32`), the fp32 weight is cast to bf16 and so
+        is an fp32 input, as separate kernels (what torch.autocast launches)."""
         b, m = self.b, self.tokens
         if self.precision == "fp8":
-            amax_x = b.add("elementwise", f"{name}.amax_x", "bf16", [dep], numel=m * k, attrs={"op": "reduce"})
-            cast_x = b.add("quantize", f"{name}.cast_x_e4m3", "bf16", [amax_x], numel=m * k,
-                           attrs={"narrow_dtype": "fp8"})
-            amax_w = b.add("elementwise", f"{name}.amax_w", "fp32", [dep], numel=k * n, attrs={"op": "reduce"})
-            cast_w = b.add("quantize", f"{name}.cast_w_e4m3", "fp32", [amax_w], numel=k * n,
-                           attrs={"narrow_dtype": "fp8"})
+            cast_x = self._fp8_cast(f"{name}.x", input_dtype or "bf16", m * k, dep)
+            cast_w = self._fp8_cast(f"{name}.w", "fp32", k * n, dep)
             return b.add("gemm", f"{name}.fwd", "fp8", [cast_x, cast_w], m=m, n=n, k=k)
         deps = [dep]
         if self.master_fp32 and self.precision == "bf16":
-            deps.append(b.add("elementwise", f"{name}.cast_w_bf16", "fp32", [dep], numel=k * n,
+            deps.append(b.add("elementwise", f"{name}.cast_w", "fp32", [dep], numel=k * n,
                               attrs={"op": "cast", "out_dtype": "bf16"}))
-        attrs = {}
-        if self.weight_dtype in ("int4", "int8"):
-            attrs = {"weight_dtype": self.weight_dtype, "group_size": self.group_size}
+            if input_dtype == "fp32":
+                deps.append(b.add("elementwise", f"{name}.cast_x", "fp32", [dep], numel=m * k,
+                                  attrs={"op": "cast", "out_dtype": "bf16"}))
+        attrs: dict[str, Any] = {}
+        if self.weight_dtype in ("int4", "int8"):  # packed-weight kernels take 2D input: reshape, view back
+            attrs = {"weight_dtype": self.weight_dtype, "group_size": self.group_size, "host_calls": 2}
         return b.add("gemm", f"{name}.fwd", self._act_dtype(), deps, m=m, n=n, k=k, attrs=attrs)
 
-    def backward(self, name: str, dep: int, k: int, n: int) -> tuple[int, int]:
+    def _fp8_cast(self, name: str, src_dtype: str, numel: int, dep: int | None) -> int:
+        """Per-tensor amax scaling to FP8 as unfused PyTorch ops: abs, max, scale, mul, clamp, cast
+        (the multiply by an fp32 scale promotes to fp32)."""
+        b = self.b
+        absv = b.add("elementwise", f"{name}.abs", src_dtype, [dep], numel=numel, attrs={"op": "abs"})
+        amax = b.add("elementwise", f"{name}.amax", src_dtype, [absv], numel=numel, attrs={"op": "reduce"})
+        scale = b.add("elementwise", f"{name}.scale", "fp32", [amax], numel=1, attrs={"op": "scale"})
+        mul = b.add("elementwise", f"{name}.mul", src_dtype, [dep, scale], numel=numel,
+                    attrs={"op": "scale", "out_dtype": "fp32"})
+        clamp = b.add("elementwise", f"{name}.clamp", "fp32", [mul], numel=numel, attrs={"op": "clamp"})
+        return b.add("quantize", f"{name}.to_fp8", "fp32", [clamp], numel=numel, attrs={"narrow_dtype": "fp8"})
+
+    def backward(self, name: str, dep: int, k: int, n: int, dy_dtype: str = "bf16") -> tuple[int, int]:
         """Returns (dgrad op, wgrad op)."""
         b, m = self.b, self.tokens
         if self.precision == "fp8":
-            amax_g = b.add("elementwise", f"{name}.amax_dy", "bf16", [dep], numel=m * n, attrs={"op": "reduce"})
-            cast_g = b.add("quantize", f"{name}.cast_dy_e5m2", "bf16", [amax_g], numel=m * n,
-                           attrs={"narrow_dtype": "fp8"})
+            cast_g = self._fp8_cast(f"{name}.dy", dy_dtype, m * n, dep)
             t_w = b.add("elementwise", f"{name}.transpose_w", "fp8", [cast_g], numel=k * n, attrs={"op": "transpose"})
-            dgrad = b.add("gemm", f"{name}.dgrad", "fp8", [t_w], m=m, n=k, k=n)
+            dgrad = b.add("gemm", f"{name}.dgrad", "fp8", [cast_g, t_w], m=m, n=k, k=n)
             t_x = b.add("elementwise", f"{name}.transpose_x", "fp8", [cast_g], numel=m * k, attrs={"op": "transpose"})
             t_g = b.add("elementwise", f"{name}.transpose_dy", "fp8", [cast_g], numel=m * n,
                         attrs={"op": "transpose"})
             wgrad = b.add("gemm", f"{name}.wgrad", "fp8", [t_x, t_g], m=k, n=n, k=m)
+            wgrad = b.add("elementwise", f"{name}.grad_to_fp32", "bf16", [wgrad], numel=k * n,
+                          attrs={"op": "cast", "out_dtype": "fp32"})
             return dgrad, wgrad
         dt = self._act_dtype()
+        if self.master_fp32 and self.precision == "bf16":  # the incoming fp32 gradient is cast to bf16
+            dep = b.add("elementwise", f"{name}.cast_dy", "fp32", [dep], numel=m * n,
+                        attrs={"op": "cast", "out_dtype": "bf16"})
         dgrad = b.add("gemm", f"{name}.dgrad", dt, [dep], m=m, n=k, k=n)
         wgrad = b.add("gemm", f"{name}.wgrad", dt, [dep], m=k, n=n, k=m)
+        if self.master_fp32 and self.precision == "bf16":  # accumulate into the fp32 .grad
+            wgrad = b.add("elementwise", f"{name}.grad_to_fp32", "bf16", [wgrad], numel=k * n,
+                          attrs={"op": "cast", "out_dtype": "fp32"})
         return dgrad, wgrad
 
 
@@ -145,33 +168,39 @@ class BlockArgs:
     seq_q: int
     seq_kv: int
     causal: bool = True
-    backend: str = "flash"
+    backend: str = "cudnn"
+    rope: bool = False
+
+
+def _residual_dtype(lin: Linears) -> str:
+    """Under autocast the residual stream and norms stay fp32; only the linears run in bf16/fp8."""
+    return "fp32" if lin.precision in ("fp32", "fp8") or lin.master_fp32 else "bf16"
 
 
 def block_forward(b: WorkloadBuilder, lin: Linears, shape: ModelShape, args: BlockArgs, layer: int,
-                  x: int | None) -> tuple[int | None, dict[str, int]]:
-    """One Llama block forward; returns (output op, named ops needed by backward)."""
+                  x: int | None) -> int:
+    """One Llama block forward, kernel by kernel as PyTorch launches it; returns the output op."""
     t = args.batch * args.seq_q
     d, hd = shape.d_model, shape.head_dim
     act = lin._act_dtype()
+    res = _residual_dtype(lin)
     p = f"layer{layer}"
-    saved: dict[str, int] = {}
-    n1 = b.add("norm", f"{p}.attn_norm", act, [x], rows=t, cols=d, attrs={"type": "rms_norm"})
-    qkv = lin.forward(f"{p}.qkv", n1, d, shape.qkv_out)
-    rope = b.add("elementwise", f"{p}.rope", act, [qkv], numel=t * (shape.heads + shape.kv_heads) * hd,
-                 attrs={"op": "rope"})
-    attn = b.add("attention", f"{p}.attn", act, [rope], batch=args.batch, heads=shape.heads,
+    n1 = b.add("norm", f"{p}.attn_norm", res, [x], rows=t, cols=d, attrs={"type": "rms_norm"})
+    h = lin.forward(f"{p}.qkv", n1, d, shape.qkv_out, input_dtype=res)
+    if args.rope:
+        h = b.add("elementwise", f"{p}.rope", act, [h], numel=t * (shape.heads + shape.kv_heads) * hd,
+                  attrs={"op": "rope"})
+    attn = b.add("attention", f"{p}.attn", act, [h], batch=args.batch, heads=shape.heads,
                  kv_heads=shape.kv_heads, seq_q=args.seq_q, seq_kv=args.seq_kv, head_dim=hd,
-                 causal=args.causal, attrs={"backend": args.backend})
-    out = lin.forward(f"{p}.out", attn, shape.heads * hd, d)
-    res1 = b.add("elementwise", f"{p}.residual1", act, [out, x], numel=t * d, attrs={"op": "add"})
-    n2 = b.add("norm", f"{p}.mlp_norm", act, [res1], rows=t, cols=d, attrs={"type": "rms_norm"})
-    gu = lin.forward(f"{p}.gate_up", n2, d, 2 * shape.ffn)
-    act_op = b.add("elementwise", f"{p}.silu_mul", act, [gu], numel=t * shape.ffn, attrs={"op": "silu_mul"})
-    down = lin.forward(f"{p}.down", act_op, shape.ffn, d)
-    res2 = b.add("elementwise", f"{p}.residual2", act, [down, res1], numel=t * d, attrs={"op": "add"})
-    saved.update(attn=attn)
-    return res2, saved
+                 causal=args.causal, attrs={"backend": args.backend, "host_calls": ATTENTION_HOST_CALLS})
+    out = lin.forward(f"{p}.out", attn, shape.heads * hd, d, input_dtype=act)
+    res1 = b.add("elementwise", f"{p}.residual1", res, [out, x], numel=t * d, attrs={"op": "add"})
+    n2 = b.add("norm", f"{p}.mlp_norm", res, [res1], rows=t, cols=d, attrs={"type": "rms_norm"})
+    gu = lin.forward(f"{p}.gate_up", n2, d, 2 * shape.ffn, input_dtype=res)
+    silu = b.add("elementwise", f"{p}.silu", act, [gu], numel=t * shape.ffn, attrs={"op": "silu", "host_calls": 1})
+    mul = b.add("elementwise", f"{p}.mul", act, [silu], numel=t * shape.ffn, attrs={"op": "mul"})
+    down = lin.forward(f"{p}.down", mul, shape.ffn, d, input_dtype=act)
+    return b.add("elementwise", f"{p}.residual2", res, [down, res1], numel=t * d, attrs={"op": "add"})
 
 
 def block_backward(b: WorkloadBuilder, lin: Linears, shape: ModelShape, args: BlockArgs, layer: int,
@@ -179,25 +208,30 @@ def block_backward(b: WorkloadBuilder, lin: Linears, shape: ModelShape, args: Bl
     t = args.batch * args.seq_q
     d, hd = shape.d_model, shape.head_dim
     act = lin._act_dtype()
+    res = _residual_dtype(lin)
     p = f"layer{layer}"
-    dg, wg = lin.backward(f"{p}.down", dy, shape.ffn, d)
+    dg, wg = lin.backward(f"{p}.down", dy, shape.ffn, d, res)
     wgrads.append(wg)
-    dact = b.add("elementwise", f"{p}.silu_mul_bwd", act, [dg], numel=t * shape.ffn, attrs={"op": "silu_mul_bwd"})
-    dg, wg = lin.backward(f"{p}.gate_up", dact, d, 2 * shape.ffn)
+    dmul = b.add("elementwise", f"{p}.mul_bwd", act, [dg], numel=t * shape.ffn, attrs={"op": "mul_bwd"})
+    dsilu = b.add("elementwise", f"{p}.silu_bwd", act, [dmul], numel=t * shape.ffn, attrs={"op": "silu_bwd"})
+    dcat = b.add("elementwise", f"{p}.gate_up_cat", act, [dsilu], numel=t * 2 * shape.ffn, attrs={"op": "copy"})
+    dg, wg = lin.backward(f"{p}.gate_up", dcat, d, 2 * shape.ffn, act)
     wgrads.append(wg)
-    dn2 = b.add("norm", f"{p}.mlp_norm_bwd", act, [dg], rows=t, cols=d, attrs={"type": "rms_norm", "pass": "bwd"})
-    dres = b.add("elementwise", f"{p}.residual1_bwd", act, [dn2, dy], numel=t * d, attrs={"op": "add"})
-    dg, wg = lin.backward(f"{p}.out", dres, shape.heads * hd, d)
+    dn2 = b.add("norm", f"{p}.mlp_norm_bwd", res, [dg], rows=t, cols=d, attrs={"type": "rms_norm", "pass": "bwd"})
+    dres = b.add("elementwise", f"{p}.residual1_bwd", res, [dn2, dy], numel=t * d, attrs={"op": "add"})
+    dg, wg = lin.backward(f"{p}.out", dres, shape.heads * hd, d, res)
     wgrads.append(wg)
     da = b.add("attention", f"{p}.attn_bwd", act, [dg], batch=args.batch, heads=shape.heads,
                kv_heads=shape.kv_heads, seq_q=args.seq_q, seq_kv=args.seq_kv, head_dim=hd,
                causal=args.causal, attrs={"backend": args.backend}, **{"pass": "bwd"})
-    drope = b.add("elementwise", f"{p}.rope_bwd", act, [da], numel=t * (shape.heads + shape.kv_heads) * hd,
-                  attrs={"op": "rope"})
-    dg, wg = lin.backward(f"{p}.qkv", drope, d, shape.qkv_out)
+    if args.rope:
+        da = b.add("elementwise", f"{p}.rope_bwd", act, [da], numel=t * (shape.heads + shape.kv_heads) * hd,
+                   attrs={"op": "rope"})
+    dcat = b.add("elementwise", f"{p}.qkv_cat", act, [da], numel=t * shape.qkv_out, attrs={"op": "copy"})
+    dg, wg = lin.backward(f"{p}.qkv", dcat, d, shape.qkv_out, act)
     wgrads.append(wg)
-    dn1 = b.add("norm", f"{p}.attn_norm_bwd", act, [dg], rows=t, cols=d, attrs={"type": "rms_norm", "pass": "bwd"})
-    return b.add("elementwise", f"{p}.residual0_bwd", act, [dn1, dres], numel=t * d, attrs={"op": "add"})
+    dn1 = b.add("norm", f"{p}.attn_norm_bwd", res, [dg], rows=t, cols=d, attrs={"type": "rms_norm", "pass": "bwd"})
+    return b.add("elementwise", f"{p}.residual0_bwd", res, [dn1, dres], numel=t * d, attrs={"op": "add"})
 
 
 @dataclass(frozen=True)
@@ -218,7 +252,9 @@ class TrainStepParams:
         0.0, "fp8 only: chance a step overflows and re-runs in bf16 (the article's dynamic fallback)")
     steps: int = param(1, "training steps in the graph")
     seed: int = param(0, "seed of the overflow draws")
-    attention_backend: Literal["flash", "cudnn", "efficient"] = param("flash", "SDPA backend")
+    attention_backend: Literal["flash", "cudnn", "efficient"] = param(
+        "cudnn", "SDPA backend (PyTorch 2.11 picks cuDNN on Hopper)")
+    rope: bool = param(False, "apply rotary embeddings as separate kernels (the reference model has none)")
 
     def __post_init__(self) -> None:
         if self.batch < 1 or self.seq < 1 or self.steps < 1:
@@ -246,21 +282,23 @@ def emit_train_step(b: WorkloadBuilder, shape: ModelShape, p: TrainStepParams, p
     d = shape.d_model
     lin = Linears(b, precision, t, master_fp32=precision == "bf16")
     act = lin._act_dtype()
-    args = BlockArgs(p.batch, p.seq, p.seq, True, p.attention_backend if precision != "fp32" else "efficient")
+    args = BlockArgs(p.batch, p.seq, p.seq, True, p.attention_backend if precision != "fp32" else "efficient",
+                     p.rope)
     s = f"step{step}." if p.steps > 1 or step else ""
     emb = b.add("elementwise", f"{s}embedding", act, [after], numel=t * d, attrs={"op": "embedding"})
     x: int | None = emb
     for layer in range(shape.layers):
-        x, _ = block_forward(b, lin, shape, args, layer, x)
-    fn = b.add("norm", f"{s}final_norm", act, [x], rows=t, cols=d, attrs={"type": "rms_norm"})
+        x = block_forward(b, lin, shape, args, layer, x)
+    res = _residual_dtype(lin)
+    fn = b.add("norm", f"{s}final_norm", res, [x], rows=t, cols=d, attrs={"type": "rms_norm"})
     head = Linears(b, "bf16" if precision == "fp8" else precision, t, master_fp32=precision != "fp32")
-    logits = head.forward(f"{s}lm_head", fn, d, shape.vocab)
+    logits = head.forward(f"{s}lm_head", fn, d, shape.vocab, input_dtype=res)
     loss = b.add("softmax", f"{s}cross_entropy", "fp32", [logits], rows=t, cols=shape.vocab)
     dlogits = b.add("elementwise", f"{s}cross_entropy_bwd", act, [loss], numel=t * shape.vocab, attrs={"op": "add"})
     wgrads: list[int] = []
     dg, wg = head.backward(f"{s}lm_head", dlogits, d, shape.vocab)
     wgrads.append(wg)
-    dy = b.add("norm", f"{s}final_norm_bwd", act, [dg], rows=t, cols=d, attrs={"type": "rms_norm", "pass": "bwd"})
+    dy = b.add("norm", f"{s}final_norm_bwd", res, [dg], rows=t, cols=d, attrs={"type": "rms_norm", "pass": "bwd"})
     for layer in reversed(range(shape.layers)):
         dy = block_backward(b, lin, shape, args, layer, dy, wgrads)
     emb_bwd = b.add("elementwise", f"{s}embedding_bwd", "fp32", [dy], numel=t * d, attrs={"op": "embedding"})

@@ -1,0 +1,1 @@
+"""Studies built on the simulator: validation against measurements, regression baselines."""
