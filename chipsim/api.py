@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from chipsim.config.runconfig import RunConfig, WorkloadSpec
+from chipsim.cost.model import cost_of
 from chipsim.engine.sim import SimOptions, simulate
 from chipsim.errors import InputError
 from chipsim.hardware.chip import Chip
@@ -55,6 +56,18 @@ def run(config: RunConfig, chips: Sequence[str] | None = None,
     except InputError as exc:
         raise exc.within(file=str(config.file) if config.file else None) from None
     options = SimOptions(launch=config.launch, sustained=config.sustained)
+
+    def cannot_run(chip: Chip, exc: InputError) -> InputError:
+        source = config.workload.trace or config.file  # name the file the workload came from
+        return InputError(f"{chip.name} cannot run this workload: {exc.message}",
+                          file=exc.file or (str(source) if source else None), key=exc.key)
+
+    for chip in chip_objs:  # every chip must run every op (dtypes, memory levels) before any simulation
+        try:
+            for op in workload.ops:
+                cost_of(op, chip)
+        except InputError as exc:
+            raise cannot_run(chip, exc) from None
     results = []
     for index, chip in enumerate(chip_objs):
         if progress:
@@ -62,7 +75,5 @@ def run(config: RunConfig, chips: Sequence[str] | None = None,
         try:
             results.append(simulate(workload, chip, options))
         except InputError as exc:
-            source = config.workload.trace or config.file  # name the file the workload came from
-            raise InputError(f"{chip.name} cannot run this workload: {exc.message}",
-                             file=exc.file or (str(source) if source else None), key=exc.key) from None
+            raise cannot_run(chip, exc) from None
     return results

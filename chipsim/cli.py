@@ -94,6 +94,104 @@ def cmd_workloads(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- chipsim validate
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from chipsim.study import validate as v
+
+    frame = v.read_measurements(args.measurements)
+    chip = args.chip
+    if chip is not None:
+        from chipsim.hardware.registry import load_chip
+
+        load_chip(chip)  # an unknown chip is an error before any work
+    power_path = Path(args.power) if args.power else Path(args.measurements).with_name("power.json")
+    power = v.read_power(power_path) if (args.power or power_path.is_file()) else None
+
+    def progress(index: int, total: int) -> None:
+        if not args.json and index % 100 == 0:
+            _stderr(f"validating row {index + 1}/{total} ...")
+
+    predictions, skipped = v.validate(frame, chip, progress)
+    summary = v.family_summary(predictions)
+    power_frame = None
+    if power is not None:
+        from chipsim.hardware.registry import load_chip
+
+        power_frame = v.validate_power(power, load_chip(chip or "h200_sxm"))
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        columns = [c for c in predictions.columns if c not in ("family", "chip", "skipped_reason",
+                                                                "predicted_energy_j", "predicted_power_w")]
+        tmp = out.with_name(f".{out.name}.tmp")
+        predictions[columns].to_csv(tmp, index=False)
+        tmp.replace(out)
+    if args.plot:
+        from chipsim.report.plots import plot_validation
+
+        fig = plot_validation(predictions)
+        plot = Path(args.plot)
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(plot, dpi=110)
+    if args.json:
+        print(json.dumps({
+            "rows": int(len(predictions)), "simulated": int(len(predictions) - len(skipped)),
+            "families": summary.to_dict("records"),
+            "skipped": [{"row": int(i), "op": str(r["op"]), "reason": r["skipped_reason"]}
+                        for i, r in skipped.iterrows()],
+            "power": power_frame.to_dict("records") if power_frame is not None else None,
+        }, default=lambda x: None))
+        return 0
+    view = pd.DataFrame({
+        "family": summary["family"], "rows": summary["rows"],
+        "median APE": [f"{x:.1%}" for x in summary["median_ape"]],
+        "p90 APE": [f"{x:.1%}" for x in summary["p90_ape"]],
+        "worst": [f"{a:.0%} {w}" for a, w in zip(summary["max_ape"], summary["worst"], strict=True)],
+    })
+    print(f"{len(predictions) - len(skipped)} of {len(predictions)} rows simulated"
+          f"{' on ' + chip if chip else ''}")
+    print(view.to_string(index=False))
+    for i, r in skipped.iterrows():
+        print(f"skipped row {i} ({r['op']}): {r['skipped_reason']}")
+    if power_frame is not None:
+        print(f"\npower phases ({power_path}):")
+        for r in power_frame.to_dict("records"):
+            line = f"  {r['phase']:<16} measured {r['measured_w']:6.1f} W  predicted {r['predicted_w']:6.1f} W  ({r['ape']:.1%})"
+            if not pd.isna(r.get("predicted_clock_mhz", float("nan"))):
+                line += (f"; clock {r['predicted_clock_mhz']:.0f} vs {r['measured_clock_mhz']:.0f} MHz, "
+                         f"{r['predicted_tflops']:.0f} vs {r['measured_tflops']:.0f} TFLOP/s")
+            print(line)
+    return 0
+
+
+# ---------------------------------------------------------------- chipsim regress
+
+
+def cmd_regress(args: argparse.Namespace) -> int:
+    from chipsim.study import regress
+
+    baselines = Path(args.baselines)
+    now = regress.simulate_examples(Path(args.configs), lambda name: _stderr(f"simulating {name} ..."))
+    if args.update:
+        regress.write_baselines(now, baselines)
+        print(f"wrote {len(now)} baselines to {baselines}")
+        return 0
+    diffs = regress.compare(regress.read_baselines(baselines), now, args.tolerance)
+    if diffs.empty:
+        print(f"{len(now)} cases within {args.tolerance:.1%} of {baselines}")
+        return 0
+    shown = diffs.copy()
+    shown["change"] = [f"{c:+.2%}" if c == c else "" for c in shown["change"]]
+    print(f"{len(diffs)} changes beyond {args.tolerance:.1%} of {baselines}:")
+    print(shown.to_string(index=False))
+    print("if the change is intended, run `chipsim regress --update` and commit the baselines with it")
+    return 1
+
+
 # ---------------------------------------------------------------- entry point
 
 
@@ -119,6 +217,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     wls = sub.add_parser("workloads", help="list workload generators and their parameters")
     wls.set_defaults(func=cmd_workloads)
+
+    val = sub.add_parser("validate", help="predict measured cases (calibration.csv schema) and report the error")
+    val.add_argument("measurements", help="CSV of measurements (schema of reference/h200/calibration.csv)")
+    val.add_argument("--chip", help="simulate every row on this chip (default: the row's device column)")
+    val.add_argument("--out", help="write every input column plus predicted_us and ape to this CSV")
+    val.add_argument("--plot", help="write predicted vs measured (log-log) to this PNG")
+    val.add_argument("--power", help="power phases JSON (default: power.json beside the CSV, if present)")
+    val.add_argument("--json", action="store_true", help="print one JSON summary and nothing else on stdout")
+    val.set_defaults(func=cmd_validate)
+
+    reg = sub.add_parser("regress", help="re-simulate every example config on every chip against the baselines")
+    reg.add_argument("--update", action="store_true", help="rewrite the baselines")
+    reg.add_argument("--tolerance", type=float, default=0.01, help="relative change allowed (default 0.01)")
+    reg.add_argument("--configs", default="configs/runs", help="folder of run configs (default configs/runs)")
+    reg.add_argument("--baselines", default="baselines/latencies.csv", help="baseline CSV")
+    reg.set_defaults(func=cmd_regress)
     return parser
 
 

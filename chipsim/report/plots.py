@@ -1,8 +1,9 @@
-"""Matplotlib figures for runs: time by op kind, power over time, and a per-op roofline."""
+"""Matplotlib figures: time by op kind, power over time, a per-op roofline, predicted vs measured."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -13,6 +14,9 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from chipsim.hardware.chip import Chip  # noqa: E402
 from chipsim.report.result import Result  # noqa: E402
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def plot_breakdown(results: Sequence[Result]) -> Figure:
@@ -69,5 +73,27 @@ def plot_roofline(result: Result, chip: Chip, dtype: str = "bf16") -> Figure:
     ax.set_ylabel("achieved FLOP/s")
     ax.set_title(f"{result.workload} on {result.chip}")
     ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_validation(predictions: pd.DataFrame) -> Figure:
+    """Predicted against measured time, log-log, one colour per op family, with a +-10% band."""
+    ok = predictions[predictions["skipped_reason"] == ""]
+    fig, ax = plt.subplots(figsize=(7, 6))
+    lo = float(min(ok["measured_us"].min(), ok["predicted_us"].min())) * 0.7
+    hi = float(max(ok["measured_us"].max(), ok["predicted_us"].max())) * 1.4
+    x = np.array([lo, hi])
+    ax.loglog(x, x, "k-", linewidth=0.8, label="predicted = measured")
+    ax.fill_between(x, x * 0.9, x * 1.1, color="0.85", label="+-10%")
+    for family, group in ok.groupby("family"):
+        med = float(np.median(group["ape"]))
+        ax.loglog(group["measured_us"], group["predicted_us"], "o", ms=3.5, alpha=0.75,
+                  label=f"{family} (n={len(group)}, median APE {med:.1%})")
+    ax.set_xlabel("measured (us)")
+    ax.set_ylabel("predicted (us)")
+    chips = ", ".join(sorted(set(ok["chip"])))
+    ax.set_title(f"chipsim vs measurements ({chips})")
+    ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     return fig

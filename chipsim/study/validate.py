@@ -189,12 +189,16 @@ def repeat(workload: Workload, times: int) -> tuple[Workload, list[int]]:
     return Workload(workload.name, ops, workload.generator, workload.params, workload.memory, workload.meta), ends
 
 
-def predict_seconds(case: Case, chip: Chip, launch: str) -> float:
-    """Steady-state time of one iteration of the case, as the measurement loop saw it."""
+def predict(case: Case, chip: Chip, launch: str) -> tuple[float, float]:
+    """Steady-state (seconds, joules) of one iteration of the case, as the measurement loop saw it."""
     looped, ends = repeat(case.workload, case.repeats)
     result = simulate(looped, chip, SimOptions(launch=launch, sustained=case.sustained))
-    end_of = [max(r.end_s for r in result.records[e + 1 - len(case.workload.ops):e + 1]) for e in ends]
-    return (end_of[-1] - end_of[0]) / (len(end_of) - 1)
+    n = len(case.workload.ops)
+    end_of = [max(r.end_s for r in result.records[e + 1 - n:e + 1]) for e in ends]
+    seconds = (end_of[-1] - end_of[0]) / (len(end_of) - 1)
+    last = result.records[ends[-1] + 1 - n:ends[-1] + 1]
+    joules = sum(r.energy_j for r in last) + chip.power.idle_w * seconds
+    return seconds, joules
 
 
 def read_measurements(path: str | Path) -> pd.DataFrame:
@@ -234,7 +238,7 @@ def validate(frame: pd.DataFrame, chip: str | None = None,
     if chip_obj is not None:
         chip = chip_obj.name
         chips[chip] = chip_obj
-    predicted, families, chip_names, reasons = [], [], [], []
+    predicted, energies, families, chip_names, reasons = [], [], [], [], []
     records = frame.to_dict("records")
     for index, row in enumerate(records):
         if progress:
@@ -244,16 +248,21 @@ def validate(frame: pd.DataFrame, chip: str | None = None,
             target = _chip_for(row, chip, chips)
             case = case_for_row(row)
             launch = str(row["launch"]) if row.get("launch") in ("eager", "graph") else "eager"
-            predicted.append(predict_seconds(case, target, launch) * 1e6)
+            seconds, joules = predict(case, target, launch)
+            predicted.append(seconds * 1e6)
+            energies.append(joules)
             chip_names.append(target.name)
             reasons.append("")
         except (Unsupported, InputError) as exc:
             predicted.append(float("nan"))
+            energies.append(float("nan"))
             chip_names.append(chip or "")
             reasons.append(str(exc))
     out = frame.copy()
     out["predicted_us"] = predicted
     out["ape"] = (out["predicted_us"] - out["measured_us"]).abs() / out["measured_us"]
+    out["predicted_energy_j"] = energies
+    out["predicted_power_w"] = out["predicted_energy_j"] / (out["predicted_us"] * 1e-6)
     out["family"] = families
     out["chip"] = chip_names
     out["skipped_reason"] = reasons
@@ -280,3 +289,60 @@ def describe_row(row: Mapping[str, Any]) -> str:
         if value is not None and not (isinstance(value, float) and math.isnan(value)):
             parts.append(f"{key}={int(value)}")
     return " ".join(parts)
+
+
+# ---------------------------------------------------------------- power phases (reference/h200/power.json)
+
+POWER_PHASES: dict[str, Callable[[], Workload]] = {
+    # phase name in power.json -> the op the loop ran
+    "gemm_bf16_8192": lambda: _single("gemm", "bf16", m=8192, n=8192, k=8192),
+    "copy_1GiB": lambda: _single("memcpy", "bf16", bytes=float(1 << 30)),
+}
+
+
+def read_power(path: str | Path) -> list[dict[str, Any]]:
+    import json
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError("power file not found", file=str(path)) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"cannot read power phases as JSON ({exc.__class__.__name__}: {exc})",
+                         file=str(path)) from None
+    if not isinstance(data, list) or not all(isinstance(p, dict) and "phase" in p and "avg_power_w" in p
+                                              for p in data):
+        raise InputError("expected a list of phases with 'phase' and 'avg_power_w'", file=str(path))
+    return data
+
+
+def validate_power(phases: list[dict[str, Any]], chip: Chip) -> pd.DataFrame:
+    """Each phase's average power: the static power plus the dynamic energy of the work the loop did
+    (`calls` ops at the clock the power controller settles at) over the phase's duration; and, for
+    the GEMM phase, the sustained clock and throughput the controller settles at."""
+    rows = []
+    for phase in phases:
+        name = str(phase["phase"])
+        measured = float(phase["avg_power_w"])
+        row: dict[str, Any] = {"phase": name, "measured_w": measured}
+        if name == "idle":
+            row["predicted_w"] = chip.power.idle_w
+        elif name in POWER_PHASES:
+            op_workload = POWER_PHASES[name]()
+            looped, _ = repeat(op_workload, 40)
+            result = simulate(looped, chip, SimOptions(launch="graph", sustained=True))
+            per_call_j = sum(r.energy_j for r in result.records[-10:]) / 10
+            row["predicted_w"] = chip.power.idle_w + per_call_j * float(phase["calls"]) / float(phase["seconds"])
+            if phase.get("tflops"):
+                steady = result.records[-10:]
+                seconds = (steady[-1].end_s - steady[0].start_s) / len(steady)
+                row["predicted_tflops"] = op_workload.ops[0].flops / seconds / 1e12
+                row["measured_tflops"] = float(phase["tflops"])
+                row["predicted_clock_mhz"] = min(r.clock_scale for r in steady) * chip.clock_hz / 1e6
+                row["measured_clock_mhz"] = float(phase.get("sm_mhz_median", float("nan")))
+        else:
+            row["predicted_w"] = float("nan")
+        row["ape"] = abs(row["predicted_w"] - measured) / measured
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,93 @@
+"""Regression baselines: the simulated latency and energy of every example run config on every
+built-in chip, kept in baselines/latencies.csv so that CI notices any change to the model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+from chipsim.api import workload_from_spec
+from chipsim.config.runconfig import load_run_config
+from chipsim.engine.sim import SimOptions, simulate
+from chipsim.errors import InputError
+from chipsim.hardware.registry import builtin_chip_names, load_chip
+
+COLUMNS = ["case", "chip", "latency_s", "energy_j", "status"]
+METRICS = ("latency_s", "energy_j")
+
+
+def simulate_examples(configs_dir: Path, progress: Callable[[str], None] | None = None) -> pd.DataFrame:
+    """Every config under `configs_dir` on every built-in chip. A chip that cannot run a config
+    (a dtype it lacks) is recorded as such, not skipped."""
+    rows = []
+    chips = [load_chip(name) for name in builtin_chip_names()]
+    paths = sorted(configs_dir.glob("*.yaml"))
+    if not paths:
+        raise InputError("no run configs (*.yaml) found", file=str(configs_dir))
+    for path in paths:
+        config = load_run_config(path)
+        if progress:
+            progress(config.name)
+        workload = workload_from_spec(config.workload)
+        options = SimOptions(launch=config.launch, sustained=config.sustained)
+        for chip in chips:
+            try:
+                result = simulate(workload, chip, options)
+            except InputError as exc:
+                rows.append({"case": path.stem, "chip": chip.name, "latency_s": float("nan"),
+                             "energy_j": float("nan"), "status": f"unsupported: {exc.message}"})
+                continue
+            rows.append({"case": path.stem, "chip": chip.name, "latency_s": result.latency_s,
+                         "energy_j": result.energy_j, "status": "ok"})
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def read_baselines(path: Path) -> pd.DataFrame:
+    try:
+        frame = pd.read_csv(path)
+    except FileNotFoundError:
+        raise InputError("no baselines yet: run `chipsim regress --update` and commit the file",
+                         file=str(path)) from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as exc:
+        raise InputError(f"cannot read baselines ({exc.__class__.__name__})", file=str(path)) from None
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise InputError(f"missing columns {missing}", file=str(path), key=missing[0])
+    frame["status"] = frame["status"].fillna("")
+    return frame[COLUMNS]
+
+
+def compare(baseline: pd.DataFrame, now: pd.DataFrame, tolerance: float) -> pd.DataFrame:
+    """Rows (case, chip, metric, baseline, now, change) that moved beyond `tolerance` (relative),
+    plus cases that appeared, disappeared or changed status."""
+    merged = baseline.merge(now, on=["case", "chip"], how="outer", suffixes=("_base", "_now"), indicator=True)
+    diffs = []
+    for record in merged.to_dict("records"):
+        case, chip = record["case"], record["chip"]
+        if record["_merge"] != "both":
+            which = "new case (not in baselines)" if record["_merge"] == "right_only" else "case no longer simulated"
+            diffs.append({"case": case, "chip": chip, "metric": which, "baseline": float("nan"),
+                          "now": float("nan"), "change": float("nan")})
+            continue
+        if record["status_base"] != record["status_now"]:
+            diffs.append({"case": case, "chip": chip, "metric": f"status: {record['status_now']}",
+                          "baseline": float("nan"), "now": float("nan"), "change": float("nan")})
+            continue
+        for metric in METRICS:
+            old, new = record[f"{metric}_base"], record[f"{metric}_now"]
+            if pd.isna(old) and pd.isna(new):
+                continue
+            change = (new - old) / old if old else float("inf")
+            if not abs(change) <= tolerance:
+                diffs.append({"case": case, "chip": chip, "metric": metric, "baseline": old, "now": new,
+                              "change": change})
+    return pd.DataFrame(diffs, columns=["case", "chip", "metric", "baseline", "now", "change"])
+
+
+def write_baselines(frame: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    frame.to_csv(tmp, index=False, float_format="%.9e")
+    tmp.replace(path)

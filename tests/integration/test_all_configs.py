@@ -1,0 +1,36 @@
+"""Every run config shipped under configs/runs/ runs through the CLI (new configs are picked up)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import RUN_CONFIGS
+
+from chipsim.config.runconfig import load_run_config
+
+CONFIGS = sorted(RUN_CONFIGS.glob("*.yaml"))
+
+
+def test_there_are_configs() -> None:
+    assert RUN_CONFIGS / "quickstart.yaml" in CONFIGS
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_config_runs(config: Path, cli: Callable, tmp_path: Path) -> None:
+    out_dir = tmp_path / "out"
+    rc, out, err = cli(["run", config, "--out", out_dir, "--json"])
+    assert rc == 0, err
+    runs = json.loads(out)["runs"]
+    expected = load_run_config(config)
+    assert len(runs) == len(expected.chips)
+    for run in runs:
+        assert run["latency_s"] > 0, run["chip"]
+        assert run["energy_j"] > 0, run["chip"]
+        assert run["op_count"] > 0
+    # files only where the config asks for them, all inside --out
+    wanted = [r for r in expected.report if r != "table"]
+    assert out_dir.exists() == bool(wanted)
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["out"] if wanted else [])
