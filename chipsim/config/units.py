@@ -53,7 +53,7 @@ _QUANTITY_RE = re.compile(
 
 @lru_cache(maxsize=1)
 def _registry() -> pint.UnitRegistry:
-    ureg = pint.UnitRegistry(_definition_lines("default_en.txt"), cache_folder=None)
+    ureg: pint.UnitRegistry = pint.UnitRegistry(_definition_lines("default_en.txt"), cache_folder=None)
     ureg.define("FLOP = [operation] = flop = OP = op")
     return ureg
 
@@ -64,7 +64,7 @@ def _parse_cached(text: str, kind: str) -> float:
     if not _QUANTITY_RE.fullmatch(text):
         raise ValueError(f"not a number followed by a unit: {text!r}")
     ureg = _registry()
-    quantity = ureg.Quantity(text.replace("µ", "u").replace("TOPS", "TOP/s").replace("TFLOPS", "TFLOP/s"))
+    quantity: Any = ureg.Quantity(text.replace("µ", "u").replace("TOPS", "TOP/s").replace("TFLOPS", "TFLOP/s"))
     return float(quantity.to(unit).magnitude)
 
 

@@ -136,6 +136,12 @@ def gemm_compute_seconds(m: float, n: float, k: float, batch: float, chip: Chip,
     return best
 
 
+def gemm_aligned(n: float, k: float, dtype: str) -> bool:
+    """Row-major A[m x k], B[k x n], C[m x n]: the fast paths need 16-byte aligned leading dimensions."""
+    size = DTYPE_BYTES[dtype]
+    return (n * size) % 16 == 0 and (k * size) % 16 == 0
+
+
 @register_cost("gemm")
 def gemm_cost(op: Op, chip: Chip) -> OpCost:
     s = op.shape
@@ -163,6 +169,9 @@ def gemm_cost(op: Op, chip: Chip) -> OpCost:
         if min(s["m"], s["n"]) <= GEMV_MAX:
             compute_s, kernel_class = 0.0, "int4_gemv"
     else:
+        if not gemm_aligned(s["n"], s["k"], dtype):
+            eff *= cal.gemm_unaligned_efficiency
+            mode = "unaligned leading dimension: no TMA / wgmma fast path"
         compute_s = gemm_compute_seconds(s["m"], s["n"], s["k"], s["batch"], chip, dtype, rate, eff)
     hbm_bytes, mem_s, mem_e, level, lat = _memory_part(op, chip, op.bytes, kernel_class)
     return OpCost(_fixed(chip, 1, lat), compute_s, hbm_bytes, mem_s,

@@ -63,6 +63,7 @@ class Calibration:
     gemm_efficiency: dict[str, float]
     gemm_menus: dict[str, GemmMenu]  # dtype (or 'default') -> the kernel library's tile shapes
     int4_weight_only_efficiency: float
+    gemm_unaligned_efficiency: float  # multiplier when a leading dimension is not 16-byte aligned
     memory_efficiency: float
     kernel_bw_efficiency: dict[str, float]
     attention_fwd_efficiency: dict[str, float]
@@ -167,6 +168,7 @@ def _calibration(sec: Section) -> Calibration:
         gemm_efficiency=gemm.mapping("efficiency", "number"),
         gemm_menus=menus,
         int4_weight_only_efficiency=gemm.number("int4_weight_only_efficiency", 0.5, maximum=1.0),
+        gemm_unaligned_efficiency=gemm.number("unaligned_efficiency", 1.0, maximum=1.0),
     )
     gemm.done()
     mem = sec.section("memory")
