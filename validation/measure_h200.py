@@ -154,7 +154,6 @@ def attentions(rows):
                 rows.append(row(op="attention", variant=name, dtype="bf16", launch="eager", batch=b, heads=h,
                                 kv_heads=kvh, seq_q=sq, seq_kv=skv, head_dim=hd, causal=int(causal), **{"pass": passes},
                                 measured_us=med, p10_us=p10, p90_us=p90, note="holdout"))
-                del q, k, v
 
 
 def elementwise(rows):
@@ -279,7 +278,6 @@ def train_steps(rows):
                         energy_j_per_step=(e1 - e0) / n if power else None,
                         note=f"holdout; params={params} vocab={vocab} AdamW fused; sustained {n} steps: "
                              f"{seconds / n * 1e3:.1f} ms/step"))
-        del model, opt
 
 
 def inference_steps(rows):
@@ -300,7 +298,6 @@ def inference_steps(rows):
                 rows.append(row(op="decode_step", variant=name, dtype="bf16", launch=launch, batch=batch, heads=h,
                                 kv_heads=kvh, seq_q=1, seq_kv=ctx, head_dim=hd, layers=layers, d_model=d, ffn=ffn,
                                 measured_us=med, p10_us=p10, p90_us=p90, note=f"holdout; vocab={vocab}"))
-            del caches
         prompt = torch.randint(0, vocab, (2, 2048), device="cuda")
 
         @torch.no_grad()
@@ -310,7 +307,6 @@ def inference_steps(rows):
         rows.append(row(op="prefill_step", variant=name, dtype="bf16", launch="eager", batch=2, heads=h, kv_heads=kvh,
                         seq_q=2048, seq_kv=2048, head_dim=hd, layers=layers, d_model=d, ffn=ffn, measured_us=med,
                         p10_us=p10, p90_us=p90, note=f"holdout; vocab={vocab}"))
-        del model
 
 
 # ---------------------------------------------------------------- collectives (one process per GPU)
@@ -346,7 +342,6 @@ def collective_worker(rank, world, path):
             med, p10, p90 = timed(fn, reps=reps, trials=9)
             rows.append(row(op=op, variant="nccl", dtype="bf16", launch="eager", bytes=size, world=world,
                             measured_us=med, p10_us=p10, p90_us=p90, note="holdout; bytes=per-rank input"))
-            del x
     for size in (1 << 20, 1 << 24, 1 << 28):
         g = torch.randn(size // 4, device="cuda")
 

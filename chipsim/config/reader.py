@@ -67,6 +67,9 @@ class Section:
             raise self.error(name, f"expected a value <= {maximum}, got {value!r}")
         return int(value) if integer else float(value)
 
+    def integer(self, name: str, default: Any = _MISSING, *, minimum: int | None = 0) -> int:
+        return int(self.number(name, default, minimum=minimum, integer=True))
+
     def string(self, name: str, default: Any = _MISSING, *, choices: Iterable[str] | None = None) -> str:
         value = self.raw(name, default)
         if not isinstance(value, str):

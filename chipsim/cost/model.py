@@ -157,10 +157,9 @@ def gemm_cost(op: Op, chip: Chip) -> OpCost:
             mode = "int4 weight-only (dequantize + bf16 MMA)"
     else:
         rate = chip.peak(dtype)
-        eff = cal.gemm_efficiency.get(dtype)
-        if eff is None:
+        if dtype not in cal.gemm_efficiency:
             raise InputError(f"chip '{chip.name}' has no calibrated GEMM efficiency for {dtype}", key="dtype")
-        e_dtype = dtype
+        eff, e_dtype = cal.gemm_efficiency[dtype], dtype
     kernel_class = "gemm"
     if mode.startswith("int4 weight-only"):
         # dequantize-in-the-GEMM kernels run at their own (low) MMA throughput; at GEMV sizes a

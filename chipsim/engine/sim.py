@@ -110,7 +110,7 @@ class _Replay:
         self.power_steps.append((start, watts))
         if fixed > 0:
             yield env.timeout(fixed)
-        events = []
+        events: list[simpy.Event] = []
         if body > 0:
             events.append(env.timeout(compute_s))
             if cost.mem_bytes > 0 and cost.mem_s > 0:

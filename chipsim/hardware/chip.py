@@ -107,7 +107,8 @@ class Chip:
         rate = self.peak_flops_per_s.get(dtype)
         if rate is None or rate <= 0:
             raise InputError(
-                f"chip '{self.name}' has no {dtype} rate; it runs: {', '.join(sorted(self.peak_flops_per_s))}",
+                f"chip '{self.name}' has no {dtype} rate; it runs: "
+                f"{', '.join(sorted(d for d, r in self.peak_flops_per_s.items() if r > 0))}",
                 key="dtype",
             )
         return rate
@@ -159,63 +160,57 @@ def _calibration(sec: Section) -> Calibration:
                 for t in tiles_raw)):
             raise menu.error("tiles", "expected a list of [rows, cols] CTA tile shapes, e.g. [[128, 256]]")
         menus[str(dtype)] = GemmMenu(tuple((int(a), int(b)) for a, b in tiles_raw),
-                                     menu.number("max_split_k", 1, minimum=1, integer=True))
+                                     menu.integer("max_split_k", 1, minimum=1))
         menu.done()
     menus_sec.done()
     if "default" not in menus:
         raise menus_sec.error("default", "expected a 'default' kernel menu")
-    cal_gemm = dict(
-        gemm_efficiency=gemm.mapping("efficiency", "number"),
-        gemm_menus=menus,
-        int4_weight_only_efficiency=gemm.number("int4_weight_only_efficiency", 0.5, maximum=1.0),
-        gemm_unaligned_efficiency=gemm.number("unaligned_efficiency", 1.0, maximum=1.0),
-    )
+    gemm_efficiency = gemm.mapping("efficiency", "number")
+    int4_efficiency = gemm.number("int4_weight_only_efficiency", 0.5, maximum=1.0)
+    unaligned = gemm.number("unaligned_efficiency", 1.0, maximum=1.0)
     gemm.done()
     mem = sec.section("memory")
-    cal_mem = dict(
-        memory_efficiency=mem.number("efficiency", maximum=1.0),
-        kernel_bw_efficiency=mem.mapping("kernels", "number", {}),
-    )
+    memory_efficiency = mem.number("efficiency", maximum=1.0)
+    kernel_bw = mem.mapping("kernels", "number", {})
     mem.done()
     att = sec.section("attention")
     split = att.section("split_kv", {})
-    split_kv = {b: bool(split.raw(b)) for b in split.data}
+    split_kv = {str(b): bool(split.raw(b)) for b in split.data}
     split.done()
-    cal_att = dict(
-        attention_fwd_efficiency=att.mapping("fwd", "number"),
-        attention_bwd_efficiency=att.mapping("bwd", "number"),
-        attention_decode_efficiency=att.mapping("decode", "number"),
-        attention_decode_block_s=att.mapping("decode_block", "time"),
-        attention_split_kv=split_kv,
-        attention_setup_keys=att.mapping("setup_keys", "number", {}),
-    )
-    for part in ("fwd", "bwd", "decode", "decode_block"):
-        table = cal_att["attention_decode_block_s" if part == "decode_block" else f"attention_{part}_efficiency"]
+    tables = {part: att.mapping(part, "time" if part == "decode_block" else "number")
+              for part in ("fwd", "bwd", "decode", "decode_block")}
+    for part, table in tables.items():
         missing = [b for b in ATTENTION_BACKENDS if b not in table]
         if missing:
             raise att.error(part, f"missing backends {missing}; expected all of {list(ATTENTION_BACKENDS)}")
+    setup_keys = att.mapping("setup_keys", "number", {})
     att.done()
     lat = sec.section("latency")
-    cal_lat = dict(kernel_latency_s=lat.quantity("kernel", "time"), graph_launch_s=lat.quantity("graph_launch", "time"))
+    kernel_latency, graph_launch = lat.quantity("kernel", "time"), lat.quantity("graph_launch", "time")
     lat.done()
     host = sec.section("host")
-    cal_host = dict(host_dispatch_s=host.mapping("dispatch", "time"))
+    dispatch = host.mapping("dispatch", "time")
     host.done()
     coll = sec.section("collective")
-    cal_coll = dict(
-        collective_latency_s=coll.quantity("latency", "time"),
-        collective_efficiency=coll.mapping("efficiency", "number"),
-    )
+    coll_latency, coll_efficiency = coll.quantity("latency", "time"), coll.mapping("efficiency", "number")
     coll.done()
     source = sec.string("source", "")
     sec.done()
-    return Calibration(**cal_gemm, **cal_mem, **cal_att, **cal_lat, **cal_host, **cal_coll, source=source)
+    return Calibration(
+        gemm_efficiency=gemm_efficiency, gemm_menus=menus, int4_weight_only_efficiency=int4_efficiency,
+        gemm_unaligned_efficiency=unaligned, memory_efficiency=memory_efficiency, kernel_bw_efficiency=kernel_bw,
+        attention_fwd_efficiency=tables["fwd"], attention_bwd_efficiency=tables["bwd"],
+        attention_decode_efficiency=tables["decode"], attention_decode_block_s=tables["decode_block"],
+        attention_split_kv=split_kv, attention_setup_keys=setup_keys, kernel_latency_s=kernel_latency,
+        graph_launch_s=graph_launch, host_dispatch_s=dispatch, collective_latency_s=coll_latency,
+        collective_efficiency=coll_efficiency, source=source,
+    )
 
 
 def build_chip(data: dict[str, Any], file: str | None = None) -> Chip:
     """Validate a merged chip mapping (after `extends:`) and build the frozen Chip."""
     top = Section(data, file)
-    version = top.number("schema_version", 1, integer=True)
+    version = top.integer("schema_version", 1)
     if version != 1:
         raise top.error("schema_version", f"this chipsim reads chip schema version 1, got {version}")
     name = top.string("name")
@@ -229,7 +224,7 @@ def build_chip(data: dict[str, Any], file: str | None = None) -> Chip:
     peak_sec.done()
     if "bf16" not in peak:
         raise compute.error("peak", "expected at least a bf16 rate")
-    units = compute.number("units", minimum=1, integer=True)
+    units = compute.integer("units", minimum=1)
     clock = compute.quantity("clock", "frequency")
     int4_mode = compute.string("int4", "weight_only", choices=INT4_MODES)
     if int4_mode == "native" and "int4" not in peak:
@@ -253,7 +248,7 @@ def build_chip(data: dict[str, Any], file: str | None = None) -> Chip:
         bandwidth_bytes_per_s=ln.quantity("bandwidth", "bandwidth"),
         latency_s=ln.quantity("latency", "time", 0.0),
         energy_j_per_byte=ln.quantity("energy", "energy_per_byte", 0.0),
-        ports=ln.number("ports", 1, minimum=1, integer=True),
+        ports=ln.integer("ports", 1, minimum=1),
     )
     ln.done()
 

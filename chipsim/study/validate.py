@@ -104,14 +104,13 @@ def _elementwise(row: Mapping[str, Any]) -> Workload:
 
 
 def _attention(row: Mapping[str, Any]) -> Workload:
-    shape = {k: _int(row, k) for k in ("batch", "heads", "kv_heads", "seq_q", "seq_kv", "head_dim")}
-    causal = bool(_int(row, "causal")) if not pd.isna(row.get("causal")) else False
+    shape: dict[str, Any] = {k: _int(row, k) for k in ("batch", "heads", "kv_heads", "seq_q", "seq_kv", "head_dim")}
+    shape["causal"] = bool(_int(row, "causal")) if not pd.isna(row.get("causal")) else False
     b = WorkloadBuilder("attention")
     attrs = {"backend": row["variant"]}
-    fwd = b.add("attention", "attention", row["dtype"], [], attrs=attrs, causal=causal, **shape)
+    fwd = b.add("attention", "attention", str(row["dtype"]), [], attrs=attrs, shape=shape)
     if row.get("pass") == "fwd_bwd":
-        b.add("attention", "attention_bwd", row["dtype"], [fwd], attrs=attrs, causal=causal, **shape,
-              **{"pass": "bwd"})
+        b.add("attention", "attention_bwd", str(row["dtype"]), [fwd], attrs=attrs, shape={**shape, "pass": "bwd"})
     return b.build()
 
 

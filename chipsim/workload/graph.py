@@ -162,11 +162,13 @@ class WorkloadBuilder:
 
     def add(self, kind: str, name: str, dtype: str, deps: Iterable[int | None] = (), *,
             stream: str = "compute", device: int = 0, attrs: Mapping[str, Any] | None = None,
-            **shape: Any) -> int:
+            shape: Mapping[str, Any] | None = None, **dims: Any) -> int:
+        """Shape keys come as keyword arguments (`m=..., n=...`) and/or as `shape` (for keys such as
+        'pass' that are Python keywords)."""
         op_id = len(self.ops)
         clean = tuple(sorted({d for d in deps if d is not None}))
-        self.ops.append(make_op(op_id, name, kind, dtype, shape, deps=clean, stream=stream, device=device,
-                                attrs=attrs))
+        self.ops.append(make_op(op_id, name, kind, dtype, {**(shape or {}), **dims}, deps=clean, stream=stream,
+                                device=device, attrs=attrs))
         return op_id
 
     @property

@@ -5,9 +5,8 @@ defaults, `metadata['doc']` the documentation), so `workload: {generator: NAME}`
 unknown or mistyped parameter is a clear error.
 """
 
-from chipsim.workload.generators.registry import GENERATORS, build_workload, describe_generators
-
 # importing the modules registers them
 from chipsim.workload.generators import all_reduce, dynamic_attention, quantized_inference, transformer  # noqa: E402,F401,I001
+from chipsim.workload.generators.registry import GENERATORS, build_workload, describe_generators
 
 __all__ = ["GENERATORS", "build_workload", "describe_generators"]

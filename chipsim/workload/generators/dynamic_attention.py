@@ -87,7 +87,7 @@ def dynamic_attention(p: DynamicAttentionParams) -> Workload:
             dattn_in = dscale
         da = b.add("attention", "attention_bwd", dt, [dattn_in], batch=p.batch, heads=p.heads, kv_heads=kvh,
                    seq_q=p.seq, seq_kv=p.seq, head_dim=hd, causal=p.causal, attrs={"backend": p.attention_backend},
-                   **{"pass": "bwd"})
+                   shape={"pass": "bwd"})
         b.add("gemm", "qkv_proj.dgrad", dt, [da], m=t, n=d, k=qkv_n)
         b.add("gemm", "qkv_proj.wgrad", dt, [da], m=d, n=qkv_n, k=t)
     b.memory.update({

@@ -223,7 +223,7 @@ def block_backward(b: WorkloadBuilder, lin: Linears, shape: ModelShape, args: Bl
     wgrads.append(wg)
     da = b.add("attention", f"{p}.attn_bwd", act, [dg], batch=args.batch, heads=shape.heads,
                kv_heads=shape.kv_heads, seq_q=args.seq_q, seq_kv=args.seq_kv, head_dim=hd,
-               causal=args.causal, attrs={"backend": args.backend}, **{"pass": "bwd"})
+               causal=args.causal, attrs={"backend": args.backend}, shape={"pass": "bwd"})
     if args.rope:
         da = b.add("elementwise", f"{p}.rope_bwd", act, [da], numel=t * (shape.heads + shape.kv_heads) * hd,
                    attrs={"op": "rope"})
