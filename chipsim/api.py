@@ -34,14 +34,17 @@ def workload_from_spec(spec: WorkloadSpec) -> Workload:
     return build_workload(spec.generator, spec.params)
 
 
-def load_chips(names: Sequence[str], relative_to: Path | None = None) -> list[Chip]:
+def load_chips(names: Sequence[str], relative_to: Path | None = None, key: str = "chips") -> list[Chip]:
+    """Load chips by name or path. An unknown name or missing file is located at `key[i]` in
+    `relative_to` (the run config); errors inside a chip's own YAML name that YAML."""
     chips = []
     for index, name in enumerate(names):
         try:
             chips.append(load_chip(name, relative_to))
         except InputError as exc:
-            if exc.file is None:  # an unknown name: locate it in the run config
-                raise exc.within(file=str(relative_to) if relative_to else None, key_prefix=f"chips[{index}]") from None
+            if exc.file is None:
+                where = str(relative_to) if relative_to and key == "chips" else None
+                raise exc.within(file=where, key_prefix=f"{key}[{index}]" if key == "chips" else key) from None
             raise
     return chips
 
@@ -50,7 +53,7 @@ def run(config: RunConfig, chips: Sequence[str] | None = None,
         progress: Callable[[int, int, str], None] | None = None) -> list[Result]:
     """Simulate the config's workload on each chip (or on `chips`, when given). Everything is loaded
     and checked before the first simulation starts."""
-    chip_objs = load_chips(chips or config.chips, config.file)
+    chip_objs = load_chips(chips, config.file, key="--chip") if chips else load_chips(config.chips, config.file)
     try:
         workload = workload_from_spec(config.workload)
     except InputError as exc:

@@ -47,7 +47,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             _stderr(f"[{index + 1}/{total}] simulating {config.name} on {chip} ...")
 
     results = api.run(config, args.chip or None, progress)
-    chips = api.load_chips(args.chip or config.chips, config.file)
+    chips = api.load_chips(args.chip, config.file, key="--chip") if args.chip else api.load_chips(config.chips, config.file)
     if args.json:
         print(json.dumps({"runs": [r.to_json() for r in results]}))
     else:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -57,6 +58,8 @@ STAGES = {
         ("attention_decode_block_s.flash", 0.1e-6, 20e-6), ("attention_decode_block_s.cudnn", 0.1e-6, 20e-6),
         ("attention_decode_block_s.efficient", 0.1e-6, 20e-6), ("host_dispatch_s.attention", 2e-6, 120e-6)]),
     "host_calls": (("decode_step",), [("host_dispatch_s.call", 0.1e-6, 60e-6)]),
+    # no fp32 attention row exists: the fp32 training step is the one measurement of it
+    "fp32_attention": (("train_step",), [("attention_fp32_efficiency", 0.05, 1.0)]),
     # no reference row has an unaligned leading dimension: fitted to the rows of our own
     # measurements (validation/h200_holdout.csv) whose n or k is not a multiple of 8
     "unaligned": (("gemm",), [("gemm_unaligned_efficiency", 0.02, 1.0)]),
@@ -88,6 +91,8 @@ def unaligned_rows(frame):
 
 def fit_stage(chip: Chip, frame, ops, params):
     rows = frame[frame["op"].isin(ops)].reset_index(drop=True)
+    if ops == ("train_step",):
+        rows = rows[rows["dtype"] == "fp32"].reset_index(drop=True)
     if not len(rows):
         return chip
     x0 = np.array([min(max(get(chip, p), lo), hi) for p, lo, hi in params])
@@ -151,6 +156,7 @@ def render_calibration(chip: Chip) -> str:
     decode_block: {trio(ak, _us)}  # per 128 keys per CTA (head_dim 128)
     split_kv: {{{", ".join(f"{b}: {str(v).lower()}" for b, v in c.attention_split_kv.items())}}}
     setup_keys: {{{", ".join(f"{p}: {v:.4g}" for p, v in c.attention_setup_keys.items())}}}  # per-CTA fixed work, in keys
+    fp32: {c.attention_fp32_efficiency:.4g}  # fp32 (tf32 off) attention, of fp32 peak; fitted to the fp32 train step
   latency:
     kernel: {_us(c.kernel_latency_s)}            # device-side fixed cost per kernel, besides DRAM latency
     graph_launch: {_us(c.graph_launch_s)}       # per kernel under CUDA-graph replay [§8, 47]
@@ -164,9 +170,30 @@ def render_calibration(chip: Chip) -> str:
 """
 
 
-def write_yaml(chip: Chip, path: Path) -> None:
+def fit_power(power_json: Path, chip: Chip) -> dict[str, float]:
+    """Closed-form energy coefficients from reference/h200/power.json:
+    - HBM (all-in: DRAM + L2 + SM data movement): (P_copy - P_idle) / bytes moved per second;
+    - bf16 at the boost clock: the GEMM phase's dynamic power, less its memory traffic, per FLOP/s,
+      scaled from the measured clock f to the boost clock as f^(alpha - 1) (dynamic energy per
+      operation ~ V^2 ~ f^2 with alpha = 3)."""
+    phases = {p["phase"]: p for p in json.loads(power_json.read_text())}
+    idle = phases["idle"]["avg_power_w"]
+    copy, gemm = phases["copy_1GiB"], phases["gemm_bf16_8192"]
+    e_byte = (copy["avg_power_w"] - idle) / (copy["gbps"] * 1e9)
+    scale = gemm["sm_mhz_median"] * 1e6 / chip.clock_hz
+    compute_w = gemm["avg_power_w"] - idle - e_byte * gemm["gbps"] * 1e9
+    e_flop = compute_w / (gemm["tflops"] * 1e12) / scale ** (chip.power.dvfs_exponent - 1)
+    return {"idle_w": idle, "hbm_pj_per_bit": e_byte * 1e12 / 8, "bf16_pj_per_flop": e_flop * 1e12}
+
+
+def write_yaml(chip: Chip, power: dict[str, float], path: Path) -> None:
     text = path.read_text()
     head = text[: text.index("\ncalibration:") + 1]
+    head = re.sub(r"(\n    energy: )[0-9.]+( pJ/bit +# fitted)", rf"\g<1>{power['hbm_pj_per_bit']:.3g}\2", head, count=1)
+    head = re.sub(r"(\n    bf16: )[0-9.]+( pJ/FLOP +# fitted)", rf"\g<1>{power['bf16_pj_per_flop']:.3g}\2", head, count=1)
+    head = re.sub(r"(\n    fp8: )[0-9.]+( pJ/FLOP +# bf16 x 0.55)",
+                  rf"\g<1>{power['bf16_pj_per_flop'] * 0.55:.3g}\2", head, count=1)
+    head = re.sub(r"(\n  idle: )[0-9.]+( W +# power.json)", rf"\g<1>{power['idle_w']:.4g}\2", head, count=1)
     path.write_text(head + render_calibration(chip))
 
 
@@ -181,6 +208,10 @@ def main() -> None:
     chip = load_chip("h200_sxm")
     for name, (ops, params) in STAGES.items():
         chip = fit_stage(chip, own if name == "unaligned" else frame, ops, params)
+        if name == "attention":  # no efficient fwd_bwd row: its backward keeps flash's bwd/fwd ratio
+            c = chip.calibration
+            ratio = c.attention_bwd_efficiency["flash"] / c.attention_fwd_efficiency["flash"]
+            chip = put(chip, "attention_bwd_efficiency.efficient", c.attention_fwd_efficiency["efficient"] * ratio)
         print(f"[{name}]")
         for path, _, _ in params:
             value = get(chip, path)
@@ -193,9 +224,13 @@ def main() -> None:
               "families": summary.to_dict("records")}
     Path(args.out).write_text(json.dumps(result, indent=1, default=lambda v: None if math.isnan(v) else v))
     print(f"wrote {args.out}")
+    power = fit_power(Path(args.csv).with_name("power.json"), chip)
+    print("[power]", ", ".join(f"{k} {v:.4g}" for k, v in power.items()))
+    result["power"] = power
+    Path(args.out).write_text(json.dumps(result, indent=1, default=lambda v: None if math.isnan(v) else v))
     if args.write:
         target = ROOT / "chipsim" / "chips" / "h200_sxm.yaml"
-        write_yaml(chip, target)
+        write_yaml(chip, power, target)
         print(f"rewrote the calibration block of {target}")
 
 

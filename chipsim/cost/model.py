@@ -195,6 +195,7 @@ def attention_cost(op: Op, chip: Chip) -> OpCost:
                          f"{', '.join(cal.attention_fwd_efficiency)}", key="attrs.backend")
     rate = chip.peak(op.dtype)
     table = cal.attention_fwd_efficiency if s["pass"] == "fwd" else cal.attention_bwd_efficiency
+    efficiency = cal.attention_fp32_efficiency if op.dtype == "fp32" else table[backend]
     # wave quantization over query tiles (batch x heads x ceil(seq_q / 128) CTAs)
     ctas = s["batch"] * s["heads"] * math.ceil(s["seq_q"] / Q_TILE)
     wave_eff = ctas / (math.ceil(ctas / chip.compute_units) * chip.compute_units)
@@ -202,7 +203,7 @@ def attention_cost(op: Op, chip: Chip) -> OpCost:
     # accumulators) worth `setup_keys` keys of its loop over the KV sequence
     setup = cal.attention_setup_keys.get(s["pass"], 0.0)
     keys_per_cta = s["seq_kv"] * attention_flops(s) / attention_flops({**s, "causal": False})
-    compute_s = op.flops / (rate * table[backend] * wave_eff) * (1.0 + setup / keys_per_cta)
+    compute_s = op.flops / (rate * efficiency * wave_eff) * (1.0 + setup / keys_per_cta)
     hbm_bytes, mem_s, mem_e, level, lat = _memory_part(op, chip, op.bytes, "attention")
     if s["seq_q"] <= 16 and s["pass"] == "fwd":
         mem_s = max(mem_s * cal.memory_efficiency / cal.attention_decode_efficiency[backend],

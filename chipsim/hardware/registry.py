@@ -30,13 +30,13 @@ def resolve_chip_path(name_or_path: str, relative_to: Path | None = None) -> Pat
             "(or give a path to a chip YAML)"
         )
     path = Path(name_or_path)
+    candidates = [path]
     if not path.is_absolute() and relative_to is not None:
-        candidate = relative_to.parent / path
-        if candidate.exists():
-            path = candidate
-    if not path.is_file():
-        raise InputError("chip file not found", file=str(path))
-    return path
+        candidates.insert(0, relative_to.parent / path)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise InputError(f"chip file not found: {' or '.join(str(c) for c in candidates)}")
 
 
 @lru_cache(maxsize=64)

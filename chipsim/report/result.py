@@ -126,7 +126,7 @@ class Result:
             "latency_s": self.latency_s, "energy_j": self.energy_j, "avg_power_w": self.avg_power_w,
             "peak_power_w": self.peak_power_w, "achieved_flops_per_s": self.achieved_flops_per_s,
             "achieved_bandwidth_bytes_per_s": self.achieved_bandwidth_bytes_per_s,
-            "total_flops": self.total_flops, "total_bytes": self.total_bytes, "ops": len(self.records),
+            "total_flops": self.total_flops, "total_bytes": self.total_bytes, "op_count": len(self.records),
             "throttled_time_s": self.throttled_time_s,
             "footprint_bytes": self.footprint_bytes, "capacity_bytes": self.capacity_bytes,
             "fits_in_memory": self.fits_in_memory,
@@ -151,7 +151,6 @@ class Result:
     def to_json(self, top: int = 5) -> dict[str, Any]:
         """The summary plus every op (name, kind, start, duration, work, bound) and the top op groups."""
         out = self.summary()
-        out["op_count"] = len(self.records)
         out["ops"] = [
             {"id": r.id, "name": r.name, "kind": r.kind, "stream": r.stream, "start_s": r.start_s,
              "duration_s": r.duration_s, "flops": r.flops, "bytes": r.bytes, "energy_j": r.energy_j,

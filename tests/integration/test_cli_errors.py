@@ -62,7 +62,7 @@ CASES: dict[str, Case] = {
     "unknown_chip_name": Case(
         {"run.yaml": run_config("h999_sxm")}, ("run", "run.yaml"), "run.yaml", "chips[0]", "unknown chip 'h999_sxm'"),
     "unknown_chip_on_command_line": Case(
-        {"w.json": workload_json()}, ("run", "--workload", "w.json", "--chip", "h999_sxm"), "", "chips[0]",
+        {"w.json": workload_json()}, ("run", "--workload", "w.json", "--chip", "h999_sxm"), "", "--chip",
         "unknown chip 'h999_sxm'"),
     "unknown_key_in_chip_yaml": Case(
         {"typo.yaml": "extends: h100_sxm\nname: typo\nmemory:\n  hbm:\n    bandwith: 4 TB/s\n",

@@ -95,7 +95,7 @@ def test_summary_and_ops_csv(quickstart_files) -> None:
     ops = pd.read_csv(out_dir / "ops.csv")
     assert set(ops["chip"]) == set(QUICKSTART_CHIPS)
     per_chip = summary.set_index("chip")
-    assert ops.groupby("chip").size().to_dict() == per_chip["ops"].to_dict()
+    assert ops.groupby("chip").size().to_dict() == per_chip["op_count"].to_dict()
     assert (ops["end_s"] >= ops["start_s"]).all()
     # the last op of each chip ends at that chip's latency
     last_end = ops.groupby("chip")["end_s"].max().to_dict()

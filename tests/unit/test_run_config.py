@@ -19,7 +19,7 @@ def test_quickstart_config() -> None:
     assert cfg.workload.generator == "transformer_train_step"
     assert cfg.workload.params["model"] == "llama-350m"
     assert cfg.workload.trace is None
-    assert cfg.launch == "eager" and cfg.sustained is False
+    assert cfg.launch == "eager" and cfg.sustained is True
 
 
 def test_defaults_and_single_chip_string(tmp_path: Path) -> None:
