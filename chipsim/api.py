@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from chipsim.config.runconfig import RunConfig, WorkloadSpec
@@ -19,6 +20,7 @@ from chipsim.engine.sim import SimOptions, simulate
 from chipsim.errors import InputError
 from chipsim.hardware.chip import Chip
 from chipsim.hardware.registry import load_chip
+from chipsim.network.system import System, load_system
 from chipsim.report.result import Result
 from chipsim.workload.generators import build_workload
 from chipsim.workload.graph import Workload
@@ -27,11 +29,12 @@ from chipsim.workload.io import load_workload
 log = logging.getLogger(__name__)
 
 
-def workload_from_spec(spec: WorkloadSpec) -> Workload:
+def workload_from_spec(spec: WorkloadSpec, key: str = "workload") -> Workload:
+    """Build (generator) or load (trace) a workload; generator errors are located under `key`."""
     if spec.trace is not None:
         return load_workload(spec.trace)
     assert spec.generator is not None
-    return build_workload(spec.generator, spec.params)
+    return build_workload(spec.generator, spec.params, key=key)
 
 
 def load_chips(names: Sequence[str], relative_to: Path | None = None, key: str = "chips") -> list[Chip]:
@@ -49,34 +52,66 @@ def load_chips(names: Sequence[str], relative_to: Path | None = None, key: str =
     return chips
 
 
+@dataclass(frozen=True)
+class Target:
+    """What a workload runs on: a chip, or a chip as one rank of a system."""
+
+    label: str
+    chip: Chip
+    system: System | None = None
+
+
+def load_targets(config: RunConfig, chips: Sequence[str] | None = None) -> list[Target]:
+    """The `--chip`s given, else the config's chips and systems (systems' what-if overrides applied)."""
+    if chips:
+        return [Target(c.name, c) for c in load_chips(chips, config.file, key="--chip")]
+    targets = [Target(c.name, c) for c in load_chips(config.chips, config.file)]
+    for index, ref in enumerate(config.systems):
+        try:
+            system = load_system(ref.system, config.file, ref.overrides, ref.name)
+        except InputError as exc:
+            where = str(config.file) if config.file else None
+            raise (exc.within(file=where, key_prefix=f"systems[{index}]") if exc.file is None else exc) from None
+        targets.append(Target(system.name, system.chip, system))
+    return targets
+
+
 def run(config: RunConfig, chips: Sequence[str] | None = None,
         progress: Callable[[int, int, str], None] | None = None) -> list[Result]:
-    """Simulate the config's workload on each chip (or on `chips`, when given). Everything is loaded
-    and checked before the first simulation starts."""
-    chip_objs = load_chips(chips, config.file, key="--chip") if chips else load_chips(config.chips, config.file)
-    try:
-        workload = workload_from_spec(config.workload)
-    except InputError as exc:
-        raise exc.within(file=str(config.file) if config.file else None) from None
+    """Simulate each of the config's workloads on each target (chips, systems, or the `chips` given).
+    Everything is loaded and checked before the first simulation starts."""
+    targets = load_targets(config, chips)
+    workloads = []
+    for index, spec in enumerate(config.workloads):
+        try:
+            workload = workload_from_spec(spec, "workload" if len(config.workloads) == 1 else f"workload[{index}]")
+        except InputError as exc:
+            raise exc.within(file=str(config.file) if config.file else None) from None
+        if spec.name:
+            workload.name = spec.name
+        workloads.append((spec, workload))
     options = SimOptions(launch=config.launch, sustained=config.sustained)
 
-    def cannot_run(chip: Chip, exc: InputError) -> InputError:
-        source = config.workload.trace or config.file  # name the file the workload came from
-        return InputError(f"{chip.name} cannot run this workload: {exc.message}",
+    def cannot_run(target: Target, spec: WorkloadSpec, exc: InputError) -> InputError:
+        source = spec.trace or config.file  # name the file the workload came from
+        return InputError(f"{target.label} cannot run this workload: {exc.message}",
                           file=exc.file or (str(source) if source else None), key=exc.key)
 
-    for chip in chip_objs:  # every chip must run every op (dtypes, memory levels) before any simulation
-        try:
-            for op in workload.ops:
-                cost_of(op, chip)
-        except InputError as exc:
-            raise cannot_run(chip, exc) from None
-    results = []
-    for index, chip in enumerate(chip_objs):
-        if progress:
-            progress(index, len(chip_objs), chip.name)
-        try:
-            results.append(simulate(workload, chip, options))
-        except InputError as exc:
-            raise cannot_run(chip, exc) from None
+    for spec, workload in workloads:  # every target must run every op before any simulation
+        for target in targets:
+            try:
+                for op in workload.ops:
+                    cost_of(op, target.chip, target.system)
+            except InputError as exc:
+                raise cannot_run(target, spec, exc) from None
+    results: list[Result] = []
+    total = len(targets) * len(workloads)
+    for spec, workload in workloads:
+        for target in targets:
+            if progress:
+                progress(len(results), total, f"{workload.name} on {target.label}")
+            try:
+                results.append(simulate(workload, target.chip, options, target.system))
+            except InputError as exc:
+                raise cannot_run(target, spec, exc) from None
     return results

@@ -23,6 +23,8 @@ def _stderr(message: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from chipsim import api
     from chipsim.config.runconfig import RunConfig, WorkloadSpec, load_run_config
     from chipsim.report.files import write_run_outputs
@@ -31,31 +33,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.config:
         config = load_run_config(args.config)
         if args.workload:
-            config = RunConfig(config.name, config.chips, WorkloadSpec(trace=Path(args.workload)), config.launch,
-                               config.sustained, config.report, config.file)
+            config = replace(config, workloads=(WorkloadSpec(trace=Path(args.workload)),))
     elif args.workload and args.chip:
         config = RunConfig(Path(args.workload).stem.removesuffix(".json"), tuple(args.chip),
-                           WorkloadSpec(trace=Path(args.workload)))
+                           (WorkloadSpec(trace=Path(args.workload)),))
     else:
         raise InputError("give a run config (chipsim run CONFIG.yaml), or --workload FILE with --chip NAME")
     if args.launch:
-        config = RunConfig(config.name, config.chips, config.workload, args.launch, config.sustained,
-                           config.report, config.file)
+        config = replace(config, launch=args.launch)
 
-    def progress(index: int, total: int, chip: str) -> None:
+    def progress(index: int, total: int, what: str) -> None:
         if not args.json:
-            _stderr(f"[{index + 1}/{total}] simulating {config.name} on {chip} ...")
+            _stderr(f"[{index + 1}/{total}] simulating {what} ...")
 
+    targets = api.load_targets(config, args.chip or None)
     results = api.run(config, args.chip or None, progress)
-    chips = api.load_chips(args.chip, config.file, key="--chip") if args.chip else api.load_chips(config.chips, config.file)
     if args.json:
         print(json.dumps({"runs": [r.to_json() for r in results]}))
     else:
-        print(render(results, results[0].workload))
+        print(render(results))
     out_dir = Path(args.out) if args.out else Path("results") / config.name
     reports = [r for r in config.report if r != "table"]
     if reports and not args.no_files:
-        written = write_run_outputs(results, chips, out_dir, reports)
+        written = write_run_outputs(results, {t.chip.name: t.chip for t in targets}, out_dir, reports)
         if not args.json:
             _stderr(f"wrote {len(written)} files to {out_dir}/")
     return 0
@@ -81,6 +81,29 @@ def cmd_chips(args: argparse.Namespace) -> int:
                     f"{format_si(chip.hbm.bandwidth_bytes_per_s, 'B/s'):>11}  "
                     f"{chip.hbm.capacity_bytes / 1e9:>4.0f} GB  {chip.power.limit_w:>5.0f} W  {chip.description}")
     print("\n".join(rows))
+    return 0
+
+
+def cmd_systems(args: argparse.Namespace) -> int:
+    from chipsim.config.units import format_si
+    from chipsim.network.system import builtin_system_names, load_system
+
+    if args.action == "show":
+        if not args.name:
+            raise InputError("usage: chipsim systems show NAME")
+        system = load_system(args.name)
+        from dataclasses import asdict
+
+        data = asdict(system)
+        data["chip"] = system.chip.name
+        print(json.dumps(data, indent=2, default=str))
+        return 0
+    for name in builtin_system_names():
+        s = load_system(name)
+        fabric = f"{s.fabric.kind} {format_si(s.fabric.bandwidth_bytes_per_s, 'B/s')}"
+        net = (f", {s.scale_out.nics_per_node} x {format_si(s.scale_out.nic_bandwidth_bytes_per_s, 'B/s')} NICs, "
+               f"fat tree ({s.routing})") if s.scale_out else ""
+        print(f"{name:<27} {s.world:>5} x {s.chip.name:<9} {fabric}{net}")
     return 0
 
 
@@ -214,6 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     chips.add_argument("action", nargs="?", choices=("list", "show"), default="list")
     chips.add_argument("name", nargs="?")
     chips.set_defaults(func=cmd_chips)
+
+    systems = sub.add_parser("systems", help="list built-in systems (configs/systems/), or show one resolved")
+    systems.add_argument("action", nargs="?", choices=("list", "show"), default="list")
+    systems.add_argument("name", nargs="?")
+    systems.set_defaults(func=cmd_systems)
 
     wls = sub.add_parser("workloads", help="list workload generators and their parameters")
     wls.set_defaults(func=cmd_workloads)

@@ -1,4 +1,4 @@
-"""Run configs: which chips, which workload, which options. Parsed and checked, not executed."""
+"""Run configs: which chips or systems, which workloads, which options. Parsed and checked, not executed."""
 
 from __future__ import annotations
 
@@ -18,38 +18,47 @@ class WorkloadSpec:
     generator: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
     trace: Path | None = None
+    name: str | None = None  # a label, when a config lists several workloads
+
+
+@dataclass(frozen=True)
+class SystemRef:
+    """A system by name or path, optionally varied: `set` is merged over its YAML (a what-if)."""
+
+    system: str
+    name: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class RunConfig:
     name: str
     chips: tuple[str, ...]
-    workload: WorkloadSpec
+    workloads: tuple[WorkloadSpec, ...]
     launch: str = "eager"
     sustained: bool = False
     report: tuple[str, ...] = REPORTS
     file: Path | None = None
+    systems: tuple[SystemRef, ...] = ()
+
+    @property
+    def workload(self) -> WorkloadSpec:
+        return self.workloads[0]
 
 
-def parse_run_config(data: dict[str, Any], file: Path | None = None) -> RunConfig:
-    fname = str(file) if file else None
-    top = Section(data, fname)
-    name = top.string("name", file.stem if file else "run")
-    chips_raw = top.raw("chips")
-    if isinstance(chips_raw, str):
-        chips_raw = [chips_raw]
-    if not isinstance(chips_raw, list) or not chips_raw or not all(isinstance(c, str) for c in chips_raw):
-        raise top.error("chips", "expected a list of chip names or YAML paths, e.g. [h200_sxm, h100_sxm]")
-    wl = top.section("workload")
+def _workload_spec(wl: Section, file: Path | None) -> WorkloadSpec:
     generator = wl.raw("generator", None)
     trace = wl.raw("trace", None)
     params = wl.raw("params", {}) or {}
+    label = wl.raw("name", None)
     if (generator is None) == (trace is None):
         raise wl.error(None, "expected exactly one of 'generator' (with optional 'params') or 'trace'")
     if generator is not None and not isinstance(generator, str):
         raise wl.error("generator", "expected a generator name")
     if not isinstance(params, dict):
         raise wl.error("params", "expected a mapping of generator parameters")
+    if label is not None and not isinstance(label, str):
+        raise wl.error("name", "expected a string")
     trace_path = None
     if trace is not None:
         if not isinstance(trace, str):
@@ -58,6 +67,54 @@ def parse_run_config(data: dict[str, Any], file: Path | None = None) -> RunConfi
         if not trace_path.is_absolute() and file is not None:
             trace_path = file.parent / trace_path
     wl.done()
+    return WorkloadSpec(generator, dict(params), trace_path, label)
+
+
+def _system_refs(top: Section) -> tuple[SystemRef, ...]:
+    raw = top.raw("systems", None)
+    if raw is None:
+        return ()
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list) or not raw:
+        raise top.error("systems", "expected a list of system names, paths or {system, name, set} entries")
+    refs = []
+    for index, item in enumerate(raw):
+        if isinstance(item, str):
+            refs.append(SystemRef(item))
+            continue
+        sec = Section(item, top.file, f"systems[{index}]")
+        system = sec.string("system")
+        label = sec.raw("name", None)
+        overrides = sec.raw("set", {}) or {}
+        if label is not None and not isinstance(label, str):
+            raise sec.error("name", "expected a string")
+        if not isinstance(overrides, dict):
+            raise sec.error("set", "expected a mapping of system keys to override")
+        sec.done()
+        refs.append(SystemRef(system, label, dict(overrides)))
+    return tuple(refs)
+
+
+def parse_run_config(data: dict[str, Any], file: Path | None = None) -> RunConfig:
+    fname = str(file) if file else None
+    top = Section(data, fname)
+    name = top.string("name", file.stem if file else "run")
+    systems = _system_refs(top)
+    chips_raw = top.raw("chips", None if not systems else [])
+    if isinstance(chips_raw, str):
+        chips_raw = [chips_raw]
+    if chips_raw is None:
+        raise top.error("chips", "required key is missing: give `chips` (names or paths) or `systems`")
+    if not isinstance(chips_raw, list) or not all(isinstance(c, str) for c in chips_raw) or not (chips_raw or systems):
+        raise top.error("chips", "expected a list of chip names or YAML paths, e.g. [h200_sxm, h100_sxm]")
+    raw_workload = top.raw("workload")
+    items = raw_workload if isinstance(raw_workload, list) else [raw_workload]
+    if not items:
+        raise top.error("workload", "expected a workload or a non-empty list of workloads")
+    key = "workload" if not isinstance(raw_workload, list) else None
+    workloads = tuple(_workload_spec(Section(item, fname, key or f"workload[{i}]"), file)
+                      for i, item in enumerate(items))
     opts = top.section("options", {})
     launch = opts.string("launch", "eager", choices=("eager", "graph"))
     sustained_raw = opts.raw("sustained", False)
@@ -68,8 +125,7 @@ def parse_run_config(data: dict[str, Any], file: Path | None = None) -> RunConfi
     if not isinstance(report_raw, list) or any(r not in REPORTS for r in report_raw):
         raise top.error("report", f"expected a list drawn from {', '.join(REPORTS)}")
     top.done()
-    return RunConfig(name, tuple(chips_raw), WorkloadSpec(generator, dict(params), trace_path), launch,
-                     sustained_raw, tuple(report_raw), file)
+    return RunConfig(name, tuple(chips_raw), workloads, launch, sustained_raw, tuple(report_raw), file, systems)
 
 
 def load_run_config(path: str | Path) -> RunConfig:

@@ -51,6 +51,9 @@ _QUANTITY_RE = re.compile(
     rf"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?\s*{_UNIT_ATOM}(?:\s*[/*]?\s*{_UNIT_ATOM})*")
 
 
+_BITS_RE = re.compile(r"(?<![A-Za-z])([kMGTPE]?)(?:b/s|bps)\b")
+
+
 @lru_cache(maxsize=1)
 def _registry() -> pint.UnitRegistry:
     ureg: pint.UnitRegistry = pint.UnitRegistry(_definition_lines("default_en.txt"), cache_folder=None)
@@ -64,7 +67,9 @@ def _parse_cached(text: str, kind: str) -> float:
     if not _QUANTITY_RE.fullmatch(text):
         raise ValueError(f"not a number followed by a unit: {text!r}")
     ureg = _registry()
-    quantity: Any = ureg.Quantity(text.replace("µ", "u").replace("TOPS", "TOP/s").replace("TFLOPS", "TFLOP/s"))
+    # networking writes bits per second as "Gb/s" or "Gbps"; pint would read "b" as a barn
+    text = _BITS_RE.sub(r"\1bit/s", text.replace("µ", "u").replace("TOPS", "TOP/s").replace("TFLOPS", "TFLOP/s"))
+    quantity: Any = ureg.Quantity(text)
     return float(quantity.to(unit).magnitude)
 
 

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 
 from chipsim.errors import InputError
 from chipsim.hardware.chip import Chip
+from chipsim.network.collectives import collective
+from chipsim.network.system import System
 from chipsim.workload.graph import Op
-from chipsim.workload.kinds import DTYPE_BYTES, attention_flops
+from chipsim.workload.kinds import COLLECTIVE_KINDS, DTYPE_BYTES, attention_flops
 
 
 @dataclass(frozen=True)
@@ -61,11 +63,15 @@ def register_cost(*kinds: str) -> Callable[[CostFn], CostFn]:
     return wrap
 
 
-def cost_of(op: Op, chip: Chip) -> OpCost:
+def cost_of(op: Op, chip: Chip, system: System | None = None) -> OpCost:
+    """The op's cost on `chip`; collectives on a `system` are costed over its network instead of
+    the chip's own link."""
     fn = COST_MODELS.get(op.kind)
     if fn is None:
         raise InputError(f"no cost model for op kind '{op.kind}'", key=f"ops[{op.id}].kind")
     try:
+        if system is not None and op.kind in COLLECTIVE_KINDS:
+            return system_collective_cost(op, chip, system)
         return fn(op, chip)
     except InputError as exc:
         raise InputError(f"op '{op.name}': {exc.message}", key=f"ops[{op.id}].{exc.key or 'dtype'}") from None
@@ -313,3 +319,21 @@ def collective_cost(op: Op, chip: Chip) -> OpCost:
     return OpCost(fixed, 0.0, hbm_bytes, mem_s, link_bytes=sent, link_s=link_s,
                   compute_energy_j=reduce_flops * chip.power.energy_j_per_flop.get("fp32", 0.0) / 4,
                   memory_energy_j=hbm_bytes * chip.hbm.energy_j_per_byte + sent * chip.link.energy_j_per_byte)
+
+
+def system_collective_cost(op: Op, chip: Chip, system: System) -> OpCost:
+    """A collective over the system's topology (flow-level, see chipsim.network): the achieved
+    fraction of link bandwidth calibrated for NCCL on the chip applies to the transfer time."""
+    cal = chip.calibration
+    report = collective(system, op.kind, float(op.shape["bytes"]), int(op.shape["group"]),
+                        str(op.attrs.get("algorithm", "auto")))
+    if report.seconds == 0:
+        return OpCost(cal.kernel_latency_s, 0.0, 0.0, 0.0, kernels=1, mode="no transfer")
+    efficiency = cal.collective_efficiency.get(op.kind, max(cal.collective_efficiency.values(), default=1.0))
+    per_rank = report.bytes_sent / report.ranks
+    link_s = report.seconds / efficiency
+    reduce_flops = per_rank / DTYPE_BYTES.get(op.dtype, 2) if op.kind in ("all_reduce", "reduce_scatter") else 0.0
+    return OpCost(cal.collective_latency_s, 0.0, 0.0, 0.0, link_bytes=per_rank, link_s=link_s,
+                  compute_energy_j=reduce_flops * chip.power.energy_j_per_flop.get("fp32", 0.0) / 4,
+                  memory_energy_j=per_rank * (chip.link.energy_j_per_byte + 1.5 * chip.hbm.energy_j_per_byte),
+                  mode=f"{op.kind} {report.algorithm} over {report.ranks} GPUs of {system.name}: {report.method}")

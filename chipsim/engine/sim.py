@@ -13,6 +13,7 @@ from chipsim.engine.fluid import FluidShare
 from chipsim.engine.power import PowerController
 from chipsim.errors import InputError
 from chipsim.hardware.chip import Chip
+from chipsim.network.system import System
 from chipsim.report.result import OpRecord, Result
 from chipsim.workload.graph import Op, Workload
 from chipsim.workload.kinds import host_class
@@ -46,12 +47,13 @@ def _dispatch_seconds(op: Op, chip: Chip) -> float:
 
 
 class _Replay:
-    def __init__(self, workload: Workload, chip: Chip, options: SimOptions) -> None:
+    def __init__(self, workload: Workload, chip: Chip, options: SimOptions, system: System | None) -> None:
         self.workload = workload
         self.chip = chip
         self.options = options
+        self.system = system
         self.env = simpy.Environment()
-        self.costs: list[OpCost] = [cost_of(op, chip) for op in workload.ops]
+        self.costs: list[OpCost] = [cost_of(op, chip, system) for op in workload.ops]
         # the port itself runs at peak; each op's own cap carries its achieved efficiency
         hbm_rate = chip.hbm.bandwidth_bytes_per_s
         self.hbm = FluidShare(self.env, hbm_rate, "hbm")
@@ -78,7 +80,8 @@ class _Replay:
         records = [r for r in self.records if r is not None]
         if len(records) != len(self.workload.ops):  # pragma: no cover - a DAG always completes
             raise RuntimeError("simulation ended with ops not run")
-        return Result.build(self.workload, self.chip, self.options, records, self.power_steps)
+        return Result.build(self.workload, self.chip, self.options, records, self.power_steps,
+                            self.system.name if self.system else "")
 
     def _execute(self, op: Op, issue_s: float, waits: list[simpy.Event]):  # type: ignore[no-untyped-def]
         env = self.env
@@ -130,8 +133,11 @@ class _Replay:
         self.done[op.id].succeed()
 
 
-def simulate(workload: Workload, chip: Chip, options: SimOptions | None = None) -> Result:
-    """Replay `workload` on `chip`; same inputs give the same numbers, bit for bit."""
+def simulate(workload: Workload, chip: Chip, options: SimOptions | None = None,
+             system: System | None = None) -> Result:
+    """Replay `workload` on `chip`; same inputs give the same numbers, bit for bit. With a `system`,
+    the chip is one representative rank of it (ranks are symmetric) and collectives run over the
+    system's network."""
     options = options or SimOptions()
     log.debug("simulating %s (%d ops) on %s", workload.name, len(workload.ops), chip.name)
-    return _Replay(workload, chip, options).run()
+    return _Replay(workload, chip, options, system).run()

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -17,7 +18,7 @@ from chipsim.report.result import Result
 from chipsim.report.trace import chrome_trace
 
 
-def write_run_outputs(results: Sequence[Result], chips: Sequence[Chip], out_dir: Path,
+def write_run_outputs(results: Sequence[Result], chips: Mapping[str, Chip], out_dir: Path,
                       reports: Sequence[str]) -> list[Path]:
     """Render everything into a temporary folder, then move the files into `out_dir`: a failure
     half-way leaves `out_dir` as it was."""
@@ -28,7 +29,8 @@ def write_run_outputs(results: Sequence[Result], chips: Sequence[Chip], out_dir:
         names: list[str] = []
         if "csv" in reports:
             pd.DataFrame([r.summary() for r in results]).to_csv(staging / "summary.csv", index=False)
-            ops = pd.concat([r.ops_frame().assign(chip=r.chip) for r in results], ignore_index=True)
+            ops = pd.concat([r.ops_frame().assign(workload=r.workload, target=r.target, chip=r.chip)
+                             for r in results], ignore_index=True)
             ops.to_csv(staging / "ops.csv", index=False)
             names += ["summary.csv", "ops.csv"]
         if "timeline" in reports:
@@ -38,8 +40,10 @@ def write_run_outputs(results: Sequence[Result], chips: Sequence[Chip], out_dir:
             from chipsim.report import plots
 
             figures = {"breakdown.png": plots.plot_breakdown(results), "power.png": plots.plot_power(results)}
-            for r, chip in zip(results, chips, strict=True):
-                figures[f"roofline_{r.chip}.png"] = plots.plot_roofline(r, chip)
+            several = len({r.workload for r in results}) > 1
+            for r in results:
+                slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{r.workload}_{r.target}" if several else r.target)
+                figures[f"roofline_{slug}.png"] = plots.plot_roofline(r, chips[r.chip])
             for name, fig in figures.items():
                 fig.savefig(staging / name, dpi=110)
                 plt.close(fig)

@@ -38,6 +38,33 @@ class OpRecord:
         return self.end_s - self.start_s
 
 
+def _union(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    merged: list[tuple[float, float]] = []
+    for start, end in sorted(intervals):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        elif end > start:
+            merged.append((start, end))
+    return merged
+
+
+def exposed_time(records: list[OpRecord]) -> float:
+    """Seconds during which a comm-stream op runs and no other op does."""
+    comm = _union([(r.start_s, r.end_s) for r in records if r.stream == "comm"])
+    busy = _union([(r.start_s, r.end_s) for r in records if r.stream != "comm"])
+    exposed, j = 0.0, 0
+    for start, end in comm:
+        covered = 0.0
+        while j < len(busy) and busy[j][1] <= start:
+            j += 1
+        k = j
+        while k < len(busy) and busy[k][0] < end:
+            covered += min(end, busy[k][1]) - max(start, busy[k][0])
+            k += 1
+        exposed += (end - start) - covered
+    return exposed
+
+
 @dataclass
 class Result:
     chip: str
@@ -57,9 +84,16 @@ class Result:
     records: list[OpRecord]
     power_timeline: list[tuple[float, float]]  # (time s, board power W) steps
     limit_w: float = 0.0
+    exposed_comm_s: float = 0.0  # time the comm stream is busy while no compute op runs
+    system: str = ""
     notes: list[str] = field(default_factory=list)
 
     # ------------------------------------------------------------ derived figures
+    @property
+    def target(self) -> str:
+        """The system this ran on (one representative rank of it), else the chip."""
+        return self.system or self.chip
+
     @property
     def achieved_flops_per_s(self) -> float:
         return self.total_flops / self.latency_s if self.latency_s > 0 else 0.0
@@ -74,7 +108,7 @@ class Result:
 
     @classmethod
     def build(cls, workload: Workload, chip: Chip, options: SimOptions, records: list[OpRecord],
-              deltas: list[tuple[float, float]]) -> Result:
+              deltas: list[tuple[float, float]], system: str = "") -> Result:
         latency = max((r.end_s for r in records), default=0.0)
         dynamic = sum(r.energy_j for r in records)
         energy = dynamic + chip.power.idle_w * latency
@@ -96,6 +130,11 @@ class Result:
             notes.append(f"does not fit: needs {footprint / 1e9:.1f} GB, {chip.name} has "
                          f"{chip.hbm.capacity_bytes / 1e9:.1f} GB of HBM")
         modes = sorted({r.mode for r in records if r.mode})
+        exposed = exposed_time(records)
+        if any(r.stream == "comm" for r in records):
+            comm = sum(r.duration_s for r in records if r.stream == "comm")
+            notes.append(f"communication: {comm * 1e3:.3f} ms busy, {exposed * 1e3:.3f} ms exposed "
+                         "(not overlapped with compute)")
         notes.extend(f"ran: {m}" for m in modes)
         if throttled > 0:
             notes.append(f"power-capped: {throttled * 1e3:.2f} ms of ops ran below the boost clock "
@@ -107,7 +146,7 @@ class Result:
             throttled_time_s=throttled, min_clock_scale=min((r.clock_scale for r in records), default=1.0),
             footprint_bytes=footprint, capacity_bytes=chip.hbm.capacity_bytes,
             memory_breakdown=dict(workload.memory), records=records, power_timeline=timeline,
-            limit_w=chip.power.limit_w, notes=notes,
+            limit_w=chip.power.limit_w, exposed_comm_s=exposed, system=system, notes=notes,
         )
 
     # ------------------------------------------------------------ tables
@@ -129,7 +168,7 @@ class Result:
             "total_flops": self.total_flops, "total_bytes": self.total_bytes, "op_count": len(self.records),
             "throttled_time_s": self.throttled_time_s,
             "footprint_bytes": self.footprint_bytes, "capacity_bytes": self.capacity_bytes,
-            "fits_in_memory": self.fits_in_memory,
+            "fits_in_memory": self.fits_in_memory, "exposed_comm_s": self.exposed_comm_s, "system": self.system,
         }
 
     def summary_frame(self) -> pd.DataFrame:

@@ -12,9 +12,11 @@ from chipsim.report.result import Result
 
 def summary_table(results: Sequence[Result]) -> str:
     rows = []
+    several = len({r.workload for r in results}) > 1
     for r in results:
         rows.append({
-            "chip": r.chip,
+            **({"workload": r.workload} if several else {}),
+            "target": r.target,
             "latency": format_si(r.latency_s, "s"),
             "FLOP/s": format_si(r.achieved_flops_per_s, "FLOP/s"),
             "bandwidth": format_si(r.achieved_bandwidth_bytes_per_s, "B/s"),
@@ -23,6 +25,7 @@ def summary_table(results: Sequence[Result]) -> str:
             "energy": format_si(r.energy_j, "J"),
             "memory": f"{r.footprint_bytes / 1e9:.1f}/{r.capacity_bytes / 1e9:.0f} GB"
                       + ("" if r.fits_in_memory else " DOES NOT FIT"),
+            **({"exposed comm": format_si(r.exposed_comm_s, "s")} if any(x.exposed_comm_s for x in results) else {}),
         })
     return pd.DataFrame(rows).to_string(index=False)
 
@@ -39,9 +42,15 @@ def top_ops_table(result: Result, n: int = 8) -> str:
     return view.to_string(index=False)
 
 
-def render(results: Sequence[Result], workload_name: str) -> str:
-    lines = [f"workload: {workload_name}", "", summary_table(results)]
+def render(results: Sequence[Result]) -> str:
+    """One summary table; per-target top ops and notes when the run has a single workload."""
+    workloads = sorted({r.workload for r in results})
+    lines = [f"workload: {workloads[0]}" if len(workloads) == 1 else f"{len(workloads)} workloads", "",
+             summary_table(results)]
     for r in results:
-        lines += ["", f"{r.chip}: top ops by time", top_ops_table(r)]
-        lines += [f"  note: {note}" for note in r.notes]
+        if len(workloads) == 1:
+            lines += ["", f"{r.target}: top ops by time", top_ops_table(r)]
+            lines += [f"  note: {note}" for note in r.notes]
+        else:
+            lines += [f"  {r.workload} on {r.target}: {note}" for note in r.notes if not note.startswith("ran:")]
     return "\n".join(lines)

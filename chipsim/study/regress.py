@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from chipsim.api import workload_from_spec
+from chipsim.api import Target, load_targets, workload_from_spec
 from chipsim.config.runconfig import load_run_config
 from chipsim.engine.sim import SimOptions, simulate
 from chipsim.errors import InputError
@@ -30,17 +30,21 @@ def simulate_examples(configs_dir: Path, progress: Callable[[str], None] | None 
         config = load_run_config(path)
         if progress:
             progress(config.name)
-        workload = workload_from_spec(config.workload)
         options = SimOptions(launch=config.launch, sustained=config.sustained)
-        for chip in chips:
-            try:
-                result = simulate(workload, chip, options)
-            except InputError as exc:
-                rows.append({"case": path.stem, "chip": chip.name, "latency_s": float("nan"),
-                             "energy_j": float("nan"), "status": f"unsupported: {exc.message}"})
-                continue
-            rows.append({"case": path.stem, "chip": chip.name, "latency_s": result.latency_s,
-                         "energy_j": result.energy_j, "status": "ok"})
+        # chip examples run on every built-in chip; system examples on their own systems
+        targets = load_targets(config) if config.systems else [Target(c.name, c) for c in chips]
+        for spec in config.workloads:
+            workload = workload_from_spec(spec)
+            case = path.stem if len(config.workloads) == 1 else f"{path.stem}:{spec.name or workload.name}"
+            for target in targets:
+                try:
+                    result = simulate(workload, target.chip, options, target.system)
+                except InputError as exc:
+                    rows.append({"case": case, "chip": target.label, "latency_s": float("nan"),
+                                 "energy_j": float("nan"), "status": f"unsupported: {exc.message}"})
+                    continue
+                rows.append({"case": case, "chip": target.label, "latency_s": result.latency_s,
+                             "energy_j": result.energy_j, "status": "ok"})
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

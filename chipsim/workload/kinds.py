@@ -133,6 +133,7 @@ def host_class(kind: str, attrs: Mapping[str, Any]) -> str:
 
 
 _COLLECTIVE_SHAPE = {"bytes": None, "group": None}
+COLLECTIVE_KINDS = ("all_reduce", "all_gather", "reduce_scatter", "broadcast", "send_recv")
 
 KINDS: dict[str, OpKind] = {}
 
@@ -168,5 +169,9 @@ register(OpKind("all_gather", _COLLECTIVE_SHAPE, "collective", _collective_work,
                 description="ring all-gather: each of `group` ranks contributes `bytes`"))
 register(OpKind("reduce_scatter", _COLLECTIVE_SHAPE, "collective", _collective_work,
                 description="ring reduce-scatter of `bytes` per rank over `group` chips"))
+register(OpKind("broadcast", _COLLECTIVE_SHAPE, "collective", _collective_work,
+                description="broadcast of `bytes` from rank 0 to `group` ranks (systems only)"))
+register(OpKind("send_recv", _COLLECTIVE_SHAPE, "collective", _collective_work,
+                description="point-to-point transfer of `bytes` from rank 0 to rank group-1 (systems only)"))
 register(OpKind("opaque", {"flops": 0, "bytes": 0, "duration_s": None}, "other", _opaque_work,
                 description="a measured kernel chipsim cannot model: replayed with its measured duration"))

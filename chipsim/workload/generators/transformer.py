@@ -12,6 +12,7 @@ import numpy as np
 from chipsim.errors import InputError
 from chipsim.workload.generators.registry import param, register_generator
 from chipsim.workload.graph import Workload, WorkloadBuilder
+from chipsim.workload.kinds import DTYPE_BYTES
 
 # Activation bytes a layer keeps for backward, per token and per unit of d_model, in 16-bit
 # training with flash attention: 34 (Korthikanti et al., "Reducing Activation Recomputation in Large
@@ -276,8 +277,41 @@ def training_memory(shape: ModelShape, batch: int, seq: int, precision: str) -> 
     }
 
 
+class GradientBuckets(list[int]):
+    """Weight-gradient ops of a backward pass; every `bucket_bytes` of gradients it issues an
+    all-reduce on the comm stream, at that point of the backward (as DDP's hooks do), so gradient
+    synchronization overlaps with the rest of the backward."""
+
+    def __init__(self, b: WorkloadBuilder, bucket_bytes: float, ranks: int, grad_dtype: str, algorithm: str) -> None:
+        super().__init__()
+        self.b, self.bucket_bytes, self.ranks = b, bucket_bytes, ranks
+        self.grad_dtype, self.algorithm = grad_dtype, algorithm
+        self.pending: list[int] = []
+        self.pending_bytes = 0.0
+        self.buckets = 0
+
+    def append(self, op_id: int) -> None:
+        shape = self.b.ops[op_id].shape
+        numel = shape["numel"] if "numel" in shape else shape["m"] * shape["n"]
+        self.pending.append(op_id)
+        self.pending_bytes += numel * DTYPE_BYTES[self.grad_dtype]
+        if self.pending_bytes >= self.bucket_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        sync = self.b.add("all_reduce", f"grad_sync.bucket{self.buckets}", self.grad_dtype, self.pending,
+                          stream="comm", bytes=self.pending_bytes, group=self.ranks,
+                          attrs={"algorithm": self.algorithm})
+        super().append(sync)
+        self.buckets += 1
+        self.pending, self.pending_bytes = [], 0.0
+
+
 def emit_train_step(b: WorkloadBuilder, shape: ModelShape, p: TrainStepParams, precision: str, step: int,
-                    after: int | None) -> int:
+                    after: int | None, grads: list[int] | None = None) -> int:
+    """One training step; with `grads` (a GradientBuckets) the gradients are synchronized in buckets."""
     t = p.batch * p.seq
     d = shape.d_model
     lin = Linears(b, precision, t, master_fp32=precision == "bf16")
@@ -295,13 +329,17 @@ def emit_train_step(b: WorkloadBuilder, shape: ModelShape, p: TrainStepParams, p
     logits = head.forward(f"{s}lm_head", fn, d, shape.vocab, input_dtype=res)
     loss = b.add("softmax", f"{s}cross_entropy", "fp32", [logits], rows=t, cols=shape.vocab)
     dlogits = b.add("elementwise", f"{s}cross_entropy_bwd", act, [loss], numel=t * shape.vocab, attrs={"op": "add"})
-    wgrads: list[int] = []
+    wgrads: list[int] = grads if grads is not None else []
     dg, wg = head.backward(f"{s}lm_head", dlogits, d, shape.vocab)
     wgrads.append(wg)
     dy = b.add("norm", f"{s}final_norm_bwd", res, [dg], rows=t, cols=d, attrs={"type": "rms_norm", "pass": "bwd"})
     for layer in reversed(range(shape.layers)):
         dy = block_backward(b, lin, shape, args, layer, dy, wgrads)
     emb_bwd = b.add("elementwise", f"{s}embedding_bwd", "fp32", [dy], numel=t * d, attrs={"op": "embedding"})
+    if isinstance(wgrads, GradientBuckets):  # the embedding's gradient, then the last partial bucket
+        wgrads.pending.append(emb_bwd)
+        wgrads.pending_bytes += shape.vocab * d * DTYPE_BYTES[wgrads.grad_dtype]
+        wgrads.flush()
     n_tensors = shape.layers * 6 + 3
     return b.add("optimizer", f"{s}adamw", "fp32", [emb_bwd, *wgrads], params=shape.params,
                  attrs={"algorithm": "adamw", "kernels": math.ceil(n_tensors / 64), "master_weights": False})
@@ -324,4 +362,40 @@ def transformer_train_step(p: TrainStepParams) -> Workload:
     b.memory.update(training_memory(shape, p.batch, p.seq, p.precision))
     b.meta.update(params=shape.params, tokens=p.batch * p.seq * p.steps, fp8_overflow_reruns=reruns,
                   model_flops=6.0 * shape.params * p.batch * p.seq * p.steps)
+    return b.build()
+
+
+@dataclass(frozen=True)
+class DataParallelParams(TrainStepParams):
+    ranks: int = param(8, "data-parallel ranks (GPUs); the workload is one representative rank")
+    bucket: str | int = param("25 MiB", "gradient bucket size (PyTorch DDP's default is 25 MiB)")
+    grad_dtype: Literal["fp32", "bf16"] = param("fp32", "dtype gradients are all-reduced in")
+    algorithm: Literal["auto", "ring", "tree", "hierarchical", "in_switch", "direct"] = param(
+        "auto", "all-reduce algorithm on a system (auto: the system's best fit)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.ranks < 1:
+            raise InputError("expected at least 1 rank", key="ranks")
+
+
+@register_generator("data_parallel_train_step", DataParallelParams,
+                    "transformer_train_step on each of N data-parallel ranks, gradients all-reduced in buckets "
+                    "overlapped with the backward")
+def data_parallel_train_step(p: DataParallelParams) -> Workload:
+    from chipsim.config.units import parse_quantity
+
+    shape = model_shape(p.model, p.layers, p.d_model, p.heads, p.kv_heads, p.ffn, p.vocab)
+    bucket = parse_quantity(p.bucket, "bytes", key="bucket")
+    if bucket <= 0:
+        raise InputError("expected a positive bucket size", key="bucket")
+    b = WorkloadBuilder(f"dp{p.ranks}_{p.model or 'custom'}_{p.precision}_b{p.batch}_s{p.seq}",
+                        "data_parallel_train_step", vars(p))
+    last: int | None = None
+    for step in range(p.steps):
+        grads = GradientBuckets(b, bucket, p.ranks, p.grad_dtype, p.algorithm)
+        last = emit_train_step(b, shape, p, p.precision, step, last, grads)
+    b.memory.update(training_memory(shape, p.batch, p.seq, p.precision))
+    b.meta.update(params=shape.params, ranks=p.ranks, tokens=p.batch * p.seq * p.steps * p.ranks,
+                  gradient_bytes=shape.params * DTYPE_BYTES[p.grad_dtype])
     return b.build()

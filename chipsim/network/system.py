@@ -1,0 +1,161 @@
+"""Systems: chips joined by a node fabric and, optionally, a scale-out network. YAML in, frozen
+dataclasses out (SI units), with the same `extends:` and error rules as chips."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from chipsim.config.loader import deep_merge, load_yaml_with_extends
+from chipsim.config.reader import Section
+from chipsim.errors import InputError
+from chipsim.hardware.chip import Chip
+from chipsim.hardware.registry import load_chip
+
+FABRICS = ("nvswitch", "all_to_all", "pcie")
+ROUTING = ("ecmp", "adaptive")
+
+
+@dataclass(frozen=True)
+class NodeFabric:
+    """How the GPUs of one node are joined. `bandwidth` is per GPU per direction (`nvswitch`,
+    `pcie`) or per GPU-pair link per direction (`all_to_all`)."""
+
+    kind: str
+    bandwidth_bytes_per_s: float
+    latency_s: float
+    in_switch_reduction: bool = False  # NVLink SHARP (NVLS): the switch reduces and multicasts
+    host_link_bytes_per_s: float = 0.0  # NVLink-C2C to the CPU's memory (GH200), per GPU per direction
+
+
+@dataclass(frozen=True)
+class ScaleOut:
+    """NICs per node into a two-tier fat tree of switches."""
+
+    nics_per_node: int
+    nic_bandwidth_bytes_per_s: float
+    nic_latency_s: float
+    switch_radix: int
+    port_bandwidth_bytes_per_s: float
+    switch_latency_s: float
+    oversubscription: float  # leaf down-ports / up-ports
+    rail_optimized: bool
+    in_network_reduction: bool  # SHARP
+
+
+@dataclass(frozen=True, eq=False)  # identity equality: usable as a cache key (it holds a Chip of dicts)
+class System:
+    name: str
+    description: str
+    chip: Chip
+    nodes: int
+    gpus_per_node: int
+    fabric: NodeFabric
+    scale_out: ScaleOut | None
+    routing: str
+    background_load: float  # fraction of each NIC's bandwidth used by other jobs' traffic
+    seed: int
+    source_file: str = ""
+
+    @property
+    def world(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+
+def build_system(data: dict[str, Any], file: str | None = None) -> System:
+    top = Section(data, file)
+    version = top.integer("schema_version", 1)
+    if version != 1:
+        raise top.error("schema_version", f"this chipsim reads system schema version 1, got {version}")
+    name = top.string("name")
+    chip_name = top.string("chip")
+    try:
+        chip = load_chip(chip_name, Path(file) if file else None)
+    except InputError as exc:
+        raise exc.within(file=file, key_prefix="chip") if exc.file is None else exc from None
+    nodes = top.integer("nodes", 1, minimum=1)
+    gpus = top.integer("gpus_per_node", minimum=1)
+    fab = top.section("node_fabric")
+    fabric = NodeFabric(
+        kind=fab.string("type", choices=FABRICS),
+        bandwidth_bytes_per_s=fab.quantity("bandwidth", "bandwidth"),
+        latency_s=fab.quantity("latency", "time", "1 us"),
+        in_switch_reduction=bool(fab.raw("in_switch_reduction", False)),
+        host_link_bytes_per_s=fab.quantity("host_link", "bandwidth", 0.0),
+    )
+    fab.done()
+    if fabric.bandwidth_bytes_per_s <= 0:
+        raise fab.error("bandwidth", "a node fabric needs a positive bandwidth")
+    if fabric.in_switch_reduction and fabric.kind != "nvswitch":
+        raise fab.error("in_switch_reduction", "in-switch reduction needs a switch (type: nvswitch)")
+    scale_out = None
+    if top.has("scale_out"):
+        so = top.section("scale_out")
+        scale_out = ScaleOut(
+            nics_per_node=so.integer("nics_per_node", minimum=1),
+            nic_bandwidth_bytes_per_s=so.quantity("nic_bandwidth", "bandwidth"),
+            nic_latency_s=so.quantity("nic_latency", "time", "1 us"),
+            switch_radix=so.integer("switch_radix", minimum=2),
+            port_bandwidth_bytes_per_s=so.quantity("port_bandwidth", "bandwidth"),
+            switch_latency_s=so.quantity("switch_latency", "time"),
+            oversubscription=so.number("oversubscription", 1.0, minimum=1.0),
+            rail_optimized=bool(so.raw("rail_optimized", True)),
+            in_network_reduction=bool(so.raw("in_network_reduction", False)),
+        )
+        so.done()
+        if scale_out.nics_per_node != gpus:
+            raise so.error("nics_per_node", f"expected one NIC per GPU ({gpus}); chipsim routes GPU g through NIC g")
+    else:
+        top.raw("scale_out", None)
+    if nodes > 1 and scale_out is None:
+        raise top.error("scale_out", f"{nodes} nodes are not connected: a multi-node system needs a scale_out network")
+    routing = top.string("routing", "ecmp", choices=ROUTING)
+    background = top.number("background_load", 0.0, maximum=0.95)
+    seed = top.integer("seed", 0)
+    description = top.string("description", "")
+    top.done()
+    return System(name, description, chip, nodes, gpus, fabric, scale_out, routing, background, seed, file or "")
+
+
+def _systems_dir() -> Path:
+    return Path(__file__).resolve().parent.parent.parent / "configs" / "systems"
+
+
+def builtin_system_names() -> list[str]:
+    return sorted(p.stem for p in _systems_dir().glob("*.yaml"))
+
+
+def resolve_system_path(name_or_path: str, relative_to: Path | None = None) -> Path:
+    if "/" not in name_or_path and not name_or_path.endswith((".yaml", ".yml")):
+        path = _systems_dir() / f"{name_or_path}.yaml"
+        if path.is_file():
+            return path
+        raise InputError(f"unknown system '{name_or_path}'; built-in systems: {', '.join(builtin_system_names())} "
+                         "(or give a path to a system YAML)")
+    candidates = [Path(name_or_path)]
+    if relative_to is not None and not Path(name_or_path).is_absolute():
+        candidates.insert(0, relative_to.parent / name_or_path)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise InputError(f"system file not found: {' or '.join(str(c) for c in candidates)}")
+
+
+@lru_cache(maxsize=32)
+def _load_cached(path: str, mtime_ns: int) -> dict[str, Any]:
+    return load_yaml_with_extends(path, lambda name, child: resolve_system_path(name, child))
+
+
+def load_system(name_or_path: str, relative_to: Path | None = None,
+                overrides: dict[str, Any] | None = None, rename: str | None = None) -> System:
+    """A built-in system name (configs/systems/) or a YAML path; `overrides` are merged over the
+    file (what-ifs from a run config) and `rename` names the variant."""
+    path = resolve_system_path(name_or_path, relative_to)
+    data = _load_cached(str(path.resolve()), path.stat().st_mtime_ns)
+    if overrides:
+        data = deep_merge(data, overrides)
+    if rename:
+        data = {**data, "name": rename}
+    return build_system(data, file=str(path))
