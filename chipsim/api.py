@@ -24,15 +24,22 @@ from chipsim.network.system import System, load_system
 from chipsim.report.result import Result
 from chipsim.workload.generators import build_workload
 from chipsim.workload.graph import Workload
-from chipsim.workload.io import load_workload
 
 log = logging.getLogger(__name__)
 
 
 def workload_from_spec(spec: WorkloadSpec, key: str = "workload") -> Workload:
-    """Build (generator) or load (trace) a workload; generator errors are located under `key`."""
+    """Build (generator) or load a workload; generator errors are located under `key`. A `trace` is
+    a chipsim op-graph JSON, or a PyTorch profiler / Chakra trace, imported on the fly."""
     if spec.trace is not None:
-        return load_workload(spec.trace)
+        from chipsim.workload.importers import import_trace
+        from chipsim.workload.importers.kineto import read_trace_json
+        from chipsim.workload.io import workload_from_dict
+
+        data = read_trace_json(spec.trace)
+        if "format" in data:
+            return workload_from_dict(data, file=str(spec.trace))
+        return import_trace(spec.trace)[0]
     assert spec.generator is not None
     return build_workload(spec.generator, spec.params, key=key)
 

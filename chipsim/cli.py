@@ -41,6 +41,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise InputError("give a run config (chipsim run CONFIG.yaml), or --workload FILE with --chip NAME")
     if args.launch:
         config = replace(config, launch=args.launch)
+    if args.sustained:
+        config = replace(config, sustained=True)
 
     def progress(index: int, total: int, what: str) -> None:
         if not args.json:
@@ -114,6 +116,23 @@ def cmd_workloads(args: argparse.Namespace) -> int:
         print(f"{name}: {info['description']}")
         for pname, p in info["params"].items():
             print(f"    {pname} = {p['default']!r}: {p['doc']}")
+    return 0
+
+
+# ---------------------------------------------------------------- chipsim trace import
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from chipsim.workload.importers import import_trace
+    from chipsim.workload.io import save_workload
+
+    if args.steps is not None and args.steps < 1:
+        raise InputError(f"expected a positive number of steps, got {args.steps}", key="--steps")
+    workload, lines = import_trace(Path(args.trace), args.steps)
+    save_workload(workload, Path(args.output))
+    for line in lines:
+        print(line)
+    print(f"wrote {len(workload.ops)} ops to {args.output}")
     return 0
 
 
@@ -226,8 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="simulate a run config (a workload on one or more chips)")
     run.add_argument("config", nargs="?", help="run config YAML (configs/runs/*.yaml)")
     run.add_argument("--chip", action="append", help="chip name or YAML path (repeatable); overrides the config's")
-    run.add_argument("--workload", help="a workload JSON (op graph) to replay instead of the config's")
+    run.add_argument("--workload", help="a workload JSON (op graph), or a PyTorch profiler / Chakra trace, to replay")
     run.add_argument("--launch", choices=("eager", "graph"), help="host launch mode (overrides the config)")
+    run.add_argument("--sustained", action="store_true",
+                     help="start at the power limit, as in back-to-back steps (overrides the config)")
     run.add_argument("--out", help="output folder (default results/<run name>/)")
     run.add_argument("--json", action="store_true", help="print one JSON object and nothing else on stdout")
     run.add_argument("--no-files", action="store_true", help="write no files")
@@ -245,6 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     wls = sub.add_parser("workloads", help="list workload generators and their parameters")
     wls.set_defaults(func=cmd_workloads)
+
+    trace = sub.add_parser("trace", help="import a PyTorch profiler (Kineto) or Chakra trace as a workload")
+    trace_sub = trace.add_subparsers(dest="action", required=True)
+    imp = trace_sub.add_parser("import", help="read TRACE.json[.gz] and write an op-graph WORKLOAD.json")
+    imp.add_argument("trace", help="PyTorch profiler trace (export_chrome_trace) or Chakra execution trace (JSON)")
+    imp.add_argument("-o", "--output", required=True, help="the workload JSON to write")
+    imp.add_argument("--steps", type=int, help="keep the first N profiler steps (ProfilerStep# annotations)")
+    imp.set_defaults(func=cmd_trace)
 
     val = sub.add_parser("validate", help="predict measured cases (calibration.csv schema) and report the error")
     val.add_argument("measurements", help="CSV of measurements (schema of reference/h200/calibration.csv)")

@@ -32,6 +32,9 @@ from chipsim.study.validate import family_summary, read_measurements, validate
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CSV = ROOT.parent / "shared" / "reference" / "h200" / "calibration.csv"
 HOLDOUT = ROOT / "validation" / "h200_holdout.csv"
+TRAIN_TRACE = ROOT.parent / "shared" / "reference" / "h200" / "traces" / "trace_train_llama-350m_b8_s2048.json.gz"
+# kernel classes no calibration row measures, fitted to the kernels of the reference training trace
+TRACE_CLASSES = ("silu", "silu_bwd", "mul", "cast", "copy", "rms_norm_bwd")
 
 # stage -> (row filter on the 'op' column, [(parameter path, lower, upper)])
 STAGES = {
@@ -126,9 +129,11 @@ def render_calibration(chip: Chip) -> str:
                                   c.attention_bwd_efficiency, c.attention_decode_efficiency,
                                   c.attention_decode_block_s, c.host_dispatch_s)
     fitted = {p for _, (_, params) in STAGES.items() for p, _, _ in params}
+    fitted |= {f"kernel_bw_efficiency.{c}" for c in TRACE_CLASSES}
     kernels = "\n".join(
-        f"      {name}: {value:.3g}" + ("" if f"kernel_bw_efficiency.{name}" in fitted else
-                                      "  # assumption: no calibration row measures this kernel class")
+        f"      {name}: {value:.3g}" + (
+            ("  # fitted to the reference training trace's kernels" if name in TRACE_CLASSES else "")
+            if f"kernel_bw_efficiency.{name}" in fitted else "  # assumption: no measurement of this kernel class")
         for name, value in sorted(kb.items()))
     menus = "\n".join(f"      {d}: {{tiles: {[list(t) for t in m.tiles]}, max_split_k: {m.max_split_k}}}"
                        for d, m in c.gemm_menus.items())
@@ -197,6 +202,29 @@ def write_yaml(chip: Chip, power: dict[str, float], path: Path) -> None:
     path.write_text(head + render_calibration(chip))
 
 
+def fit_trace_kernels(chip: Chip, trace: Path) -> Chip:
+    """Per kernel class: the efficiency that makes the median predicted device time of the trace's
+    kernels of that class equal to their median measured time (each kernel alone, boost clock)."""
+    from chipsim.cost.model import cost_of
+    from chipsim.workload.importers.kineto import import_kineto
+
+    workload, _ = import_kineto(trace)
+    for cls in TRACE_CLASSES:
+        chip = put(chip, f"kernel_bw_efficiency.{cls}", 1.0)
+        ratios = []
+        for op in workload.ops:
+            name = op.attrs.get("op") if op.kind == "elementwise" else (
+                f"{op.attrs.get('type')}_bwd" if op.kind == "norm" and op.attrs.get("pass") == "bwd" else None)
+            if name != cls:
+                continue
+            cost = cost_of(op, chip)
+            if cost.mem_s > 10 * cost.fixed_s:  # bandwidth-bound kernels only
+                ratios.append(cost.mem_s / (op.attrs["measured_s"] - cost.fixed_s))
+        if ratios:
+            chip = put(chip, f"kernel_bw_efficiency.{cls}", float(np.median(ratios)))
+    return chip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--csv", default=str(DEFAULT_CSV))
@@ -217,10 +245,15 @@ def main() -> None:
             value = get(chip, path)
             shown = f"{value * 1e6:.3f} us" if path.partition(".")[0].endswith("_s") else f"{value:.4f}"
             print(f"  {path:40s} {shown}")
+    if TRAIN_TRACE.is_file():
+        chip = fit_trace_kernels(chip, TRAIN_TRACE)
+        print("[trace kernels]", ", ".join(f"{c} {chip.calibration.kernel_bw_efficiency[c]:.3g}" for c in TRACE_CLASSES))
     pred, _ = validate(frame, chip=None, chip_obj=chip)
     summary = family_summary(pred)
     print(summary.to_string(index=False))
-    result = {"fitted": {p: get(chip, p) for _, (_, params) in STAGES.items() for p, _, _ in params},
+    fitted_paths = [p for _, (_, params) in STAGES.items() for p, _, _ in params]
+    fitted_paths += [f"kernel_bw_efficiency.{c}" for c in TRACE_CLASSES if c in chip.calibration.kernel_bw_efficiency]
+    result = {"fitted": {p: get(chip, p) for p in fitted_paths},
               "families": summary.to_dict("records")}
     Path(args.out).write_text(json.dumps(result, indent=1, default=lambda v: None if math.isnan(v) else v))
     print(f"wrote {args.out}")

@@ -242,7 +242,10 @@ def elementwise_cost(op: Op, chip: Chip) -> OpCost:
 
 @register_cost("norm")
 def norm_cost(op: Op, chip: Chip) -> OpCost:
-    return _streaming(op, chip, str(op.attrs.get("type", "rms_norm")))
+    kind = str(op.attrs.get("type", "rms_norm"))
+    backward = f"{kind}_bwd"
+    use = backward if op.attrs.get("pass") == "bwd" and backward in chip.calibration.kernel_bw_efficiency else kind
+    return _streaming(op, chip, use)
 
 
 @register_cost("softmax")
@@ -280,10 +283,40 @@ def memcpy_cost(op: Op, chip: Chip) -> OpCost:
                   level=src if src != "hbm" else dst)
 
 
+@register_cost("roofline")
+def roofline_cost(op: Op, chip: Chip) -> OpCost:
+    """Only FLOPs and bytes are known: the dtype's peak at the calibrated GEMM efficiency, and the
+    streaming memory efficiency."""
+    cal = chip.calibration
+    compute_s = op.flops / (chip.peak(op.dtype) * cal.gemm_efficiency.get(op.dtype, 1.0)) if op.flops else 0.0
+    hbm_bytes, mem_s, mem_e, level, lat = _memory_part(op, chip, op.bytes, "roofline")
+    return OpCost(_fixed(chip, 1, lat), compute_s, hbm_bytes, mem_s,
+                  compute_energy_j=_compute_energy(chip, op.flops, op.dtype), memory_energy_j=mem_e, level=level)
+
+
 @register_cost("opaque")
 def opaque_cost(op: Op, chip: Chip) -> OpCost:
+    """A kernel chipsim cannot model: its measured duration, re-targeted by a stated rule:
+    `scale: memory` by the ratio of HBM bandwidths, `compute` by the ratio of bf16 peaks (recorded
+    chip over target chip), `none` as measured."""
     duration = float(op.shape["duration_s"])
-    return OpCost(0.0, duration, 0.0, 0.0, kernels=1, mode="opaque (measured duration)")
+    rule = str(op.attrs.get("scale", "none"))
+    recorded = str(op.attrs.get("recorded_on", ""))
+    ratio = 1.0
+    if recorded and recorded != chip.name and rule in ("memory", "compute"):
+        from chipsim.hardware.registry import load_chip
+
+        ref = load_chip(recorded)
+        ratio = (ref.hbm.bandwidth_bytes_per_s / chip.hbm.bandwidth_bytes_per_s if rule == "memory"
+                 else ref.peak("bf16") / chip.peak("bf16"))
+    seconds = duration * ratio
+    # energy: assume the kernel kept half of its roof busy (a trace has no counters to tell)
+    if rule == "memory":
+        energy = {"memory_energy_j": seconds * chip.hbm.bandwidth_bytes_per_s * 0.5 * chip.hbm.energy_j_per_byte}
+    else:
+        energy = {"compute_energy_j": seconds * chip.peak("bf16") * 0.5 * chip.power.energy_j_per_flop["bf16"]}
+    label = "opaque: measured duration" + (f" x {ratio:.3g} ({rule} ratio)" if ratio != 1.0 else "")
+    return OpCost(0.0, seconds, 0.0, 0.0, mode=label, **energy)
 
 
 # ---------------------------------------------------------------- collectives over the chip's own link

@@ -10,7 +10,7 @@ import simpy
 
 from chipsim.cost.model import OpCost, cost_of
 from chipsim.engine.fluid import FluidShare
-from chipsim.engine.power import PowerController
+from chipsim.engine.power import PowerController, sustained_scale
 from chipsim.errors import InputError
 from chipsim.hardware.chip import Chip
 from chipsim.network.system import System
@@ -40,6 +40,8 @@ class SimOptions:
 def _dispatch_seconds(op: Op, chip: Chip) -> float:
     """Host time to issue the op eagerly: its class's dispatch cost, plus any framework calls that
     launch no kernel (views, splits, module calls) attributed to it in `attrs.host_calls`."""
+    if "host_s" in op.attrs:  # measured in a trace: the host's own cadence is kept
+        return float(op.attrs["host_s"])
     table = chip.calibration.host_dispatch_s
     seconds = table.get(host_class(op.kind, op.attrs), table.get("other", 0.0))
     calls = op.attrs.get("host_calls", 0)
@@ -57,31 +59,54 @@ class _Replay:
         # the port itself runs at peak; each op's own cap carries its achieved efficiency
         hbm_rate = chip.hbm.bandwidth_bytes_per_s
         self.hbm = FluidShare(self.env, hbm_rate, "hbm")
-        self.link = FluidShare(self.env, chip.link.bandwidth_bytes_per_s, "link")
-        self.power = PowerController(chip.power, chip.clock_hz, options.sustained)
+        # on a system, the network model already shared its links between flows: the chip's own link
+        # must not cap a faster fabric
+        link_rate = float("inf") if system is not None else chip.link.bandwidth_bytes_per_s
+        self.link = FluidShare(self.env, link_rate, "link")
+        initial = 1.0
+        if options.sustained and options.power_capping:
+            initial = sustained_scale(chip.power, min(1.0, chip.power.min_clock_hz / chip.clock_hz), [
+                (c.fixed_s + max(c.mem_s, c.link_s), c.compute_s, c.compute_energy_j, c.memory_energy_j)
+                for c in self.costs])
+        self.power = PowerController(chip.power, chip.clock_hz, initial, options.sustained)
         self.records: list[OpRecord | None] = [None] * len(workload.ops)
         self.power_steps: list[tuple[float, float]] = [(0.0, chip.power.idle_w)]
         self.done: list[simpy.Event] = [self.env.event() for _ in workload.ops]
+        self._last_on_stream: dict[tuple[int, str], simpy.Event] = {}
 
     def run(self) -> Result:
-        issue = 0.0
-        last_on_stream: dict[tuple[int, str], simpy.Event] = {}
-        graph = self.options.launch == "graph"
-        for op in self.workload.ops:
-            if not graph:
-                issue += _dispatch_seconds(op, self.chip)
-            key = (op.device, op.stream)
-            waits = [self.done[d] for d in op.deps]
-            if key in last_on_stream:
-                waits.append(last_on_stream[key])
-            self.env.process(self._execute(op, issue, waits))
-            last_on_stream[key] = self.done[op.id]
+        if any(op.attrs.get("host_sync") for op in self.workload.ops):
+            self.env.process(self._host_with_syncs())
+        else:  # the host never waits: issue times are a running sum
+            issue = 0.0
+            for op in self.workload.ops:
+                if self.options.launch != "graph":
+                    issue += _dispatch_seconds(op, self.chip)
+                self._launch(op, issue)
         self.env.run()
         records = [r for r in self.records if r is not None]
         if len(records) != len(self.workload.ops):  # pragma: no cover - a DAG always completes
             raise RuntimeError("simulation ended with ops not run")
         return Result.build(self.workload, self.chip, self.options, records, self.power_steps,
                             self.system.name if self.system else "")
+
+    def _host_with_syncs(self):  # type: ignore[no-untyped-def]
+        """The host issues ops in program order; an op marked `host_sync` (the host synchronized with
+        the device before launching it) is issued only once every earlier op has finished."""
+        for op in self.workload.ops:
+            if op.attrs.get("host_sync") and op.id:
+                yield simpy.AllOf(self.env, self.done[:op.id])
+            if self.options.launch != "graph":
+                yield self.env.timeout(_dispatch_seconds(op, self.chip))
+            self._launch(op, self.env.now)
+
+    def _launch(self, op: Op, issue_s: float) -> None:
+        key = (op.device, op.stream)
+        waits = [self.done[d] for d in op.deps]
+        if key in self._last_on_stream:
+            waits.append(self._last_on_stream[key])
+        self.env.process(self._execute(op, issue_s, waits))
+        self._last_on_stream[key] = self.done[op.id]
 
     def _execute(self, op: Op, issue_s: float, waits: list[simpy.Event]):  # type: ignore[no-untyped-def]
         env = self.env
@@ -93,20 +118,16 @@ class _Replay:
         start = env.now
         fixed = cost.fixed_s + (self.chip.calibration.graph_launch_s * cost.kernels
                                 if self.options.launch == "graph" else 0.0)
-        # power plan for the op at the boost clock
+        # the clock the power controller holds now (1.0: boost)
         body_alone = max(cost.compute_s, cost.mem_s, cost.link_s)
         duration_alone = fixed + body_alone
-        alpha = self.chip.power.dvfs_exponent
-        compute_w = cost.compute_energy_j / duration_alone if duration_alone > 0 else 0.0
-        other_w = cost.memory_energy_j / duration_alone if duration_alone > 0 else 0.0
-        scale, full_s = 1.0, cost.compute_s
         if self.options.power_capping:
-            plan = self.power.plan(compute_w, other_w, cost.compute_s)
-            scale, full_s = plan.scale, plan.full_speed_s
-        compute_s = full_s + (cost.compute_s - full_s) / scale
-        throttled_fraction = (cost.compute_s - full_s) / cost.compute_s if cost.compute_s > 0 else 0.0
-        compute_e = cost.compute_energy_j * (1 - throttled_fraction + throttled_fraction * scale ** (alpha - 1))
-        energy = compute_e + cost.memory_energy_j
+            self.power.advance(start)
+            scale = self.power.scale
+        else:
+            scale = 1.0
+        compute_s = cost.compute_s / scale
+        energy = cost.compute_energy_j * scale ** (self.chip.power.dvfs_exponent - 1) + cost.memory_energy_j
         body = max(compute_s, cost.mem_s, cost.link_s)
         watts = energy / (fixed + body) if fixed + body > 0 else 0.0
         self.power.add(start, watts)
@@ -127,7 +148,7 @@ class _Replay:
         self.records[op.id] = OpRecord(
             id=op.id, name=op.name, kind=op.kind, dtype=op.dtype, stream=op.stream, device=op.device,
             issue_s=issue_s, start_s=start, end_s=end, flops=op.flops, bytes=op.bytes,
-            energy_j=energy, clock_scale=scale if throttled_fraction > 0 else 1.0,
+            energy_j=energy, clock_scale=scale,
             bound=cost.bound, level=cost.level, mode=cost.mode, alone_s=duration_alone,
         )
         self.done[op.id].succeed()

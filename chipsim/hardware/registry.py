@@ -49,3 +49,14 @@ def load_chip(name_or_path: str | Path, relative_to: Path | None = None) -> Chip
     """Load a chip: a built-in name or a YAML path; `extends:` resolved, validated, SI units."""
     path = resolve_chip_path(str(name_or_path), relative_to)
     return _load_cached(str(path.resolve()), path.stat().st_mtime_ns)
+
+
+# device names as profilers and measurement files report them -> built-in chips
+DEVICE_ALIASES = {"H100_SXM": "h100_sxm", "H100": "h100_sxm", "NVIDIA H100 80GB HBM3": "h100_sxm",
+                  "H200": "h200_sxm", "H200_SXM": "h200_sxm", "NVIDIA H200": "h200_sxm",
+                  "MI300X": "mi300x", "AMD INSTINCT MI300X": "mi300x", "GH200": "gh200", "NVIDIA GH200 480GB": "gh200"}
+
+
+def chip_for_device_name(device: str) -> str | None:
+    """The built-in chip a device name (from a trace or a CSV's device column) refers to, if any."""
+    return DEVICE_ALIASES.get(device.strip().upper()) or DEVICE_ALIASES.get(device.strip())

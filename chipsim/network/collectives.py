@@ -230,11 +230,16 @@ def _route(topo: Topology, transfers: tuple[Transfer, ...], background: list[tup
             candidates = topo.paths(src, dst)
             if len(candidates) == 1:
                 path = candidates[0]
-            elif routing == "ecmp":
-                path = candidates[zlib.crc32(f"{src}>{dst}".encode()) % len(candidates)]
             else:
-                scores = [max((load[link] + 1) / capacity[link] for link in p) for p in candidates]
-                path = candidates[int(np.argmin(scores))]
+                hashed = zlib.crc32(f"{src}>{dst}".encode()) % len(candidates)
+                if routing == "ecmp":
+                    path = candidates[hashed]
+                else:  # least loaded over the links where the candidates differ; ties as ECMP would
+                    common = set(candidates[0]).intersection(*candidates[1:])
+                    def score(i: int, paths: list[tuple[int, ...]] = candidates) -> tuple[float, float, int]:
+                        util = [(load[link] + 1) / capacity[link] for link in paths[i] if link not in common]
+                        return (max(util, default=0.0), sum(util), (i - hashed) % len(paths))
+                    path = candidates[min(range(len(candidates)), key=score)]
         for link in path:
             load[link] += 1
         paths.append(path)

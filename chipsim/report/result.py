@@ -129,7 +129,12 @@ class Result:
         if footprint > chip.hbm.capacity_bytes:
             notes.append(f"does not fit: needs {footprint / 1e9:.1f} GB, {chip.name} has "
                          f"{chip.hbm.capacity_bytes / 1e9:.1f} GB of HBM")
-        modes = sorted({r.mode for r in records if r.mode})
+        opaque = sum(r.duration_s for r in records if r.kind == "opaque")
+        if opaque:
+            busy = sum(r.duration_s for r in records) or 1.0
+            notes.append(f"opaque ops: {opaque * 1e3:.3f} ms of {busy * 1e3:.3f} ms busy time ({opaque / busy:.1%}) "
+                         "replayed from measured durations; the rest re-costed by the model")
+        modes = sorted({r.mode for r in records if r.mode and not r.mode.startswith("opaque")})
         exposed = exposed_time(records)
         if any(r.stream == "comm" for r in records):
             comm = sum(r.duration_s for r in records if r.stream == "comm")

@@ -23,8 +23,8 @@ def summary_table(results: Sequence[Result]) -> str:
             "avg power": f"{r.avg_power_w:.0f} W",
             "peak power": f"{r.peak_power_w:.0f} W",
             "energy": format_si(r.energy_j, "J"),
-            "memory": f"{r.footprint_bytes / 1e9:.1f}/{r.capacity_bytes / 1e9:.0f} GB"
-                      + ("" if r.fits_in_memory else " DOES NOT FIT"),
+            "memory": (f"{r.footprint_bytes / 1e9:.1f}/{r.capacity_bytes / 1e9:.0f} GB"
+                       + ("" if r.fits_in_memory else " DOES NOT FIT")) if r.memory_breakdown else "unknown",
             **({"exposed comm": format_si(r.exposed_comm_s, "s")} if any(x.exposed_comm_s for x in results) else {}),
         })
     return pd.DataFrame(rows).to_string(index=False)

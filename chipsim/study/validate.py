@@ -25,12 +25,10 @@ import pandas as pd
 from chipsim.engine.sim import SimOptions, simulate
 from chipsim.errors import InputError
 from chipsim.hardware.chip import Chip
-from chipsim.hardware.registry import load_chip
+from chipsim.hardware.registry import chip_for_device_name, load_chip
 from chipsim.workload.generators import build_workload
 from chipsim.workload.graph import Op, Workload, WorkloadBuilder
 
-DEVICE_ALIASES = {"H100_SXM": "h100_sxm", "H100": "h100_sxm", "H200": "h200_sxm", "H200_SXM": "h200_sxm",
-                  "MI300X": "mi300x", "GH200": "gh200"}
 GEMM_DTYPES = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32", "tf32": "tf32", "fp8_e4m3": "fp8", "int8": "int8"}
 STEP_PRECISION = {"bf16_autocast": "bf16", "bf16": "bf16", "fp32": "fp32", "fp8_e4m3_linear": "fp8"}
 FAMILIES = {
@@ -220,9 +218,9 @@ def _chip_for(row: Mapping[str, Any], chip_override: str | None, cache: dict[str
     name = chip_override
     if name is None:
         device = str(row.get("device") or "")
-        name = DEVICE_ALIASES.get(device.upper())
+        name = chip_for_device_name(device)
         if name is None:
-            raise Unsupported(f"device {device!r} matches no built-in chip (known: {', '.join(DEVICE_ALIASES)})")
+            raise Unsupported(f"device {device!r} matches no built-in chip (known: H100_SXM, H200, MI300X, GH200)")
     if name not in cache:
         cache[name] = load_chip(name)
     return cache[name]

@@ -173,5 +173,7 @@ register(OpKind("broadcast", _COLLECTIVE_SHAPE, "collective", _collective_work,
                 description="broadcast of `bytes` from rank 0 to `group` ranks (systems only)"))
 register(OpKind("send_recv", _COLLECTIVE_SHAPE, "collective", _collective_work,
                 description="point-to-point transfer of `bytes` from rank 0 to rank group-1 (systems only)"))
+register(OpKind("roofline", {"flops": None, "bytes": None}, "other", _opaque_work,
+                description="work known only by its FLOPs and bytes (e.g. a Chakra COMP node): costed by the roofline"))
 register(OpKind("opaque", {"flops": 0, "bytes": 0, "duration_s": None}, "other", _opaque_work,
                 description="a measured kernel chipsim cannot model: replayed with its measured duration"))

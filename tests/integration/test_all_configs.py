@@ -25,7 +25,7 @@ def test_config_runs(config: Path, cli: Callable, tmp_path: Path) -> None:
     assert rc == 0, err
     runs = json.loads(out)["runs"]
     expected = load_run_config(config)
-    assert len(runs) == len(expected.chips)
+    assert len(runs) == (len(expected.chips) + len(expected.systems)) * len(expected.workloads)
     for run in runs:
         assert run["latency_s"] > 0, run["chip"]
         assert run["energy_j"] > 0, run["chip"]

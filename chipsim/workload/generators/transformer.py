@@ -219,6 +219,7 @@ def block_backward(b: WorkloadBuilder, lin: Linears, shape: ModelShape, args: Bl
     dg, wg = lin.backward(f"{p}.gate_up", dcat, d, 2 * shape.ffn, act)
     wgrads.append(wg)
     dn2 = b.add("norm", f"{p}.mlp_norm_bwd", res, [dg], rows=t, cols=d, attrs={"type": "rms_norm", "pass": "bwd"})
+    record_grad(wgrads, dn2, d)
     dres = b.add("elementwise", f"{p}.residual1_bwd", res, [dn2, dy], numel=t * d, attrs={"op": "add"})
     dg, wg = lin.backward(f"{p}.out", dres, shape.heads * hd, d, res)
     wgrads.append(wg)
@@ -232,6 +233,7 @@ def block_backward(b: WorkloadBuilder, lin: Linears, shape: ModelShape, args: Bl
     dg, wg = lin.backward(f"{p}.qkv", dcat, d, shape.qkv_out, act)
     wgrads.append(wg)
     dn1 = b.add("norm", f"{p}.attn_norm_bwd", res, [dg], rows=t, cols=d, attrs={"type": "rms_norm", "pass": "bwd"})
+    record_grad(wgrads, dn1, d)
     return b.add("elementwise", f"{p}.residual0_bwd", res, [dn1, dres], numel=t * d, attrs={"op": "add"})
 
 
@@ -277,6 +279,14 @@ def training_memory(shape: ModelShape, batch: int, seq: int, precision: str) -> 
     }
 
 
+def record_grad(grads: list[int], op_id: int, numel: float) -> None:
+    """Note a parameter gradient produced by `op_id` (a norm's weight: `numel` = its width)."""
+    if isinstance(grads, GradientBuckets):
+        grads.add(op_id, numel)
+    else:
+        grads.append(op_id)
+
+
 class GradientBuckets(list[int]):
     """Weight-gradient ops of a backward pass; every `bucket_bytes` of gradients it issues an
     all-reduce on the comm stream, at that point of the backward (as DDP's hooks do), so gradient
@@ -292,7 +302,10 @@ class GradientBuckets(list[int]):
 
     def append(self, op_id: int) -> None:
         shape = self.b.ops[op_id].shape
-        numel = shape["numel"] if "numel" in shape else shape["m"] * shape["n"]
+        self.add(op_id, shape["numel"] if "numel" in shape else shape["m"] * shape["n"])
+
+    def add(self, op_id: int, numel: float) -> None:
+        """A gradient of `numel` elements produced by op `op_id`."""
         self.pending.append(op_id)
         self.pending_bytes += numel * DTYPE_BYTES[self.grad_dtype]
         if self.pending_bytes >= self.bucket_bytes:
@@ -333,6 +346,7 @@ def emit_train_step(b: WorkloadBuilder, shape: ModelShape, p: TrainStepParams, p
     dg, wg = head.backward(f"{s}lm_head", dlogits, d, shape.vocab)
     wgrads.append(wg)
     dy = b.add("norm", f"{s}final_norm_bwd", res, [dg], rows=t, cols=d, attrs={"type": "rms_norm", "pass": "bwd"})
+    record_grad(wgrads, dy, d)
     for layer in reversed(range(shape.layers)):
         dy = block_backward(b, lin, shape, args, layer, dy, wgrads)
     emb_bwd = b.add("elementwise", f"{s}embedding_bwd", "fp32", [dy], numel=t * d, attrs={"op": "embedding"})
