@@ -311,12 +311,10 @@ def opaque_cost(op: Op, chip: Chip) -> OpCost:
                  else ref.peak("bf16") / chip.peak("bf16"))
     seconds = duration * ratio
     # energy: assume the kernel kept half of its roof busy (a trace has no counters to tell)
-    if rule == "memory":
-        energy = {"memory_energy_j": seconds * chip.hbm.bandwidth_bytes_per_s * 0.5 * chip.hbm.energy_j_per_byte}
-    else:
-        energy = {"compute_energy_j": seconds * chip.peak("bf16") * 0.5 * chip.power.energy_j_per_flop["bf16"]}
+    memory_j = seconds * chip.hbm.bandwidth_bytes_per_s * 0.5 * chip.hbm.energy_j_per_byte if rule == "memory" else 0.0
+    compute_j = 0.0 if rule == "memory" else seconds * chip.peak("bf16") * 0.5 * chip.power.energy_j_per_flop["bf16"]
     label = "opaque: measured duration" + (f" x {ratio:.3g} ({rule} ratio)" if ratio != 1.0 else "")
-    return OpCost(0.0, seconds, 0.0, 0.0, mode=label, **energy)
+    return OpCost(0.0, seconds, 0.0, 0.0, compute_energy_j=compute_j, memory_energy_j=memory_j, mode=label)
 
 
 # ---------------------------------------------------------------- collectives over the chip's own link

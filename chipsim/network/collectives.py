@@ -235,15 +235,24 @@ def _route(topo: Topology, transfers: tuple[Transfer, ...], background: list[tup
                 if routing == "ecmp":
                     path = candidates[hashed]
                 else:  # least loaded over the links where the candidates differ; ties as ECMP would
-                    common = set(candidates[0]).intersection(*candidates[1:])
-                    def score(i: int, paths: list[tuple[int, ...]] = candidates) -> tuple[float, float, int]:
-                        util = [(load[link] + 1) / capacity[link] for link in paths[i] if link not in common]
-                        return (max(util, default=0.0), sum(util), (i - hashed) % len(paths))
-                    path = candidates[min(range(len(candidates)), key=score)]
+                    path = _least_loaded(candidates, load, capacity, hashed)
         for link in path:
             load[link] += 1
         paths.append(path)
     return paths
+
+
+def _least_loaded(candidates: list[tuple[int, ...]], load: np.ndarray, capacity: np.ndarray,
+                  hashed: int) -> tuple[int, ...]:
+    """The candidate whose most-utilized link (among those where candidates differ) is least
+    utilized, then the least total; remaining ties go the way ECMP's hash would."""
+    common = set(candidates[0]).intersection(*candidates[1:])
+
+    def score(i: int) -> tuple[float, float, int]:
+        util = [(load[link] + 1) / capacity[link] for link in candidates[i] if link not in common]
+        return (max(util, default=0.0), sum(util), (i - hashed) % len(candidates))
+
+    return candidates[min(range(len(candidates)), key=score)]
 
 
 def _background(topo: Topology) -> list[tuple[int, int]]:
