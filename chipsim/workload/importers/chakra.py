@@ -52,8 +52,9 @@ def _attrs(node: dict[str, Any]) -> dict[str, Any]:
 
 def _node_type(node: dict[str, Any]) -> str:
     raw = node.get("type")
-    return NODE_TYPES.get(int(raw), "INVALID_NODE") if isinstance(raw, (int, float)) or str(raw).isdigit() \
-        else str(raw)
+    if isinstance(raw, (int, float)) or str(raw).isdigit():
+        return NODE_TYPES.get(int(str(raw)), "INVALID_NODE")
+    return str(raw)
 
 
 def _from_protobuf(path: Path) -> list[dict[str, Any]]:
