@@ -136,6 +136,45 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- chipsim sweep
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    import matplotlib.pyplot as plt
+    from tqdm import tqdm
+
+    from chipsim.report.plots import plot_pareto, plot_sweep_metrics
+    from chipsim.study.sweep import design_points, load_sweep, pareto_front, run_sweep
+
+    if args.workers is not None and args.workers < 1:
+        raise InputError(f"expected at least 1 worker, got {args.workers}", key="--workers")
+    sweep = load_sweep(args.sweep)
+    out_dir = Path(args.out) if args.out else Path("results") / f"sweep_{sweep.name}"
+    total = len(design_points(sweep))
+    bar = tqdm(total=total, desc=f"sweep {sweep.name}", unit="point", file=sys.stderr, disable=args.json)
+    def progress(done: int, todo: int) -> None:
+        bar.update(total - todo if done == 0 else 1)  # first call: the points already done (resumed)
+
+    table = run_sweep(sweep, out_dir, args.executor, args.workers, args.scheduler, progress)
+    bar.close()
+    params = [p.path for p in sweep.parameters]
+    metrics = ["latency_s", "energy_j", "avg_power_w"]
+    front = pareto_front(table)
+    for name, fig in (("metrics.png", plot_sweep_metrics(table, params, metrics)), ("pareto.png", plot_pareto(table, front))):
+        fig.savefig(out_dir / name, dpi=100)
+        plt.close(fig)
+    failed = int((table["status"] != "ok").sum())
+    if args.json:
+        print(json.dumps({"points": total, "rows": len(table), "failed": failed, "out": str(out_dir),
+                          "pareto": front[["point", *params, "workload", "target", "latency_s", "energy_j"]]
+                          .to_dict("records")}, default=str))
+        return 0
+    print(f"{total} design points, {len(table)} rows ({failed} failed) in {out_dir}/results.csv and .parquet")
+    print("Pareto front (latency vs energy):")
+    print(front[[*params, "workload", "target", "latency_s", "energy_j"]].to_string(index=False))
+    return 0
+
+
 # ---------------------------------------------------------------- chipsim validate
 
 
@@ -274,6 +313,15 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("-o", "--output", required=True, help="the workload JSON to write")
     imp.add_argument("--steps", type=int, help="keep the first N profiler steps (ProfilerStep# annotations)")
     imp.set_defaults(func=cmd_trace)
+
+    swp = sub.add_parser("sweep", help="evaluate a design-space sweep (local process pool or Dask)")
+    swp.add_argument("sweep", help="sweep YAML: a base run config and parameters to vary")
+    swp.add_argument("--executor", choices=("local", "dask"), default="local")
+    swp.add_argument("--scheduler", help="Dask scheduler address (tcp://host:8786); default: a LocalCluster")
+    swp.add_argument("--workers", type=int, help="processes (local) or LocalCluster workers (dask)")
+    swp.add_argument("--out", help="output folder (default results/sweep_<name>/); reruns resume from it")
+    swp.add_argument("--json", action="store_true", help="print one JSON summary and nothing else on stdout")
+    swp.set_defaults(func=cmd_sweep)
 
     val = sub.add_parser("validate", help="predict measured cases (calibration.csv schema) and report the error")
     val.add_argument("measurements", help="CSV of measurements (schema of reference/h200/calibration.csv)")

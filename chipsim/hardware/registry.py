@@ -5,8 +5,9 @@ from __future__ import annotations
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
-from chipsim.config.loader import load_yaml_with_extends
+from chipsim.config.loader import deep_merge, load_yaml_with_extends
 from chipsim.errors import InputError
 from chipsim.hardware.chip import Chip, build_chip
 
@@ -40,15 +41,24 @@ def resolve_chip_path(name_or_path: str, relative_to: Path | None = None) -> Pat
 
 
 @lru_cache(maxsize=64)
+def _load_data(path: str, mtime_ns: int) -> dict[str, Any]:
+    return load_yaml_with_extends(path, lambda name, child: resolve_chip_path(name, child))
+
+
+@lru_cache(maxsize=64)
 def _load_cached(path: str, mtime_ns: int) -> Chip:
-    data = load_yaml_with_extends(path, lambda name, child: resolve_chip_path(name, child))
-    return build_chip(data, file=path)
+    return build_chip(_load_data(path, mtime_ns), file=path)
 
 
-def load_chip(name_or_path: str | Path, relative_to: Path | None = None) -> Chip:
-    """Load a chip: a built-in name or a YAML path; `extends:` resolved, validated, SI units."""
+def load_chip(name_or_path: str | Path, relative_to: Path | None = None,
+              overrides: dict[str, Any] | None = None) -> Chip:
+    """Load a chip: a built-in name or a YAML path; `extends:` resolved, validated, SI units.
+    `overrides` (a nested mapping, as in the YAML) are merged over the file: a what-if variant."""
     path = resolve_chip_path(str(name_or_path), relative_to)
-    return _load_cached(str(path.resolve()), path.stat().st_mtime_ns)
+    key = (str(path.resolve()), path.stat().st_mtime_ns)
+    if not overrides:
+        return _load_cached(*key)
+    return build_chip(deep_merge(_load_data(*key), overrides), file=str(path))
 
 
 # device names as profilers and measurement files report them -> built-in chips

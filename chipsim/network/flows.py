@@ -51,7 +51,7 @@ def maxmin_rates(entry_flow: np.ndarray, entry_link: np.ndarray, active: np.ndar
         level += step
         # every unfrozen flow gains `step` on every link it crosses
         left -= step * counts
-        saturated = left <= max(_EPS, 1e-9 * float(capacity.max()))
+        saturated = left <= np.maximum(_EPS, 1e-9 * capacity)
         frozen = np.zeros(n_flows, dtype=bool)
         if link_step <= step * (1 + 1e-9):
             hit = live & saturated[entry_link]

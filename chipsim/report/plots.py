@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from pandas.api.types import is_numeric_dtype  # noqa: E402
 
 from chipsim.hardware.chip import Chip  # noqa: E402
 from chipsim.report.result import Result  # noqa: E402
@@ -95,5 +96,42 @@ def plot_validation(predictions: pd.DataFrame) -> Figure:
     chips = ", ".join(sorted(set(ok["chip"])))
     ax.set_title(f"chipsim vs measurements ({chips})")
     ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_sweep_metrics(table: pd.DataFrame, parameters: Sequence[str], metrics: Sequence[str]) -> Figure:
+    """Each metric against each varied parameter, one colour per (workload, target)."""
+    ok = table[table["status"] == "ok"]
+    fig, axes = plt.subplots(len(metrics), len(parameters), figsize=(3.6 * len(parameters), 2.8 * len(metrics)),
+                             squeeze=False)
+    groups = list(ok.groupby(["workload", "target"], sort=True))
+    for i, metric in enumerate(metrics):
+        for j, param in enumerate(parameters):
+            ax = axes[i][j]
+            for (workload, target), group in groups:
+                x = group[param]
+                x = x if is_numeric_dtype(x) else x.astype(str)
+                ax.plot(x, group[metric], "o", ms=4, alpha=0.75, label=f"{workload} / {target}")
+            ax.set_xlabel(param.split(".", 1)[-1], fontsize=7)
+            ax.set_ylabel(metric, fontsize=7)
+            ax.tick_params(labelsize=6)
+    if groups:
+        axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def plot_pareto(table: pd.DataFrame, front: pd.DataFrame, x: str = "latency_s", y: str = "energy_j") -> Figure:
+    """Every design point's latency and energy, the Pareto front joined."""
+    ok = table[table["status"] == "ok"]
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for (workload, target), group in ok.groupby(["workload", "target"], sort=True):
+        ax.plot(group[x], group[y], "o", ms=4, alpha=0.6, label=f"{workload} / {target}")
+    ax.plot(front[x], front[y], "k-", marker="*", ms=9, label="Pareto front")
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.set_title("design points: latency vs energy")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
