@@ -37,7 +37,7 @@ def workload_from_spec(spec: WorkloadSpec, key: str = "workload") -> Workload:
         from chipsim.workload.io import workload_from_dict
 
         data = read_trace_json(spec.trace)
-        if "format" in data:
+        if isinstance(data, dict) and "format" in data:
             return workload_from_dict(data, file=str(spec.trace))
         return import_trace(spec.trace)[0]
     assert spec.generator is not None

@@ -73,3 +73,22 @@ def load_yaml_with_extends(
         raise InputError(message, file=str(path), key="extends") from None
     parent = load_yaml_with_extends(parent_path, resolve, (*_seen, path))
     return deep_merge(parent, data)
+
+
+def resolve_yaml(name_or_path: str, builtin_dir: Path, what: str, relative_to: Path | None = None) -> Path:
+    """A built-in name (a file `<name>.yaml` in `builtin_dir`) or a path to a YAML file, looked up next
+    to `relative_to` first, then as given. Unknown names and missing files are InputErrors that list
+    the built-ins."""
+    if "/" not in name_or_path and not name_or_path.endswith((".yaml", ".yml")):
+        builtin = builtin_dir / f"{name_or_path}.yaml"
+        if builtin.is_file():
+            return builtin
+        names = ", ".join(sorted(p.stem for p in builtin_dir.glob("*.yaml")))
+        raise InputError(f"unknown {what} '{name_or_path}'; built-in {what}s: {names} (or give a path to a {what} YAML)")
+    candidates = [Path(name_or_path)]
+    if relative_to is not None and not Path(name_or_path).is_absolute():
+        candidates.insert(0, relative_to.parent / name_or_path)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise InputError(f"{what} file not found: {' or '.join(str(c) for c in candidates)}")

@@ -314,7 +314,9 @@ def opaque_cost(op: Op, chip: Chip) -> OpCost:
     memory_j = seconds * chip.hbm.bandwidth_bytes_per_s * 0.5 * chip.hbm.energy_j_per_byte if rule == "memory" else 0.0
     compute_j = 0.0 if rule == "memory" else seconds * chip.peak("bf16") * 0.5 * chip.power.energy_j_per_flop["bf16"]
     label = "opaque: measured duration" + (f" x {ratio:.3g} ({rule} ratio)" if ratio != 1.0 else "")
-    return OpCost(0.0, seconds, 0.0, 0.0, compute_energy_j=compute_j, memory_energy_j=memory_j, mode=label)
+    if rule == "compute":  # a compute kernel slows with the clock
+        return OpCost(0.0, seconds, 0.0, 0.0, compute_energy_j=compute_j, mode=label)
+    return OpCost(0.0, 0.0, 0.0, seconds, compute_energy_j=compute_j, memory_energy_j=memory_j, mode=label)
 
 
 # ---------------------------------------------------------------- collectives over the chip's own link

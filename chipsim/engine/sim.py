@@ -136,7 +136,9 @@ class _Replay:
             yield env.timeout(fixed)
         events: list[simpy.Event] = []
         if body > 0:
-            events.append(env.timeout(compute_s))
+            # time not carried by a shared flow (compute, or a duration with no bytes behind it)
+            events.append(env.timeout(max(compute_s, cost.mem_s if cost.mem_bytes <= 0 else 0.0,
+                                          cost.link_s if cost.link_bytes <= 0 else 0.0)))
             if cost.mem_bytes > 0 and cost.mem_s > 0:
                 events.append(self.hbm.transfer(cost.mem_bytes, cost.mem_bytes / body))
             if cost.link_bytes > 0 and cost.link_s > 0:

@@ -1,7 +1,6 @@
 """Frozen descriptions of chips (SI units inside), built from validated YAML."""
 
 from chipsim.hardware.chip import (
-    DTYPE_BYTES,
     DTYPES,
     Calibration,
     Chip,
@@ -13,7 +12,6 @@ from chipsim.hardware.registry import builtin_chip_names, load_chip
 
 __all__ = [
     "DTYPES",
-    "DTYPE_BYTES",
     "Calibration",
     "Chip",
     "Link",

@@ -10,9 +10,6 @@ from chipsim.errors import InputError
 
 # Numeric formats a chip can run, and their storage size in bytes.
 DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4")
-DTYPE_BYTES: dict[str, float] = {
-    "fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1, "int4": 0.5, "int32": 4,
-}
 INT4_MODES = ("weight_only", "native")
 ATTENTION_BACKENDS = ("flash", "cudnn", "efficient")
 

@@ -7,8 +7,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from chipsim.config.loader import deep_merge, load_yaml_with_extends
-from chipsim.errors import InputError
+from chipsim.config.loader import deep_merge, load_yaml_with_extends, resolve_yaml
 from chipsim.hardware.chip import Chip, build_chip
 
 
@@ -22,22 +21,7 @@ def builtin_chip_names() -> list[str]:
 
 def resolve_chip_path(name_or_path: str, relative_to: Path | None = None) -> Path:
     """A built-in name (`h100_sxm`) or a path to a YAML file (relative to `relative_to`'s folder)."""
-    builtin = _chips_dir() / f"{name_or_path}.yaml"
-    if "/" not in name_or_path and not name_or_path.endswith((".yaml", ".yml")):
-        if builtin.is_file():
-            return builtin
-        raise InputError(
-            f"unknown chip '{name_or_path}'; built-in chips: {', '.join(builtin_chip_names())} "
-            "(or give a path to a chip YAML)"
-        )
-    path = Path(name_or_path)
-    candidates = [path]
-    if not path.is_absolute() and relative_to is not None:
-        candidates.insert(0, relative_to.parent / path)
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    raise InputError(f"chip file not found: {' or '.join(str(c) for c in candidates)}")
+    return resolve_yaml(name_or_path, _chips_dir(), "chip", relative_to)
 
 
 @lru_cache(maxsize=64)

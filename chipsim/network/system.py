@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from chipsim.config.loader import deep_merge, load_yaml_with_extends
+from chipsim.config.loader import deep_merge, load_yaml_with_extends, resolve_yaml
 from chipsim.config.reader import Section
 from chipsim.errors import InputError
 from chipsim.hardware.chip import Chip
@@ -128,19 +128,7 @@ def builtin_system_names() -> list[str]:
 
 
 def resolve_system_path(name_or_path: str, relative_to: Path | None = None) -> Path:
-    if "/" not in name_or_path and not name_or_path.endswith((".yaml", ".yml")):
-        path = _systems_dir() / f"{name_or_path}.yaml"
-        if path.is_file():
-            return path
-        raise InputError(f"unknown system '{name_or_path}'; built-in systems: {', '.join(builtin_system_names())} "
-                         "(or give a path to a system YAML)")
-    candidates = [Path(name_or_path)]
-    if relative_to is not None and not Path(name_or_path).is_absolute():
-        candidates.insert(0, relative_to.parent / name_or_path)
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    raise InputError(f"system file not found: {' or '.join(str(c) for c in candidates)}")
+    return resolve_yaml(name_or_path, _systems_dir(), "system", relative_to)
 
 
 @lru_cache(maxsize=32)

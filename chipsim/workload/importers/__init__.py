@@ -16,7 +16,7 @@ def import_trace(path: Path, steps: int | None = None) -> tuple[Workload, list[s
         workload = import_chakra(path)
         return workload, [f"chakra nodes: {len(workload.ops)}"]
     data = read_trace_json(path)
-    if "traceEvents" in data:
+    if isinstance(data, dict) and "traceEvents" in data:
         workload, report = import_kineto(path, steps)
         return workload, report.lines()
     if is_chakra(data):

@@ -114,7 +114,7 @@ def _build(path: Path, nodes: list[dict[str, Any]]) -> Workload:
     if len(order) != len(by_id):
         raise InputError("the dependencies form a cycle", file=str(path), key="nodes")
 
-    b = WorkloadBuilder(path.name.split(".")[0], "chakra", {"trace": path.name})
+    b = WorkloadBuilder(path.name.split(".json")[0].removesuffix(".et"), "chakra", {"trace": path.name})
     op_of: dict[int, list[int]] = {}  # chakra id -> chipsim ops it stands for (skipped nodes pass deps through)
     opaque = 0
     for i in order:

@@ -33,8 +33,7 @@ from chipsim.workload.graph import Workload, WorkloadBuilder
 TYPE_MAP = {"c10::BFloat16": "bf16", "c10::Half": "fp16", "float": "fp32", "double": "fp32",
             "c10::Float8_e4m3fn": "fp8", "c10::Float8_e5m2": "fp8", "c10::Float8_e4m3fnuz": "fp8",
             "signed char": "int8", "unsigned char": "int8", "int": "int32", "long int": "int32", "bool": "int8"}
-SYNC_CALLS = ("cudaDeviceSynchronize", "cudaStreamSynchronize", "cudaEventSynchronize", "cudaMemcpy",
-              "cudaStreamWaitEvent")
+SYNC_CALLS = ("cudaDeviceSynchronize", "cudaStreamSynchronize", "cudaEventSynchronize", "cudaMemcpy")
 GPU_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
 COMPUTE_KERNEL = re.compile(r"gemm|nvjet|cutlass|xmma|wgmma|sm\d+_.*mma|flash|fmha|sdpa|attention", re.I)
 
@@ -82,7 +81,7 @@ class ImportReport:
 # ---------------------------------------------------------------- reading
 
 
-def read_trace_json(path: Path) -> dict[str, Any]:
+def read_trace_json(path: Path) -> Any:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -99,8 +98,8 @@ def read_trace_json(path: Path) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise InputError(f"invalid JSON at line {exc.lineno}, column {exc.colno} (truncated?): {exc.msg}",
                          file=str(path)) from None
-    if not isinstance(data, dict):
-        raise InputError("expected a JSON object with 'traceEvents' (a PyTorch profiler trace)", file=str(path))
+    if not isinstance(data, (dict, list)):
+        raise InputError("expected a JSON object (a PyTorch profiler trace) or a list of Chakra nodes", file=str(path))
     return data
 
 
@@ -168,19 +167,32 @@ def _int4_gemm(op: Mapping[str, Any], acts: list[Activity]) -> Mapped | None:
             {"weight_dtype": "int4", "group_size": group})
 
 
+# Where q, k and the causal flag sit in each SDPA kernel op's inputs (PyTorch 2.x signatures): the
+# backward ops take grad_out first; mem-efficient attention encodes causality as custom_mask_type (an
+# int, 0 = none) and lays q/k out as (batch, seq, heads, head_dim).
+ATTENTION_INPUTS = {  # (backend, pass) -> (q index, k index, causal-flag index)
+    ("cudnn", "fwd"): (0, 1, 10), ("cudnn", "bwd"): (1, 2, 14),
+    ("flash", "fwd"): (0, 1, 8), ("flash", "bwd"): (1, 2, 11),
+    ("efficient", "fwd"): (0, 1, 9), ("efficient", "bwd"): (1, 2, 14),
+}
+
+
 def _attention(backend: str, pass_: str) -> Mapper:
+    qi, ki, ci = ATTENTION_INPUTS[(backend, pass_)]
+
     def fn(op: Mapping[str, Any], acts: list[Activity]) -> Mapped | None:
         dims = _dims(op)
-        if len(dims) < 2 or len(dims[0]) != 4 or len(dims[1]) != 4:
+        if len(dims) <= ki or len(dims[qi]) != 4 or len(dims[ki]) != 4:
             return None
-        q, k = dims[0], dims[1]
-        # SDPA kernels take (batch, heads, seq, head_dim); mem-efficient takes (batch, seq, heads, head_dim)
+        q, k = dims[qi], dims[ki]
         b, h, sq, d = (q[0], q[2], q[1], q[3]) if backend == "efficient" else q
         hkv, skv = (k[2], k[1]) if backend == "efficient" else (k[1], k[2])
-        causal = "True" in _concrete(op) and int(sq) > 1
+        concrete = _concrete(op)
+        flag = concrete[ci] if ci < len(concrete) else ""
+        causal = (flag not in ("", "0") if backend == "efficient" else flag == "True") and int(sq) > 1
         shape = {"batch": int(b), "heads": int(h), "kv_heads": int(hkv), "seq_q": int(sq), "seq_kv": int(skv),
                  "head_dim": int(d), "causal": causal, "pass": pass_}
-        return "attention", _dtype(op), shape, {"backend": backend}
+        return "attention", _dtype(op, qi), shape, {"backend": backend}
     return fn
 
 
@@ -317,7 +329,7 @@ def _steps(events: list[dict[str, Any]], max_steps: int | None) -> tuple[int, tu
 def import_kineto(path: str | Path, steps: int | None = None) -> tuple[Workload, ImportReport]:
     path = Path(path)
     data = read_trace_json(path)
-    events = data.get("traceEvents")
+    events = data.get("traceEvents") if isinstance(data, dict) else None
     if not isinstance(events, list):
         raise InputError("not a PyTorch profiler trace: no 'traceEvents' list", file=str(path), key="traceEvents")
     try:
@@ -342,6 +354,8 @@ def _build(path: Path, data: dict[str, Any], events: list[dict[str, Any]],
     report.steps_found = found
     if window is not None:
         acts = [a for a in acts if window[0] <= a.launch_us <= window[1]]
+        if not acts:
+            raise InputError(f"the first {steps} profiler step(s) have no GPU activity", file=str(path), key="--steps")
     devices = data.get("deviceProperties") or []
     report.device = str(devices[0].get("name", "")) if devices and isinstance(devices[0], dict) else ""
     recorded_on = chip_for_device_name(report.device)
@@ -401,7 +415,7 @@ def _build(path: Path, data: dict[str, Any], events: list[dict[str, Any]],
             op_id = b.add("opaque", name, "bf16", deps, stream=stream,
                           attrs={**attrs, "scale": scale, "recorded_on": recorded_on or "", "kernel": first.name[:200]},
                           shape={"duration_s": dur * 1e-6})
-        last_end[first.stream] = (first.start_us + sum(a.dur_us for a in group), op_id)
+        last_end[first.stream] = (max(a.start_us + a.dur_us for a in group), op_id)
     report.trace_step_us = max(a.start_us + a.dur_us for a in acts) - acts[0].launch_us
     b.meta.update(source="pytorch-profiler", trace=path.name, device=report.device, recorded_on=recorded_on,
                   trace_step_s=report.trace_step_us * 1e-6, kernels=report.kernels,
