@@ -54,9 +54,8 @@ class PowerController:
 def sustained_scale(power: PowerModel, min_scale: float,
                     parts: Sequence[tuple[float, float, float, float]]) -> float:
     """The clock scale a loop of these ops settles at when run back to back: the largest s whose
-    average power, (idle * T(s) + E(s)) / T(s), is within the limit. Each part is (fixed s,
-    compute s at boost, other s, compute J at boost, memory J) collapsed to
-    (fixed + other-bound time, compute s, compute J, memory J)."""
+    average power, idle + E(s) / T(s), is within the limit. Each part is one op as (seconds the clock
+    does not stretch, compute seconds at boost, compute joules at boost, memory joules)."""
     alpha = power.dvfs_exponent
 
     def average(s: float) -> float:
