@@ -342,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")  # the CLI only writes PNG files; notebooks keep their own backend
     parser = build_parser()
     args: Any = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,

@@ -87,14 +87,17 @@ def _memory_part(op: Op, chip: Chip, nbytes: float, kernel_class: str) -> tuple[
     cal = chip.calibration
     eff = cal.memory_efficiency * cal.kernel_bw_efficiency.get(kernel_class, 1.0)
     wb = chip.weight_buffer
-    buffered = float(op.attrs.get("buffer_bytes", 0.0))
-    if wb is not None and 0 < buffered <= wb.capacity_bytes:
-        buffered = min(buffered, nbytes)
+    eligible = float(op.attrs.get("buffer_bytes", 0.0))
+    if wb is not None and eligible > 0:
+        # what fits is served by the buffer, the rest by HBM; the access latency is the buffer's
+        # only when all of the op's eligible data fits
+        buffered = min(eligible, wb.capacity_bytes, nbytes)
         hbm_bytes = nbytes - buffered
         seconds = hbm_bytes / (chip.hbm.bandwidth_bytes_per_s * eff) + buffered / (
             wb.bandwidth_bytes_per_s * cal.memory_efficiency)
         energy = hbm_bytes * chip.hbm.energy_j_per_byte + buffered * wb.energy_j_per_byte
-        return hbm_bytes, seconds, energy, "weight_buffer", wb.latency_s
+        latency = wb.latency_s if eligible <= wb.capacity_bytes else chip.hbm.latency_s
+        return hbm_bytes, seconds, energy, "weight_buffer", latency
     seconds = nbytes / (chip.hbm.bandwidth_bytes_per_s * eff)
     return nbytes, seconds, nbytes * chip.hbm.energy_j_per_byte, "hbm", chip.hbm.latency_s
 

@@ -5,16 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+from pandas.api.types import is_numeric_dtype
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from pandas.api.types import is_numeric_dtype  # noqa: E402
-
-from chipsim.hardware.chip import Chip  # noqa: E402
-from chipsim.report.result import Result  # noqa: E402
+from chipsim.hardware.chip import Chip
+from chipsim.report.result import Result
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -129,6 +129,11 @@ class Result:
         if footprint > chip.hbm.capacity_bytes:
             notes.append(f"does not fit: needs {footprint / 1e9:.1f} GB, {chip.name} has "
                          f"{chip.hbm.capacity_bytes / 1e9:.1f} GB of HBM")
+        if chip.weight_buffer is not None:
+            wb = chip.weight_buffer
+            served = sum(r.bytes for r in records if r.level == "weight_buffer")
+            notes.append(f"dynamic weight buffer: {wb.capacity_bytes / 2**20:.0f} MiB at {wb.latency_s * 1e9:.0f} ns, "
+                         f"+{wb.area_fraction:.1%} transistors; {served / 1e6:.1f} MB of ops' data touched it")
         opaque = sum(r.duration_s for r in records if r.kind == "opaque")
         if opaque:
             busy = sum(r.duration_s for r in records) or 1.0

@@ -208,11 +208,15 @@ def test_weight_buffer_serves_small_buffered_operands_faster() -> None:
     assert on_dwb.seconds < on_base.seconds
 
 
-def test_weight_buffer_is_skipped_when_the_operand_does_not_fit() -> None:
-    dwb = load_chip("h100_dwb")
-    too_big = gemm(8, 4096, 4096, buffer_bytes=dwb.weight_buffer.capacity_bytes + 1)
-    cost = cost_of(too_big, dwb)
-    assert cost.level == "hbm"
-    assert cost.seconds == pytest.approx(cost_of(too_big, load_chip("h100_sxm")).seconds)
+def test_weight_buffer_serves_what_fits_and_hbm_the_rest() -> None:
+    """An operand larger than the buffer is served partly from it (capacity bytes) and partly from
+    HBM, so it is faster than on the plain H100, but it keeps HBM's access latency."""
+    dwb, h100 = load_chip("h100_dwb"), load_chip("h100_sxm")
+    too_big = gemm(8, 8192, 8192, buffer_bytes=dwb.weight_buffer.capacity_bytes * 2)
+    cost, plain = cost_of(too_big, dwb), cost_of(too_big, h100)
+    assert cost.level == "weight_buffer"
+    assert cost.mem_bytes == pytest.approx(too_big.bytes - dwb.weight_buffer.capacity_bytes)
+    assert cost.mem_s < plain.mem_s
+    assert cost.fixed_s == pytest.approx(plain.fixed_s)  # HBM latency: not all of it fits
     no_attr = gemm(8, 4096, 4096)
     assert cost_of(no_attr, dwb).level == "hbm"
