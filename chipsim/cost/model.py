@@ -160,7 +160,7 @@ def gemm_cost(op: Op, chip: Chip) -> OpCost:
     mode = ""
     if weight_dtype == "int4" or dtype == "int4":
         if chip.int4_mode == "native":
-            rate, eff, e_dtype, mode = chip.peak("int4"), cal.gemm_efficiency.get("int4", 0.7), "int4", "int4 native MAC"
+            rate, eff, e_dtype, mode = chip.peak("int4"), cal.gemm_efficiency.get("int4", 0.7), "int4", "int4 native MAC (assumes int4 activations too)"
         else:
             rate, eff, e_dtype = chip.peak("bf16"), cal.int4_weight_only_efficiency, "bf16"
             mode = "int4 weight-only (dequantize + bf16 MMA)"

@@ -123,7 +123,7 @@ class Result:
             else:
                 timeline.append((t, chip.power.idle_w + level))
         peak = max((p for _, p in timeline), default=chip.power.idle_w)
-        throttled = sum(r.duration_s for r in records if r.clock_scale < 1.0)
+        throttled = sum(r.duration_s for r in records if r.clock_scale < 0.995)  # 10 MHz below boost
         notes = []
         footprint = workload.footprint_bytes
         if footprint > chip.hbm.capacity_bytes:
