@@ -102,12 +102,12 @@ class FlowCount:
     def active(self) -> Iterator[FlowCount]:
         original = net_collectives.simulate_phase
 
-        def counted(topo: Any, phase: Any) -> tuple[float, int]:
-            seconds, flows = original(topo, phase)
+        def counted(topo: Any, phase: Any) -> tuple[float, int, float]:
+            seconds, flows, latency = original(topo, phase)
             if flows:
                 self.flows += flows
                 self.steps += phase.repeat
-            return seconds, flows
+            return seconds, flows, latency
 
         net_collectives.simulate_phase = counted  # looked up at call time by `collective`
         try:

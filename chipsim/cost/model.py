@@ -367,7 +367,8 @@ def system_collective_cost(op: Op, chip: Chip, system: System) -> OpCost:
         return OpCost(cal.kernel_latency_s, 0.0, 0.0, 0.0, kernels=1, mode="no transfer")
     efficiency = cal.collective_efficiency.get(op.kind, max(cal.collective_efficiency.values(), default=1.0))
     per_rank = report.bytes_sent / report.ranks
-    link_s = report.seconds / efficiency
+    # NCCL's achieved efficiency stretches the transfers, not the path latencies
+    link_s = report.latency_s + (report.seconds - report.latency_s) / efficiency
     reduce_flops = per_rank / DTYPE_BYTES.get(op.dtype, 2) if op.kind in ("all_reduce", "reduce_scatter") else 0.0
     return OpCost(cal.collective_latency_s, 0.0, 0.0, 0.0, link_bytes=per_rank, link_s=link_s,
                   compute_energy_j=reduce_flops * chip.power.energy_j_per_flop.get("fp32", 0.0) / 4,

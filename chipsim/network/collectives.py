@@ -13,6 +13,7 @@ in_switch (NVLink SHARP within a node; SHARP in the fat tree across nodes).
 
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -42,6 +43,7 @@ class Phase:
     label: str
     transfers: tuple[Transfer, ...]
     repeat: int = 1
+    hops: int = 1  # latency hops in sequence within one repeat (a pipelined tree: its depth)
 
 
 @dataclass
@@ -54,6 +56,7 @@ class CollectiveReport:
     phases: list[tuple[str, int, float, int]] = field(default_factory=list)  # label, repeat, seconds, flows
     bytes_sent: float = 0.0  # over all ranks
     bytes_received: float = 0.0
+    latency_s: float = 0.0  # the part of `seconds` that is path latency, not transfer
     method: str = ""
 
     @property
@@ -111,7 +114,8 @@ def _tree_phases(kind: str, ranks: list[int], size: float) -> list[Phase]:
     edges = _tree_edges(ranks) + _tree_edges(list(reversed(ranks)))
     up = tuple(Transfer(c, p, size / 2) for c, p in edges)
     down = tuple(Transfer(p, c, size / 2) for c, p in edges)
-    return [Phase("tree reduce", up), Phase("tree broadcast", down)]
+    depth = max(1, math.ceil(math.log2(len(ranks) + 1)) - 1)  # levels below the root
+    return [Phase("tree reduce", up, hops=depth), Phase("tree broadcast", down, hops=depth)]
 
 
 def _in_switch_phases(kind: str, ranks: list[int], size: float, topo: Topology) -> list[Phase]:
@@ -272,12 +276,13 @@ def _background(topo: Topology) -> list[tuple[int, int]]:
     return pairs
 
 
-def simulate_phase(topo: Topology, phase: Phase) -> tuple[float, int]:
+def simulate_phase(topo: Topology, phase: Phase) -> tuple[float, int, float]:
+    """(time of the phase's slowest flow, flows simulated, the longest path latency)."""
     system = topo.system
     background = _background(topo)
     transfers = tuple(t for t in phase.transfers if t.nbytes > 0 and (t.src != t.dst))
     if not transfers:
-        return 0.0, 0
+        return 0.0, 0, 0.0
     paths = _route(topo, transfers, background, system.routing)
     sizes = np.array([np.inf] * len(background) + [t.nbytes for t in transfers])
     caps = np.full(sizes.size, np.inf)
@@ -286,7 +291,7 @@ def simulate_phase(topo: Topology, phase: Phase) -> tuple[float, int]:
         caps[:len(background)] = system.background_load * system.scale_out.nic_bandwidth_bytes_per_s
     latency = np.array([topo.path_latency(p) for p in paths])
     done = simulate_flows(FlowSet(paths, sizes, caps), topo.capacity_array, latency)
-    return float(done[len(background):].max()), len(transfers)
+    return float(done[len(background):].max()), len(transfers), float(latency[len(background):].max())
 
 
 @lru_cache(maxsize=16)
@@ -303,9 +308,11 @@ def collective(system: System, kind: str, size: float, ranks: int, algorithm: st
     chosen, phases = plan(kind, size, ranks, algorithm, topo)
     report = CollectiveReport(kind, chosen, ranks, size, 0.0)
     for phase in phases:
-        seconds, flows = simulate_phase(topo, phase)
+        seconds, flows, latency = simulate_phase(topo, phase)
+        seconds += (phase.hops - 1) * latency  # a pipeline's fill: one more hop per level
         report.phases.append((phase.label, phase.repeat, seconds, flows))
         report.seconds += seconds * phase.repeat
+        report.latency_s += phase.hops * latency * phase.repeat
         moved = sum(t.nbytes for t in phase.transfers if t.src != t.dst) * phase.repeat
         report.bytes_sent += moved
         report.bytes_received += moved

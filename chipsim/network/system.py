@@ -136,11 +136,11 @@ def _load_cached(path: str, mtime_ns: int) -> dict[str, Any]:
     return load_yaml_with_extends(path, lambda name, child: resolve_system_path(name, child))
 
 
-def load_system(name_or_path: str, relative_to: Path | None = None,
+def load_system(name_or_path: str | Path, relative_to: Path | None = None,
                 overrides: dict[str, Any] | None = None, rename: str | None = None) -> System:
     """A built-in system name (configs/systems/) or a YAML path; `overrides` are merged over the
     file (what-ifs from a run config) and `rename` names the variant."""
-    path = resolve_system_path(name_or_path, relative_to)
+    path = resolve_system_path(str(name_or_path), relative_to)
     data = _load_cached(str(path.resolve()), path.stat().st_mtime_ns)
     if overrides:
         data = deep_merge(data, overrides)
