@@ -193,7 +193,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     power = v.read_power(power_path) if (args.power or power_path.is_file()) else None
 
     def progress(index: int, total: int) -> None:
-        if not args.json and index % 100 == 0:
+        if not args.json and sys.stderr.isatty() and index % 100 == 0:
             _stderr(f"validating row {index + 1}/{total} ...")
 
     predictions, skipped = v.validate(frame, chip, progress)
