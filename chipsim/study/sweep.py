@@ -128,7 +128,11 @@ def load_sweep(path: str | Path) -> Sweep:
         raise InputError(f"sampling: {sampling} needs samples >= 1", file=str(path), key="samples")
     sweep = Sweep(name, base, base_file, parameters, sampling, samples, seed, str(path))
     # fail on a broken base or a parameter path that does not apply, before any work
-    evaluate_point(sweep.base, sweep.base_file, design_points(sweep)[0], check_only=True)
+    try:
+        evaluate_point(sweep.base, sweep.base_file, design_points(sweep)[0], check_only=True)
+    except InputError as exc:
+        inline = sweep.base_file == str(path)
+        raise exc.within(file=sweep.base_file, key_prefix="base" if inline and exc.file is None else None) from None
     return sweep
 
 
