@@ -320,7 +320,7 @@ def collective_worker(rank, world, path):
     torch.cuda.set_device(rank)
     dist.init_process_group("nccl", rank=rank, world_size=world)
     rows = []
-    for size in (1 << 16, 1 << 20, 1 << 22, 1 << 24, 1 << 26, 1 << 28, 1 << 30):
+    for size in (1 << 16, 1 << 20, 3 << 20, 1 << 22, 1 << 24, 48 << 20, 1 << 26, 1 << 28, 768 << 20, 1 << 30):
         for op in ("all_reduce", "all_gather", "reduce_scatter"):
             numel = size // 2
             x = torch.randn(numel, device="cuda", dtype=torch.bfloat16)
@@ -342,7 +342,7 @@ def collective_worker(rank, world, path):
             med, p10, p90 = timed(fn, reps=reps, trials=9)
             rows.append(row(op=op, variant="nccl", dtype="bf16", launch="eager", bytes=size, world=world,
                             measured_us=med, p10_us=p10, p90_us=p90, note="holdout; bytes=per-rank input"))
-    for size in (1 << 20, 1 << 24, 1 << 28):
+    for size in (1 << 20, 4 << 20, 1 << 24, 64 << 20, 1 << 28, 512 << 20):
         g = torch.randn(size // 4, device="cuda")
 
         def compressed():
