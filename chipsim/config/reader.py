@@ -48,12 +48,6 @@ class Section:
             raise self.error(name, f"expected {KINDS[kind][1]}")
         return parse_quantity(value, kind, key=self.key(name), file=self.file)
 
-    def optional_quantity(self, name: str, kind: str) -> float | None:
-        if name not in self.data:
-            self._read.add(name)
-            return None
-        return self.quantity(name, kind)
-
     def number(self, name: str, default: Any = _MISSING, *, minimum: float | None = 0.0,
                maximum: float | None = None, integer: bool = False) -> float:
         value = self.raw(name, default)
@@ -66,6 +60,13 @@ class Section:
         if maximum is not None and value > maximum:
             raise self.error(name, f"expected a value <= {maximum}, got {value!r}")
         return int(value) if integer else float(value)
+
+    def schema_version(self, supported: int, what: str) -> int:
+        """The optional `schema_version` key; anything but `supported` is an error."""
+        version = self.integer("schema_version", supported)
+        if version != supported:
+            raise self.error("schema_version", f"this chipsim reads {what} schema version {supported}, got {version}")
+        return version
 
     def integer(self, name: str, default: Any = _MISSING, *, minimum: int | None = 0) -> int:
         return int(self.number(name, default, minimum=minimum, integer=True))

@@ -31,7 +31,6 @@ class FluidShare:
         self._flows: list[_Flow] = []
         self._last = 0.0
         self._generation = 0
-        self.busy_bytes = 0.0
 
     def transfer(self, amount: float, cap: float) -> simpy.Event:
         event = self.env.event()
@@ -40,7 +39,6 @@ class FluidShare:
             return event
         self._advance()
         self._flows.append(_Flow(amount, max(cap, _EPS), event))
-        self.busy_bytes += amount
         self._reschedule()
         return event
 

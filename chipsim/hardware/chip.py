@@ -210,9 +210,7 @@ def _calibration(sec: Section) -> Calibration:
 def build_chip(data: dict[str, Any], file: str | None = None) -> Chip:
     """Validate a merged chip mapping (after `extends:`) and build the frozen Chip."""
     top = Section(data, file)
-    version = top.integer("schema_version", 1)
-    if version != 1:
-        raise top.error("schema_version", f"this chipsim reads chip schema version 1, got {version}")
+    top.schema_version(1, "chip")
     name = top.string("name")
     compute = top.section("compute")
     peak_sec = compute.section("peak")

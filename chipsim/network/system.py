@@ -66,9 +66,7 @@ class System:
 
 def build_system(data: dict[str, Any], file: str | None = None) -> System:
     top = Section(data, file)
-    version = top.integer("schema_version", 1)
-    if version != 1:
-        raise top.error("schema_version", f"this chipsim reads system schema version 1, got {version}")
+    top.schema_version(1, "system")
     name = top.string("name")
     chip_name = top.string("chip")
     try:

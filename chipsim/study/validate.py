@@ -28,6 +28,7 @@ from chipsim.hardware.chip import Chip
 from chipsim.hardware.registry import chip_for_device_name, load_chip
 from chipsim.workload.generators import build_workload
 from chipsim.workload.graph import Op, Workload, WorkloadBuilder
+from chipsim.workload.kinds import COLLECTIVE_KINDS
 
 GEMM_DTYPES = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32", "tf32": "tf32", "fp8_e4m3": "fp8", "int8": "int8"}
 STEP_PRECISION = {"bf16_autocast": "bf16", "bf16": "bf16", "fp32": "fp32", "fp8_e4m3_linear": "fp8"}
@@ -65,7 +66,7 @@ def _note_int(row: Mapping[str, Any], key: str) -> int | None:
 
 def _single(kind: str, dtype: str, attrs: Mapping[str, Any] | None = None, **shape: Any) -> Workload:
     b = WorkloadBuilder(f"{kind}")
-    b.add(kind, kind, dtype, [], stream="comm" if kind in ("all_reduce", "all_gather", "reduce_scatter") else "compute",
+    b.add(kind, kind, dtype, [], stream="comm" if kind in COLLECTIVE_KINDS else "compute",
           attrs=attrs, **shape)
     return b.build()
 

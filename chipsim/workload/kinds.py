@@ -21,9 +21,7 @@ ELEMENTWISE_OPS = {
     "transpose": (1, 1, 0), "abs": (1, 1, 1), "clamp": (1, 1, 2), "round": (1, 1, 1),
     "silu_mul_bwd": (3, 2, 10), "gelu_bwd": (2, 1, 10), "silu_bwd": (2, 1, 6), "mul_bwd": (3, 2, 2),
 }
-NORM_TYPES = ("rms_norm", "layer_norm")
 REDUCTION_OPS = ("reduce", "read")  # elementwise ops the framework dispatches as reductions
-PASSES = ("fwd", "bwd")
 
 
 @dataclass(frozen=True)

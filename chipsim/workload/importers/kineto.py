@@ -29,6 +29,7 @@ from typing import Any
 from chipsim.errors import InputError
 from chipsim.hardware.registry import chip_for_device_name
 from chipsim.workload.graph import Workload, WorkloadBuilder
+from chipsim.workload.kinds import DTYPE_BYTES
 
 TYPE_MAP = {"c10::BFloat16": "bf16", "c10::Half": "fp16", "float": "fp32", "double": "fp32",
             "c10::Float8_e4m3fn": "fp8", "c10::Float8_e5m2": "fp8", "c10::Float8_e4m3fnuz": "fp8",
@@ -276,8 +277,6 @@ def _nccl(op: Mapping[str, Any] | None, acts: list[Activity]) -> Mapped | None:
     if kind is None or nelems is None or group is None:
         return None
     dtype = TYPE_MAP.get(str(args.get("dtype", "")), "bf16") if args.get("dtype") else "bf16"
-    from chipsim.workload.kinds import DTYPE_BYTES
-
     return kind, dtype, {"bytes": float(nelems) * DTYPE_BYTES.get(dtype, 2), "group": int(group)}, {}
 
 
