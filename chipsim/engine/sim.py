@@ -151,7 +151,7 @@ class _Replay:
             id=op.id, name=op.name, kind=op.kind, dtype=op.dtype, stream=op.stream, device=op.device,
             issue_s=issue_s, start_s=start, end_s=end, flops=op.flops, bytes=op.bytes,
             energy_j=energy, clock_scale=scale,
-            bound=cost.bound, level=cost.level, mode=cost.mode, alone_s=duration_alone,
+            bound=cost.bound, level=cost.level, mode=cost.mode, alone_s=duration_alone, deps=op.deps,
         )
         self.done[op.id].succeed()
 

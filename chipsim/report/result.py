@@ -32,6 +32,7 @@ class OpRecord:
     level: str
     mode: str
     alone_s: float
+    deps: tuple[int, ...] = ()  # ids of the ops this one waited for (the workload's data dependencies)
 
     @property
     def duration_s(self) -> float:
