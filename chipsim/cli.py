@@ -43,6 +43,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = replace(config, launch=args.launch)
     if args.sustained:
         config = replace(config, sustained=True)
+    from chipsim.config.runconfig import safe_name
+    from chipsim.report.files import check_out_dir, interrupt_on_sigterm, restore_sigterm
+
+    out_dir = Path(args.out) if args.out else Path("results") / safe_name(config.name)
+    reports = [r for r in config.report if r != "table"]
+    if reports and not args.no_files:
+        check_out_dir(out_dir, "--out")  # before any work: a folder we can create and write into
+    previous_sigterm = interrupt_on_sigterm()  # SIGTERM cleans up like Ctrl-C
 
     def progress(index: int, total: int, what: str) -> None:
         if not args.json:
@@ -54,12 +62,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(json.dumps({"runs": [r.to_json() for r in results]}))
     else:
         print(render(results))
-    out_dir = Path(args.out) if args.out else Path("results") / config.name
-    reports = [r for r in config.report if r != "table"]
     if reports and not args.no_files:
         written = write_run_outputs(results, {t.chip.name: t.chip for t in targets}, out_dir, reports)
         if not args.json:
             _stderr(f"wrote {len(written)} files to {out_dir}/")
+    restore_sigterm(previous_sigterm)
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,29 @@ from chipsim.config.reader import Section
 from chipsim.errors import InputError
 
 REPORTS = ("table", "csv", "timeline", "plots")
+NAME_MAX = 100
+_NAME = re.compile(r"[^\W_][\w.+=@ -]*")  # a letter or digit first, then letters, digits, `_.+=@-` and spaces
+
+
+def check_name(value: Any, file: str | None, key: str = "name") -> str:
+    """A run or sweep `name:` becomes a folder name (`results/<name>/`), so it must be one plain path
+    component: a letter or digit, then letters, digits, spaces and `_ . + = @ -`, at most 100
+    characters, no `..`, not ending in a space or a dot. So no `/`, `\\`, absolute paths or control characters."""
+    if not isinstance(value, str):
+        raise InputError(f"expected a string, got {type(value).__name__}", file=file, key=key)
+    shown = value if len(value) <= NAME_MAX else value[:NAME_MAX] + "..."
+    if len(value) > NAME_MAX or not _NAME.fullmatch(value) or ".." in value or value.endswith((" ", ".")):
+        raise InputError(f"expected a plain folder name (a letter or digit, then letters, digits, spaces and "
+                         f"_ . + = @ -; no '..'; at most {NAME_MAX} characters), got {shown!r}", file=file, key=key)
+    return value
+
+
+def safe_name(value: str) -> str:
+    """`value` made into a valid name (for names taken from file names, which the user did not write
+    as a name): every other character becomes `_`."""
+    cleaned = re.sub(r"[^\w.+=@ -]", "_", value)[:NAME_MAX].rstrip(" .")
+    cleaned = re.sub(r"^[\W_]+", "", cleaned)
+    return cleaned or "run"
 
 
 @dataclass(frozen=True)
@@ -99,7 +123,7 @@ def _system_refs(top: Section) -> tuple[SystemRef, ...]:
 def parse_run_config(data: dict[str, Any], file: Path | None = None) -> RunConfig:
     fname = str(file) if file else None
     top = Section(data, fname)
-    name = top.string("name", file.stem if file else "run")
+    name = check_name(top.raw("name"), fname) if top.has("name") else safe_name(file.stem if file else "run")
     systems = _system_refs(top)
     chips_raw = top.raw("chips", None if not systems else [])
     if isinstance(chips_raw, str):

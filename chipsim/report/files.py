@@ -1,30 +1,167 @@
-"""Writing a run's files (summary.csv, ops.csv, timeline.json, PNG plots) all-or-nothing."""
+"""Writing a run's files (summary.csv, ops.csv, timeline.json, PNG plots) all-or-nothing, and the
+checks and helpers every output folder goes through.
+
+- `check_out_dir` refuses an output folder chipsim cannot create or write into *before* any work.
+- A run's files are rendered into a staging folder beside the output folder
+  (`.<name>.chipsim-staging-<pid>-<random>/`) and swapped in with renames at the end, so the folder
+  holds the previous run or the new one, never a mix.
+- chipsim owns the files a run writes, and only those: `summary.csv`, `ops.csv`, `timeline.json`,
+  `breakdown.png`, `power.png` and `roofline_*.png`. A run into a folder replaces every such file of
+  the previous run (a roofline of a chip no longer simulated is removed); other files are left alone.
+- Staging folders left by a killed run (SIGKILL, a power cut) are removed by the next run into the
+  same folder.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import tempfile
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import matplotlib.pyplot as plt
-import pandas as pd
+from chipsim.errors import InputError
 
-from chipsim.hardware.chip import Chip
-from chipsim.report.result import Result
-from chipsim.report.trace import chrome_trace
+if TYPE_CHECKING:
+    from chipsim.hardware.chip import Chip
+    from chipsim.report.result import Result
+
+STAGING_TAG = "chipsim-staging"
+RUN_OUTPUTS = re.compile(r"summary\.csv|ops\.csv|timeline\.json|breakdown\.png|power\.png|roofline_[\w.-]*\.png")
+
+
+# ---------------------------------------------------------------- output folders
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or exc.__class__.__name__
+
+
+def check_out_dir(out_dir: Path, option: str = "--out") -> Path:
+    """Fail before any work, with an InputError naming `out_dir` and `option`, unless `out_dir` is (or
+    can be created as) a folder chipsim can write files into, with a parent folder it can write a
+    staging folder into. A folder this check had to create is removed again."""
+    out_dir = Path(out_dir)
+    where = str(out_dir)
+    existing = out_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        message = ("expected a folder, but this is a file" if existing == out_dir
+                   else f"cannot create the folder: {existing} is a file, not a folder")
+        raise InputError(message, file=where, key=option)
+    created = not out_dir.exists()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the folder ({_reason(exc)})", file=where, key=option) from None
+    try:
+        for folder in (out_dir, out_dir.parent):  # files are moved into it; staging goes beside it
+            try:
+                fd, probe = tempfile.mkstemp(prefix=".chipsim-probe-", dir=folder)
+                os.close(fd)
+                os.unlink(probe)
+            except OSError as exc:
+                raise InputError(f"cannot write files into {folder}/ ({_reason(exc)})", file=where,
+                                 key=option) from None
+    finally:
+        if created:
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()
+    return out_dir
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: it exists, and belongs to someone else
+        return True
+    return True
+
+
+def remove_stale_staging(out_dir: Path) -> list[Path]:
+    """Remove the staging folders a killed run into `out_dir` left beside it: those whose process is
+    gone, and those of chipsim <= 0.1.0 (`.<name>.<8 characters>/` holding only output files)."""
+    out_dir = Path(out_dir)
+    removed: list[Path] = []
+    pattern = re.compile(re.escape(f".{out_dir.name}.") + rf"(?:{STAGING_TAG}-(\d+)-.*|[a-z0-9_]{{8}})")
+    try:
+        siblings = list(out_dir.parent.iterdir())
+    except OSError:
+        return removed
+    for sibling in siblings:
+        match = pattern.fullmatch(sibling.name)
+        if not match or sibling.is_symlink() or not sibling.is_dir():
+            continue
+        if match.group(1) is not None:
+            if _pid_alive(int(match.group(1))):
+                continue  # another run into the same folder is staging right now
+        elif not all(RUN_OUTPUTS.fullmatch(p.name) and p.is_file() for p in sibling.iterdir()):
+            continue  # not an old staging folder: someone's own files
+        shutil.rmtree(sibling, ignore_errors=True)
+        removed.append(sibling)
+    return removed
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _install(staging: Path, out_dir: Path, names: list[str]) -> None:
+    """Put the staged files in place of the previous run's: one rename when the folder is new or holds
+    only run outputs; else file by file, then the previous run's outputs not rewritten are removed."""
+    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; the folder is the user's
+    if not out_dir.exists() and not out_dir.is_symlink():
+        try:
+            os.rename(staging, out_dir)
+            return
+        except OSError:  # created meanwhile: fall through
+            pass
+    entries = list(out_dir.iterdir())
+    if not out_dir.is_symlink() and all(RUN_OUTPUTS.fullmatch(p.name) and p.is_file() for p in entries):
+        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{STAGING_TAG}-{os.getpid()}-old-", dir=out_dir.parent))
+        os.rename(out_dir, old / "previous")
+        try:
+            os.rename(staging, out_dir)
+        except OSError:
+            os.rename(old / "previous", out_dir)
+            raise
+        finally:
+            shutil.rmtree(old, ignore_errors=True)
+        return
+    for name in names:
+        os.replace(staging / name, out_dir / name)
+    for entry in entries:
+        if RUN_OUTPUTS.fullmatch(entry.name) and entry.name not in names and entry.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
 
 
 def write_run_outputs(results: Sequence[Result], chips: Mapping[str, Chip], out_dir: Path,
                       reports: Sequence[str]) -> list[Path]:
-    """Render everything into a temporary folder, then move the files into `out_dir`: a failure
-    half-way leaves `out_dir` as it was."""
+    """Render everything into a staging folder, then swap it in: a failure or an interrupt half-way
+    leaves `out_dir` as it was, and a run's files replace the previous run's entirely."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from chipsim.report.trace import chrome_trace
+
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    remove_stale_staging(out_dir)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{STAGING_TAG}-{os.getpid()}-", dir=out_dir.parent))
     try:
         names: list[str] = []
         if "csv" in reports:
@@ -48,11 +185,54 @@ def write_run_outputs(results: Sequence[Result], chips: Mapping[str, Chip], out_
                 fig.savefig(staging / name, dpi=110)
                 plt.close(fig)
                 names.append(name)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        written = []
-        for name in names:
-            os.replace(staging / name, out_dir / name)
-            written.append(out_dir / name)
-        return written
+        _install(staging, out_dir, names)
+        return [out_dir / name for name in names]
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- single files and signals
+
+
+def atomic_write(path: Path, write: Callable[[Path], Any]) -> Path:
+    """`write(tmp)` into a temporary file beside `path`, then rename it over `path`: readers see the
+    old file or the new one, never half of one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return path
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # cleaned up like Ctrl-C: staging folders removed, workers stopped
+
+
+def interrupt_on_sigterm() -> Any:
+    """From now on SIGTERM (as sent by `timeout`, Slurm, systemd, `kill`) raises KeyboardInterrupt, so
+    it is cleaned up like Ctrl-C (staging folders removed, workers stopped). Returns the previous
+    handler, for `restore_sigterm`. Only in the main thread; elsewhere it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _terminated)
+
+
+def restore_sigterm(previous: Any) -> None:
+    if previous is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """`interrupt_on_sigterm` while inside."""
+    previous = interrupt_on_sigterm()
+    try:
+        yield
+    finally:
+        restore_sigterm(previous)
