@@ -135,11 +135,37 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
     if args.steps is not None and args.steps < 1:
         raise InputError(f"expected a positive number of steps, got {args.steps}", key="--steps")
-    workload, lines = import_trace(Path(args.trace), args.steps)
+    workload, lines = import_trace(Path(args.trace), args.steps, world=args.world)
     save_workload(workload, Path(args.output))
     for line in lines:
         print(line)
     print(f"wrote {len(workload.ops)} ops to {args.output}")
+    return 0
+
+
+def cmd_trace_export(args: argparse.Namespace) -> int:
+    from chipsim.workload.exporters import export_chakra
+    from chipsim.workload.io import load_workload
+
+    if args.ranks is not None and args.ranks < 1:
+        raise InputError(f"expected a positive number of ranks, got {args.ranks}", key="--ranks")
+    workload = load_workload(Path(args.workload))
+    durations = None
+    if args.chip:
+        from chipsim.api import load_chips
+        from chipsim.engine.sim import simulate
+
+        result = simulate(workload, load_chips([args.chip], key="--chip")[0])
+        durations = {r.id: r.end_s - r.start_s for r in result.records}
+    written = export_chakra(workload, Path(args.output), args.ranks, durations)
+    traces = [p for p in written if p.suffix == ".et"]
+    prefix = str(traces[0])[: -len(".0.et")]
+    print(f"wrote {len(traces)} Chakra traces: {prefix}.{{0..{len(traces) - 1}}}.et"
+          + (f" (durations simulated on {args.chip})" if args.chip else ""))
+    for path in written:
+        if path.suffix == ".json":
+            print(f"communicators: {path} (ASTRA-sim --comm-group-configuration)")
+    print(f"ASTRA-sim: --workload-configuration={prefix}")
     return 0
 
 
@@ -313,13 +339,24 @@ def build_parser() -> argparse.ArgumentParser:
     wls = sub.add_parser("workloads", help="list workload generators and their parameters")
     wls.set_defaults(func=cmd_workloads)
 
-    trace = sub.add_parser("trace", help="import a PyTorch profiler (Kineto) or Chakra trace as a workload")
+    trace = sub.add_parser("trace", help="import a PyTorch profiler (Kineto) or Chakra trace as a workload, "
+                                         "or export a workload as Chakra traces")
     trace_sub = trace.add_subparsers(dest="action", required=True)
-    imp = trace_sub.add_parser("import", help="read TRACE.json[.gz] and write an op-graph WORKLOAD.json")
-    imp.add_argument("trace", help="PyTorch profiler trace (export_chrome_trace) or Chakra execution trace (JSON)")
+    imp = trace_sub.add_parser("import", help="read TRACE.json[.gz] or TRACE.et and write an op-graph WORKLOAD.json")
+    imp.add_argument("trace", help="PyTorch profiler trace (export_chrome_trace) or Chakra execution trace "
+                                   "(JSON, or protobuf .et)")
     imp.add_argument("-o", "--output", required=True, help="the workload JSON to write")
     imp.add_argument("--steps", type=int, help="keep the first N profiler steps (ProfilerStep# annotations)")
+    imp.add_argument("--world", type=int, help="Chakra: the group size of collectives whose node names none")
     imp.set_defaults(func=cmd_trace)
+    exp = trace_sub.add_parser("export", help="write a workload as Chakra execution traces, one per rank "
+                                              "(OUTDIR/<name>.<rank>.et), for ASTRA-sim")
+    exp.add_argument("workload", help="op-graph WORKLOAD.json")
+    exp.add_argument("-o", "--output", required=True, help="the folder to write the traces into")
+    exp.add_argument("--ranks", type=int, help="ranks to write (default: one per device, else the widest "
+                                               "communicator)")
+    exp.add_argument("--chip", help="simulate on this chip and write each op's time as duration_micros")
+    exp.set_defaults(func=cmd_trace_export)
 
     swp = sub.add_parser("sweep", help="evaluate a design-space sweep (local process pool or Dask)")
     swp.add_argument("sweep", help="sweep YAML: a base run config and parameters to vary")
