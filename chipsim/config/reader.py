@@ -2,14 +2,18 @@
 
 `Section(data, file, path)` hands out values by key, converting unit strings to SI floats and
 raising InputError with the file and full key path on anything wrong; `done()` rejects keys that
-were never read (so a typo such as `bandwith:` is an error, not a silently ignored line).
+were never read (so a typo such as `bandwith:` is an error, not a silently ignored line). Numbers and
+quantities are finite (NaN and infinity are refused); `positive=True` refuses zero as well; booleans
+are YAML's true/false only (a quoted "false" is an error, not a true value).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
+from chipsim.config.loader import brief
 from chipsim.config.units import KINDS, parse_quantity
 from chipsim.errors import InputError
 
@@ -42,24 +46,41 @@ class Section:
             return default
         return self.data[name]
 
-    def quantity(self, name: str, kind: str, default: Any = _MISSING) -> float:
+    def quantity(self, name: str, kind: str, default: Any = _MISSING, *, positive: bool = False) -> float:
         value = self.raw(name, default)
         if value is None:
             raise self.error(name, f"expected {KINDS[kind][1]}")
-        return parse_quantity(value, kind, key=self.key(name), file=self.file)
+        return parse_quantity(value, kind, key=self.key(name), file=self.file, positive=positive)
 
     def number(self, name: str, default: Any = _MISSING, *, minimum: float | None = 0.0,
-               maximum: float | None = None, integer: bool = False) -> float:
+               maximum: float | None = None, integer: bool = False, positive: bool = False) -> float:
+        """A finite number (an integer with `integer`) in [minimum, maximum]; above zero with `positive`."""
         value = self.raw(name, default)
+        what = "an integer" if integer else "a number"
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self.error(name, f"expected {'an integer' if integer else 'a number'}, got {value!r}")
+            raise self.error(name, f"expected {what}, got {brief(value)}")
+        try:
+            finite = math.isfinite(value)
+        except OverflowError:  # an integer beyond the float range
+            finite = False
+        if not finite:
+            raise self.error(name, f"expected a finite number, got {brief(value)}")
         if integer and int(value) != value:
-            raise self.error(name, f"expected an integer, got {value!r}")
+            raise self.error(name, f"expected an integer, got {brief(value)}")
         if minimum is not None and value < minimum:
-            raise self.error(name, f"expected a value >= {minimum}, got {value!r}")
+            raise self.error(name, f"expected a value >= {minimum}, got {brief(value)}")
+        if positive and value <= 0:
+            raise self.error(name, f"expected a value above zero, got {brief(value)}")
         if maximum is not None and value > maximum:
-            raise self.error(name, f"expected a value <= {maximum}, got {value!r}")
+            raise self.error(name, f"expected a value <= {maximum}, got {brief(value)}")
         return int(value) if integer else float(value)
+
+    def boolean(self, name: str, default: Any = _MISSING) -> bool:
+        """YAML's true or false; a string such as 'false' or 'no' (true to Python) is an error."""
+        value = self.raw(name, default)
+        if not isinstance(value, bool):
+            raise self.error(name, f"expected true or false (unquoted), got {brief(value)}")
+        return value
 
     def schema_version(self, supported: int, what: str) -> int:
         """The optional `schema_version` key; anything but `supported` is an error."""
@@ -74,23 +95,30 @@ class Section:
     def string(self, name: str, default: Any = _MISSING, *, choices: Iterable[str] | None = None) -> str:
         value = self.raw(name, default)
         if not isinstance(value, str):
-            raise self.error(name, f"expected a string, got {value!r}")
+            raise self.error(name, f"expected a string, got {brief(value)}")
         if choices is not None:
             allowed = list(choices)
             if value not in allowed:
-                raise self.error(name, f"expected one of {', '.join(allowed)}, got {value!r}")
+                raise self.error(name, f"expected one of {', '.join(allowed)}, got {brief(value)}")
         return value
 
     def section(self, name: str, default: Any = _MISSING) -> Section:
         value = self.raw(name, default)
         return Section(value, self.file, self.key(name))
 
-    def mapping(self, name: str, kind: str, default: Any = _MISSING) -> dict[str, float]:
-        """A mapping of names to quantities of one kind (or plain numbers when kind == 'number')."""
+    def mapping(self, name: str, kind: str, default: Any = _MISSING, *, keys: Iterable[str] | None = None,
+                what: str = "name", positive: bool = False, maximum: float | None = None) -> dict[str, float]:
+        """A mapping of names to quantities of one kind (or plain numbers when kind == 'number').
+        `keys`: the names allowed (anything else is an unknown `what`); `positive` and `maximum` bound
+        each value."""
         sub = self.section(name, default)
+        allowed = list(keys) if keys is not None else None
         out: dict[str, float] = {}
         for item in sub.data:
-            out[str(item)] = sub.number(item) if kind == "number" else sub.quantity(item, kind)
+            if allowed is not None and item not in allowed:
+                raise sub.error(str(item), f"unknown {what}; expected one of {', '.join(allowed)}")
+            out[str(item)] = (sub.number(item, positive=positive, maximum=maximum) if kind == "number"
+                              else sub.quantity(item, kind, positive=positive))
         return out
 
     def done(self) -> None:

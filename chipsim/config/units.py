@@ -7,6 +7,7 @@ schema says the quantity is dimensionless or where the SI unit is implied by the
 
 from __future__ import annotations
 
+import math
 import re
 from functools import lru_cache
 from importlib import resources
@@ -14,6 +15,7 @@ from typing import Any
 
 import pint
 
+from chipsim.config.loader import brief
 from chipsim.errors import InputError
 
 # kind -> (pint unit the value is converted to, human description)
@@ -73,24 +75,37 @@ def _parse_cached(text: str, kind: str) -> float:
     return float(quantity.to(unit).magnitude)
 
 
-def parse_quantity(value: Any, kind: str, *, key: str | None = None, file: str | None = None) -> float:
-    """Convert a unit string (or a number in SI units) of the given kind to an SI float."""
+def parse_quantity(value: Any, kind: str, *, key: str | None = None, file: str | None = None,
+                   positive: bool = False) -> float:
+    """Convert a unit string (or a number in SI units) of the given kind to an SI float.
+
+    NaN, infinity (including a value that overflows to it, such as '1e308 TB/s') and negative values
+    are refused; with `positive`, zero is refused too."""
     if kind not in KINDS:
         raise ValueError(f"unknown quantity kind {kind!r}")
     unit, description = KINDS[kind]
     if isinstance(value, bool):
-        raise InputError(f"expected {description}, got {value!r}", file=file, key=key)
+        raise InputError(f"expected {description}, got {brief(value)}", file=file, key=key)
     if isinstance(value, (int, float)):
-        result = float(value)
+        try:
+            result = float(value)
+        except OverflowError:  # an integer beyond the float range
+            result = math.inf
     elif isinstance(value, str):
         try:
             result = _parse_cached(value.strip(), kind)
         except (pint.errors.PintError, ValueError, TypeError, AttributeError, AssertionError, KeyError):
-            raise InputError(f"expected {description}, got {value!r}", file=file, key=key) from None
+            raise InputError(f"expected {description}, got {brief(value)}", file=file, key=key) from None
+        except OverflowError:
+            result = math.inf
     else:
-        raise InputError(f"expected {description}, got {value!r}", file=file, key=key)
+        raise InputError(f"expected {description}, got {brief(value)}", file=file, key=key)
     if result != result or result < 0:
-        raise InputError(f"expected a non-negative {description}, got {value!r}", file=file, key=key)
+        raise InputError(f"expected a non-negative value: {description}, got {brief(value)}", file=file, key=key)
+    if math.isinf(result):
+        raise InputError(f"expected a finite value: {description}, got {brief(value)}", file=file, key=key)
+    if positive and result == 0:
+        raise InputError(f"expected a value above zero: {description}, got {brief(value)}", file=file, key=key)
     return result
 
 

@@ -7,11 +7,18 @@ from typing import Any
 
 from chipsim.config.reader import Section
 from chipsim.errors import InputError
+from chipsim.vocab import (
+    ATTENTION_BACKENDS,
+    COLLECTIVE_KINDS,
+    DTYPES,
+    HOST_CLASSES,
+    INT4_MODES,
+    KERNEL_CLASSES,
+)
 
-# Numeric formats a chip can run, and their storage size in bytes.
-DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4")
-INT4_MODES = ("weight_only", "native")
-ATTENTION_BACKENDS = ("flash", "cudnn", "efficient")
+# the vocabularies live in chipsim.vocab; these names stay importable from here
+__all__ = ["ATTENTION_BACKENDS", "DTYPES", "INT4_MODES", "Calibration", "Chip", "GemmMenu", "Link", "MemoryLevel",
+           "PowerModel", "build_chip"]
 
 
 @dataclass(frozen=True)
@@ -135,7 +142,7 @@ def _memory_level(sec: Section, name: str, *, with_area: bool = False) -> Memory
     level = MemoryLevel(
         name=name,
         capacity_bytes=sec.quantity("capacity", "bytes"),
-        bandwidth_bytes_per_s=sec.quantity("bandwidth", "bandwidth"),
+        bandwidth_bytes_per_s=sec.quantity("bandwidth", "bandwidth", positive=True),
         latency_s=sec.quantity("latency", "time", 0.0),
         energy_j_per_byte=sec.quantity("energy", "energy_per_byte", 0.0),
         area_fraction=sec.number("area_fraction", 0.0, maximum=1.0) if with_area else 0.0,
@@ -163,35 +170,47 @@ def _calibration(sec: Section) -> Calibration:
     menus_sec.done()
     if "default" not in menus:
         raise menus_sec.error("default", "expected a 'default' kernel menu")
-    gemm_efficiency = gemm.mapping("efficiency", "number")
-    int4_efficiency = gemm.number("int4_weight_only_efficiency", 0.5, maximum=1.0)
-    unaligned = gemm.number("unaligned_efficiency", 1.0, maximum=1.0)
+    # efficiencies are fractions of a peak in (0, 1]: zero would divide by zero, above 1 beats the peak
+    gemm_efficiency = gemm.mapping("efficiency", "number", keys=DTYPES, what="dtype", positive=True, maximum=1.0)
+    int4_efficiency = gemm.number("int4_weight_only_efficiency", 0.5, positive=True, maximum=1.0)
+    unaligned = gemm.number("unaligned_efficiency", 1.0, positive=True, maximum=1.0)
     gemm.done()
     mem = sec.section("memory")
-    memory_efficiency = mem.number("efficiency", maximum=1.0)
-    kernel_bw = mem.mapping("kernels", "number", {})
+    memory_efficiency = mem.number("efficiency", positive=True, maximum=1.0)
+    # a kernel class's bandwidth relative to the streaming copy: may exceed 1 (e.g. a read-mostly kernel)
+    kernel_bw = mem.mapping("kernels", "number", {}, keys=KERNEL_CLASSES, what="kernel class", positive=True)
     mem.done()
     att = sec.section("attention")
     split = att.section("split_kv", {})
-    split_kv = {str(b): bool(split.raw(b)) for b in split.data}
+    split_kv = {}
+    for backend in split.data:
+        if backend not in ATTENTION_BACKENDS:
+            raise split.error(str(backend),
+                              f"unknown attention backend; expected one of {', '.join(ATTENTION_BACKENDS)}")
+        split_kv[str(backend)] = split.boolean(backend)
     split.done()
-    tables = {part: att.mapping(part, "time" if part == "decode_block" else "number")
+    tables = {part: att.mapping(part, "time", keys=ATTENTION_BACKENDS, what="attention backend")
+              if part == "decode_block" else
+              att.mapping(part, "number", keys=ATTENTION_BACKENDS, what="attention backend", positive=True,
+                          maximum=1.0)
               for part in ("fwd", "bwd", "decode", "decode_block")}
     for part, table in tables.items():
         missing = [b for b in ATTENTION_BACKENDS if b not in table]
         if missing:
             raise att.error(part, f"missing backends {missing}; expected all of {list(ATTENTION_BACKENDS)}")
-    setup_keys = att.mapping("setup_keys", "number", {})
-    fp32_attention = att.number("fp32", 0.5, maximum=1.0)
+    setup_keys = att.mapping("setup_keys", "number", {}, keys=("fwd", "bwd"), what="attention pass")
+    fp32_attention = att.number("fp32", 0.5, positive=True, maximum=1.0)
     att.done()
     lat = sec.section("latency")
     kernel_latency, graph_launch = lat.quantity("kernel", "time"), lat.quantity("graph_launch", "time")
     lat.done()
     host = sec.section("host")
-    dispatch = host.mapping("dispatch", "time")
+    dispatch = host.mapping("dispatch", "time", keys=HOST_CLASSES, what="host dispatch class")
     host.done()
     coll = sec.section("collective")
-    coll_latency, coll_efficiency = coll.quantity("latency", "time"), coll.mapping("efficiency", "number")
+    coll_latency = coll.quantity("latency", "time")
+    coll_efficiency = coll.mapping("efficiency", "number", keys=COLLECTIVE_KINDS, what="collective kind",
+                                   positive=True, maximum=1.0)
     coll.done()
     source = sec.string("source", "")
     sec.done()
@@ -218,12 +237,13 @@ def build_chip(data: dict[str, Any], file: str | None = None) -> Chip:
     for dtype in peak_sec.data:
         if dtype not in DTYPES:
             raise peak_sec.error(str(dtype), f"unknown dtype; expected one of {', '.join(DTYPES)}")
-        peak[dtype] = peak_sec.quantity(dtype, "flops")
+        # 0 marks a dtype the chip does not run (e.g. a child chip dropping its parent's tf32)
+        peak[dtype] = peak_sec.quantity(dtype, "flops", positive=dtype == "bf16")
     peak_sec.done()
     if "bf16" not in peak:
         raise compute.error("peak", "expected at least a bf16 rate")
     units = compute.integer("units", minimum=1)
-    clock = compute.quantity("clock", "frequency")
+    clock = compute.quantity("clock", "frequency", positive=True)
     int4_mode = compute.string("int4", "weight_only", choices=INT4_MODES)
     if int4_mode == "native" and "int4" not in peak:
         raise compute.error("int4", "native int4 needs a peak.int4 rate")
@@ -243,7 +263,7 @@ def build_chip(data: dict[str, Any], file: str | None = None) -> Chip:
     ln = top.section("link")
     link = Link(
         name=ln.string("name"),
-        bandwidth_bytes_per_s=ln.quantity("bandwidth", "bandwidth"),
+        bandwidth_bytes_per_s=ln.quantity("bandwidth", "bandwidth", positive=True),
         latency_s=ln.quantity("latency", "time", 0.0),
         energy_j_per_byte=ln.quantity("energy", "energy_per_byte", 0.0),
         ports=ln.integer("ports", 1, minimum=1),
@@ -263,10 +283,13 @@ def build_chip(data: dict[str, Any], file: str | None = None) -> Chip:
         idle_w=pw.quantity("idle", "power"),
         energy_j_per_flop=e_flop,
         dvfs_exponent=pw.number("dvfs_exponent", 3.0, minimum=1.0),
-        min_clock_hz=pw.quantity("min_clock", "frequency"),
-        window_s=pw.quantity("window", "time"),
+        min_clock_hz=pw.quantity("min_clock", "frequency", positive=True),
+        window_s=pw.quantity("window", "time", positive=True),
     )
     pw.done()
+    if power.min_clock_hz > clock:
+        raise top.error("power.min_clock", f"the lowest clock {power.min_clock_hz / 1e9:.4g} GHz is above the "
+                        f"chip's clock {clock / 1e9:.4g} GHz (compute.clock)")
     if power.idle_w >= power.limit_w:
         raise top.error("power.idle", f"idle power {power.idle_w} W must be below the limit {power.limit_w} W")
 
