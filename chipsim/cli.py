@@ -176,26 +176,36 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     import matplotlib.pyplot as plt
     from tqdm import tqdm
 
+    from chipsim.report.files import atomic_write, check_out_dir, sigterm_as_interrupt
     from chipsim.report.plots import plot_pareto, plot_sweep_metrics
     from chipsim.study.sweep import design_points, load_sweep, pareto_front, run_sweep
 
     if args.workers is not None and args.workers < 1:
         raise InputError(f"expected at least 1 worker, got {args.workers}", key="--workers")
-    sweep = load_sweep(args.sweep)
+    sweep = load_sweep(args.sweep)  # bad input, a bad parameter or too many design points: exit 2 here
     out_dir = Path(args.out) if args.out else Path("results") / f"sweep_{sweep.name}"
+    check_out_dir(out_dir, "--out")
     total = len(design_points(sweep))
-    bar = tqdm(total=total, desc=f"sweep {sweep.name}", unit="point", file=sys.stderr, disable=args.json)
-    def progress(done: int, todo: int) -> None:
-        bar.update(total - todo if done == 0 else 1)  # first call: the points already done (resumed)
+    with sigterm_as_interrupt():  # SIGTERM stops the workers and exits like Ctrl-C
+        bar = tqdm(total=total, desc=f"sweep {sweep.name}", unit="point", file=sys.stderr, disable=args.json)
 
-    table = run_sweep(sweep, out_dir, args.executor, args.workers, args.scheduler, progress)
-    bar.close()
-    params = [p.path for p in sweep.parameters]
-    metrics = ["latency_s", "energy_j", "avg_power_w"]
-    front = pareto_front(table)
-    for name, fig in (("metrics.png", plot_sweep_metrics(table, params, metrics)), ("pareto.png", plot_pareto(table, front))):
-        fig.savefig(out_dir / name, dpi=100)
-        plt.close(fig)
+        def progress(done: int, todo: int) -> None:
+            bar.update(total - todo if done == 0 else 1)  # first call: the points already done (resumed)
+
+        def note(message: str) -> None:
+            tqdm.write(f"chipsim: {message}", file=sys.stderr)
+
+        try:
+            table = run_sweep(sweep, out_dir, args.executor, args.workers, args.scheduler, progress, note)
+        finally:
+            bar.close()
+        params = [p.path for p in sweep.parameters]
+        metrics = ["latency_s", "energy_j", "avg_power_w"]
+        front = pareto_front(table)
+        for name, fig in (("metrics.png", plot_sweep_metrics(table, params, metrics)),
+                          ("pareto.png", plot_pareto(table, front))):
+            atomic_write(out_dir / name, lambda tmp, fig=fig: fig.savefig(tmp, dpi=100, format="png"))
+            plt.close(fig)
     failed = int((table["status"] != "ok").sum())
     if args.json:
         print(json.dumps({"points": total, "rows": len(table), "failed": failed, "out": str(out_dir),
@@ -221,20 +231,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if chip is not None:
         from chipsim.hardware.registry import load_chip
 
-        try:
-            load_chip(chip)  # an unknown chip is an error before any work
-        except InputError as exc:
-            raise (exc if exc.file else InputError(exc.message, key="--chip")) from None
+        load_chip(chip)  # an unknown chip is an error before any work
     power_path = Path(args.power) if args.power else Path(args.measurements).with_name("power.json")
     power = v.read_power(power_path) if (args.power or power_path.is_file()) else None
-    from chipsim.workload.io import check_destination
-
-    for option, dest in (("--out", args.out), ("--plot", args.plot)):  # before any work
-        if dest:
-            try:
-                check_destination(dest)
-            except InputError as exc:
-                raise InputError(exc.message, file=exc.file, key=option) from None
 
     def progress(index: int, total: int) -> None:
         if not args.json and sys.stderr.isatty() and index % 100 == 0:
@@ -248,19 +247,28 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
         power_frame = v.validate_power(power, load_chip(chip or "h200_sxm"))
     if args.out:
-        v.write_predictions(predictions, args.out)  # staged, then moved into place
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        columns = [c for c in predictions.columns if c not in ("family", "chip", "skipped_reason",
+                                                                "predicted_energy_j", "predicted_power_w")]
+        tmp = out.with_name(f".{out.name}.tmp")
+        predictions[columns].to_csv(tmp, index=False)
+        tmp.replace(out)
     if args.plot:
         from chipsim.report.plots import plot_validation
 
-        v.save_figure(plot_validation(predictions), args.plot, dpi=110)
+        fig = plot_validation(predictions)
+        plot = Path(args.plot)
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(plot, dpi=110)
     if args.json:
-        print(json.dumps(v.json_safe({  # strict JSON: NaN and inf become null
+        print(json.dumps({
             "rows": int(len(predictions)), "simulated": int(len(predictions) - len(skipped)),
             "families": summary.to_dict("records"),
             "skipped": [{"row": int(i), "op": str(r["op"]), "reason": r["skipped_reason"]}
                         for i, r in skipped.iterrows()],
             "power": power_frame.to_dict("records") if power_frame is not None else None,
-        }), allow_nan=False))
+        }, default=lambda x: None))
         return 0
     view = pd.DataFrame({
         "family": summary["family"], "rows": summary["rows"],
@@ -291,23 +299,12 @@ def cmd_regress(args: argparse.Namespace) -> int:
     from chipsim.study import regress
 
     baselines = Path(args.baselines)
-    if not 0 <= args.tolerance < float("inf"):  # before any work
-        raise InputError(f"expected a finite relative change >= 0, got {args.tolerance}", key="--tolerance")
-    if args.update:
-        from chipsim.workload.io import check_destination
-
-        try:
-            check_destination(baselines)
-        except InputError as exc:
-            raise InputError(exc.message, file=exc.file, key="--baselines") from None
-    base = None if args.update else regress.read_baselines(baselines)  # a bad file fails before any work
     now = regress.simulate_examples(Path(args.configs), lambda name: _stderr(f"simulating {name} ..."))
     if args.update:
         regress.write_baselines(now, baselines)
         print(f"wrote {len(now)} baselines to {baselines}")
         return 0
-    assert base is not None
-    diffs = regress.compare(base, now, args.tolerance)
+    diffs = regress.compare(regress.read_baselines(baselines), now, args.tolerance)
     if diffs.empty:
         print(f"{len(now)} cases within {args.tolerance:.1%} of {baselines}")
         return 0
