@@ -231,9 +231,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if chip is not None:
         from chipsim.hardware.registry import load_chip
 
-        load_chip(chip)  # an unknown chip is an error before any work
+        try:
+            load_chip(chip)  # an unknown chip is an error before any work
+        except InputError as exc:
+            raise (exc if exc.file else InputError(exc.message, key="--chip")) from None
     power_path = Path(args.power) if args.power else Path(args.measurements).with_name("power.json")
     power = v.read_power(power_path) if (args.power or power_path.is_file()) else None
+    from chipsim.workload.io import check_destination
+
+    for option, dest in (("--out", args.out), ("--plot", args.plot)):  # before any work
+        if dest:
+            try:
+                check_destination(dest)
+            except InputError as exc:
+                raise InputError(exc.message, file=exc.file, key=option) from None
 
     def progress(index: int, total: int) -> None:
         if not args.json and sys.stderr.isatty() and index % 100 == 0:
@@ -247,28 +258,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
         power_frame = v.validate_power(power, load_chip(chip or "h200_sxm"))
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        columns = [c for c in predictions.columns if c not in ("family", "chip", "skipped_reason",
-                                                                "predicted_energy_j", "predicted_power_w")]
-        tmp = out.with_name(f".{out.name}.tmp")
-        predictions[columns].to_csv(tmp, index=False)
-        tmp.replace(out)
+        v.write_predictions(predictions, args.out)  # staged, then moved into place
     if args.plot:
         from chipsim.report.plots import plot_validation
 
-        fig = plot_validation(predictions)
-        plot = Path(args.plot)
-        plot.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(plot, dpi=110)
+        v.save_figure(plot_validation(predictions), args.plot, dpi=110)
     if args.json:
-        print(json.dumps({
+        print(json.dumps(v.json_safe({  # strict JSON: NaN and inf become null
             "rows": int(len(predictions)), "simulated": int(len(predictions) - len(skipped)),
             "families": summary.to_dict("records"),
             "skipped": [{"row": int(i), "op": str(r["op"]), "reason": r["skipped_reason"]}
                         for i, r in skipped.iterrows()],
             "power": power_frame.to_dict("records") if power_frame is not None else None,
-        }, default=lambda x: None))
+        }), allow_nan=False))
         return 0
     view = pd.DataFrame({
         "family": summary["family"], "rows": summary["rows"],
@@ -299,12 +301,23 @@ def cmd_regress(args: argparse.Namespace) -> int:
     from chipsim.study import regress
 
     baselines = Path(args.baselines)
+    if not 0 <= args.tolerance < float("inf"):  # before any work
+        raise InputError(f"expected a finite relative change >= 0, got {args.tolerance}", key="--tolerance")
+    if args.update:
+        from chipsim.workload.io import check_destination
+
+        try:
+            check_destination(baselines)
+        except InputError as exc:
+            raise InputError(exc.message, file=exc.file, key="--baselines") from None
+    base = None if args.update else regress.read_baselines(baselines)  # a bad file fails before any work
     now = regress.simulate_examples(Path(args.configs), lambda name: _stderr(f"simulating {name} ..."))
     if args.update:
         regress.write_baselines(now, baselines)
         print(f"wrote {len(now)} baselines to {baselines}")
         return 0
-    diffs = regress.compare(regress.read_baselines(baselines), now, args.tolerance)
+    assert base is not None
+    diffs = regress.compare(base, now, args.tolerance)
     if diffs.empty:
         print(f"{len(now)} cases within {args.tolerance:.1%} of {baselines}")
         return 0

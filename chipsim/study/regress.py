@@ -49,23 +49,43 @@ def simulate_examples(configs_dir: Path, progress: Callable[[str], None] | None 
 
 
 def read_baselines(path: Path) -> pd.DataFrame:
-    try:
-        frame = pd.read_csv(path)
-    except FileNotFoundError:
-        raise InputError("no baselines yet: run `chipsim regress --update` and commit the file",
-                         file=str(path)) from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as exc:
-        raise InputError(f"cannot read baselines ({exc.__class__.__name__})", file=str(path)) from None
+    """The baselines CSV; a truncated or hand-damaged file (a row without case, chip or status, an 'ok'
+    row without finite metrics) is an InputError naming the row, never a table of spurious changes."""
+    import math
+
+    from chipsim.study.validate import read_table
+
+    frame = read_table(path, "baselines",
+                       "no baselines yet: run `chipsim regress --update` and commit the file")
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise InputError(f"missing columns {missing}", file=str(path), key=missing[0])
     frame["status"] = frame["status"].fillna("")
+    for column in METRICS:
+        numbers = pd.to_numeric(frame[column], errors="coerce")
+        bad = frame[column].notna() & numbers.isna()
+        if bad.any():
+            row = int(bad.to_numpy().nonzero()[0][0])
+            raise InputError(f"row {row}: expected a number, got {frame[column].iloc[row]!r}", file=str(path),
+                             key=column)
+        frame[column] = numbers.astype(float)
+    for row, record in enumerate(frame[COLUMNS].to_dict("records")):
+        for column in ("case", "chip", "status"):
+            if not isinstance(record[column], str) or not record[column]:
+                raise InputError(f"row {row}: missing {column} (a truncated file?)", file=str(path), key=column)
+        if record["status"] == "ok":
+            for column in METRICS:
+                if not 0 < record[column] < math.inf:
+                    raise InputError(f"row {row}: an 'ok' case needs a finite {column} above zero, got "
+                                     f"{record[column]!r} (a truncated file?)", file=str(path), key=column)
     return frame[COLUMNS]
 
 
 def compare(baseline: pd.DataFrame, now: pd.DataFrame, tolerance: float) -> pd.DataFrame:
     """Rows (case, chip, metric, baseline, now, change) that moved beyond `tolerance` (relative),
     plus cases that appeared, disappeared or changed status."""
+    if not 0 <= tolerance < float("inf"):  # NaN would pass every change, a negative one flag every metric
+        raise InputError(f"expected a finite relative tolerance >= 0, got {tolerance}", key="--tolerance")
     merged = baseline.merge(now, on=["case", "chip"], how="outer", suffixes=("_base", "_now"), indicator=True)
     diffs = []
     for record in merged.to_dict("records"):
@@ -91,7 +111,29 @@ def compare(baseline: pd.DataFrame, now: pd.DataFrame, tolerance: float) -> pd.D
 
 
 def write_baselines(frame: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    frame.to_csv(tmp, index=False, float_format="%.9e")
-    tmp.replace(path)
+    """Staged in a hidden file beside `path`, then moved into place; a failure is an InputError
+    naming `path` and leaves nothing behind."""
+    import os
+    import tempfile
+
+    from chipsim.workload.io import check_destination
+
+    check_destination(path)
+    tmp: Path | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        tmp = Path(name)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as an ordinary new file, not mkstemp's 0600
+        frame.to_csv(tmp, index=False, float_format="%.9e")
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as exc:
+        raise InputError(f"cannot write the baselines ({exc.__class__.__name__}: {exc.strerror or exc})",
+                         file=str(path)) from None
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)

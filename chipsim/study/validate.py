@@ -12,22 +12,29 @@ How rows are measured, and so how they are replayed:
 
 from __future__ import annotations
 
+import csv
 import math
+import os
 import re
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from chipsim.config.loader import brief, read_bounded
 from chipsim.engine.sim import SimOptions, simulate
 from chipsim.errors import InputError
 from chipsim.hardware.chip import Chip
 from chipsim.hardware.registry import chip_for_device_name, load_chip
+from chipsim.vocab import LAUNCH_MODES
 from chipsim.workload.generators import build_workload
 from chipsim.workload.graph import Op, Workload, WorkloadBuilder
+from chipsim.workload.io import JSONReadError, check_destination, parse_json_bytes
 from chipsim.workload.kinds import COLLECTIVE_KINDS
 
 GEMM_DTYPES = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32", "tf32": "tf32", "fp8_e4m3": "fp8", "int8": "int8"}
@@ -39,6 +46,9 @@ FAMILIES = {
     "train_step": "model_step", "prefill_step": "model_step", "decode_step": "model_step",
 }
 REQUIRED_COLUMNS = ("op", "variant", "dtype", "launch", "measured_us")
+MAX_CSV_BYTES = 256 * 2**20  # a measurements or baselines CSV
+MAX_POWER_BYTES = 16 * 2**20  # a power phases JSON
+MAX_DIM = 2**53  # a shape value above this is not an exact integer in float arithmetic
 
 
 class Unsupported(Exception):
@@ -52,11 +62,25 @@ class Case:
     sustained: bool = False
 
 
-def _int(row: Mapping[str, Any], key: str) -> int:
+def _number(row: Mapping[str, Any], key: str) -> float:
+    """A finite number in column `key` of the row; anything else makes the row unsupported."""
     value = row.get(key)
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None or (isinstance(value, float) and math.isnan(value)) or (isinstance(value, str) and not value.strip()):
         raise Unsupported(f"missing column '{key}'")
-    return int(value)
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise Unsupported(f"column '{key}': expected a number, got {brief(value)}") from None
+    if not math.isfinite(number) or abs(number) > MAX_DIM:
+        raise Unsupported(f"column '{key}': expected a finite number below 2^53, got {brief(value)}")
+    return number
+
+
+def _int(row: Mapping[str, Any], key: str) -> int:
+    number = _number(row, key)
+    if number != int(number):
+        raise Unsupported(f"column '{key}': expected an integer, got {brief(row.get(key))}")
+    return int(number)
 
 
 def _note_int(row: Mapping[str, Any], key: str) -> int | None:
@@ -81,7 +105,7 @@ def _gemm(row: Mapping[str, Any]) -> Workload:
 
 
 def _memory(row: Mapping[str, Any]) -> Workload:
-    size = float(row["bytes"])
+    size = _number(row, "bytes")
     variant = row["variant"]
     if variant == "copy":
         return _single("memcpy", "bf16", bytes=size)
@@ -114,12 +138,12 @@ def _attention(row: Mapping[str, Any]) -> Workload:
 
 
 def _collective(row: Mapping[str, Any]) -> Workload:
-    return _single(str(row["op"]), str(row["dtype"]), bytes=float(row["bytes"]), group=_int(row, "world"))
+    return _single(str(row["op"]), str(row["dtype"]), bytes=_number(row, "bytes"), group=_int(row, "world"))
 
 
 def _compressed(row: Mapping[str, Any]) -> Workload:
     scheme = "int8_compressed" if "int8" in str(row["variant"]) else "plain"
-    return build_workload("all_reduce", {"chips": _int(row, "world"), "size": int(row["bytes"]),
+    return build_workload("all_reduce", {"chips": _int(row, "world"), "size": int(_number(row, "bytes")),
                                          "dtype": str(row["dtype"]), "scheme": scheme})
 
 
@@ -199,20 +223,45 @@ def predict(case: Case, chip: Chip, launch: str) -> tuple[float, float]:
     return seconds, joules
 
 
+def read_table(path: str | Path, what: str, missing: str) -> pd.DataFrame:
+    """A CSV file (at most MAX_CSV_BYTES, a regular file) as a DataFrame. A last row that the file cuts
+    short (no final newline, fewer fields than the header) is an InputError, not a row of blanks."""
+    path = Path(path)
+    raw = read_bounded(path, MAX_CSV_BYTES, what=what, missing=missing)
+    try:
+        frame = pd.read_csv(BytesIO(raw))
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError, OSError) as exc:
+        detail = " ".join(str(exc).split())  # pandas messages may span lines
+        raise InputError(f"cannot read {what} as CSV ({exc.__class__.__name__}: {detail})", file=str(path)) from None
+    if len(frame) and not raw.endswith((b"\n", b"\r")):  # no final newline: the last row may be cut short
+        last = raw.rsplit(b"\n", 1)[-1].decode("utf-8", "replace")
+        fields = next(csv.reader([last]), [])
+        if len(fields) < len(frame.columns) or last.count('"') % 2:
+            cut = frame.columns[min(max(len(fields) - 1, 0), len(frame.columns) - 1)]
+            raise InputError(f"the file ends in the middle of its last row (row {len(frame) - 1}: {len(fields)} of "
+                             f"{len(frame.columns)} fields): truncated?", file=str(path), key=str(cut))
+    return frame
+
+
 def read_measurements(path: str | Path) -> pd.DataFrame:
     path = Path(path)
-    try:
-        frame = pd.read_csv(path)
-    except FileNotFoundError:
-        raise InputError("measurements file not found", file=str(path)) from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
-        raise InputError(f"cannot read measurements as CSV ({exc.__class__.__name__}: {exc})",
-                         file=str(path)) from None
+    frame = read_table(path, "measurements", "measurements file not found")
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         raise InputError(f"missing columns {missing}; expected the schema of reference/h200/calibration.csv",
                          file=str(path), key=missing[0])
     return frame
+
+
+def _measured_us(row: Mapping[str, Any]) -> float:
+    value = row.get("measured_us")
+    try:
+        measured = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise Unsupported(f"measured_us must be > 0, got {brief(value)}") from None
+    if not (0 < measured < math.inf):
+        raise Unsupported(f"measured_us must be > 0, got {brief(value)}")
+    return measured
 
 
 def _chip_for(row: Mapping[str, Any], chip_override: str | None, cache: dict[str, Chip]) -> Chip:
@@ -236,29 +285,39 @@ def validate(frame: pd.DataFrame, chip: str | None = None,
     if chip_obj is not None:
         chip = chip_obj.name
         chips[chip] = chip_obj
-    predicted, energies, families, chip_names, reasons = [], [], [], [], []
+    predicted, energies, families, chip_names, reasons, measured = [], [], [], [], [], []
     records = frame.to_dict("records")
     for index, row in enumerate(records):
         if progress:
             progress(index, len(records))
         families.append(FAMILIES.get(str(row["op"]), "other"))
         try:
+            measured.append(_measured_us(row))
+            launch = row.get("launch")
+            if launch not in LAUNCH_MODES:
+                raise Unsupported(f"launch must be one of {', '.join(LAUNCH_MODES)}, got {brief(launch)}")
             target = _chip_for(row, chip, chips)
             case = case_for_row(row)
-            launch = str(row["launch"]) if row.get("launch") in ("eager", "graph") else "eager"
-            seconds, joules = predict(case, target, launch)
+            seconds, joules = predict(case, target, str(launch))
+            if not (math.isfinite(seconds) and math.isfinite(joules)):
+                raise Unsupported(f"the prediction is not finite ({seconds} s, {joules} J)")
             predicted.append(seconds * 1e6)
             energies.append(joules)
             chip_names.append(target.name)
             reasons.append("")
-        except (Unsupported, InputError) as exc:
+        except (Unsupported, InputError, ArithmeticError) as exc:
+            if len(measured) == index:
+                measured.append(float("nan"))
+            reason = str(exc) if not isinstance(exc, ArithmeticError) else \
+                f"cannot simulate the row's shape ({exc.__class__.__name__}: {exc})"
             predicted.append(float("nan"))
             energies.append(float("nan"))
             chip_names.append(chip or "")
-            reasons.append(str(exc))
+            reasons.append(reason)
     out = frame.copy()
     out["predicted_us"] = predicted
-    out["ape"] = (out["predicted_us"] - out["measured_us"]).abs() / out["measured_us"]
+    measured_us = pd.Series(measured, index=out.index, dtype=float)
+    out["ape"] = (out["predicted_us"] - measured_us).abs() / measured_us
     out["predicted_energy_j"] = energies
     out["predicted_power_w"] = out["predicted_energy_j"] / (out["predicted_us"] * 1e-6)
     out["family"] = families
@@ -270,14 +329,14 @@ def validate(frame: pd.DataFrame, chip: str | None = None,
 
 def family_summary(predictions: pd.DataFrame) -> pd.DataFrame:
     ok = predictions[predictions["skipped_reason"] == ""]
-    rows = []
+    rows: list[dict[str, Any]] = []
     for family, group in ok.groupby("family", sort=True):
         ape = group["ape"].to_numpy()
         worst = group.loc[group["ape"].idxmax()]
         rows.append({"family": family, "rows": len(group), "median_ape": float(np.median(ape)),
                      "p90_ape": float(np.percentile(ape, 90)), "max_ape": float(ape.max()),
                      "worst": describe_row(worst)})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["family", "rows", "median_ape", "p90_ape", "max_ape", "worst"])
 
 
 def describe_row(row: Mapping[str, Any]) -> str:
@@ -285,7 +344,10 @@ def describe_row(row: Mapping[str, Any]) -> str:
     for key in ("m", "n", "k", "batch", "heads", "seq_q", "seq_kv", "bytes", "world", "layers"):
         value = row.get(key)
         if value is not None and not (isinstance(value, float) and math.isnan(value)):
-            parts.append(f"{key}={int(value)}")
+            try:
+                parts.append(f"{key}={int(float(value))}")
+            except (TypeError, ValueError, OverflowError):
+                parts.append(f"{key}={brief(value)}")
     return " ".join(parts)
 
 
@@ -298,20 +360,40 @@ POWER_PHASES: dict[str, Callable[[], Workload]] = {
 }
 
 
-def read_power(path: str | Path) -> list[dict[str, Any]]:
-    import json
+def _phase_number(phase: Mapping[str, Any], key: str, path: Path, index: int, *, positive: bool = False,
+                  required: bool = True) -> float | None:
+    value = phase.get(key)
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value < 0 or (positive and value == 0):
+        raise InputError(f"expected a finite number {'above zero' if positive else '>= 0'}, got {brief(value)}",
+                         file=str(path), key=f"[{index}].{key}")
+    return float(value)
 
+
+def read_power(path: str | Path) -> list[dict[str, Any]]:
+    """Power phases (the schema of reference/h200/power.json), every field validate_power uses checked."""
     path = Path(path)
+    raw = read_bounded(path, MAX_POWER_BYTES, what="power phases", missing="power file not found")
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError("power file not found", file=str(path)) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"cannot read power phases as JSON ({exc.__class__.__name__}: {exc})",
-                         file=str(path)) from None
+        data = parse_json_bytes(raw, gz=False)
+    except JSONReadError as exc:
+        raise InputError(f"cannot read power phases as JSON ({exc})", file=str(path)) from None
     if not isinstance(data, list) or not all(isinstance(p, dict) and "phase" in p and "avg_power_w" in p
                                               for p in data):
         raise InputError("expected a list of phases with 'phase' and 'avg_power_w'", file=str(path))
+    for index, phase in enumerate(data):
+        if not isinstance(phase["phase"], str):
+            raise InputError(f"expected a phase name, got {brief(phase['phase'])}", file=str(path),
+                             key=f"[{index}].phase")
+        _phase_number(phase, "avg_power_w", path, index, positive=True)
+        if phase["phase"] in POWER_PHASES:  # what the phase's prediction needs
+            _phase_number(phase, "calls", path, index)
+            _phase_number(phase, "seconds", path, index, positive=True)
+            if phase.get("tflops"):
+                _phase_number(phase, "tflops", path, index)
+                _phase_number(phase, "sm_mhz_median", path, index, required=False)
     return data
 
 
@@ -344,3 +426,60 @@ def validate_power(phases: list[dict[str, Any]], chip: Chip) -> pd.DataFrame:
         row["ape"] = abs(row["predicted_w"] - measured) / measured
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with every non-finite float (NaN, inf) replaced by None and numpy scalars made plain,
+    so that json.dumps(..., allow_nan=False) writes strict JSON."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return None
+
+
+def _staged(path: Path, write: Callable[[Path], None]) -> None:
+    """write(tmp) into a hidden file beside `path`, then move it into place; nothing is left behind
+    on failure, and a failure to write is an InputError naming `path`."""
+    check_destination(path)
+    tmp: Path | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        tmp = Path(name)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as an ordinary new file, not mkstemp's 0600
+        write(tmp)
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as exc:
+        raise InputError(f"cannot write the output ({exc.__class__.__name__}: {exc.strerror or exc})",
+                         file=str(path)) from None
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+
+
+def write_predictions(predictions: pd.DataFrame, path: str | Path) -> None:
+    """Every input column plus predicted_us and ape, staged then moved into place."""
+    columns = [c for c in predictions.columns if c not in ("family", "chip", "skipped_reason",
+                                                            "predicted_energy_j", "predicted_power_w")]
+    _staged(Path(path), lambda tmp: predictions[columns].to_csv(tmp, index=False))
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> None:
+    """A matplotlib figure to `path` (format from its suffix, PNG if none), staged then moved into place."""
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    _staged(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=fmt))

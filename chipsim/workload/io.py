@@ -1,16 +1,69 @@
-"""Reading and writing the workload (op-graph) JSON format, version 1. See docs/workload_format.md."""
+"""Reading and writing the workload (op-graph) JSON format, version 1. See docs/workload_format.md.
+
+JSON inputs (workloads and traces) are read defensively: a regular file of at most MAX_JSON_BYTES,
+gzip inflated as a stream up to MAX_JSON_BYTES (a gzip bomb is refused, not inflated), an optional
+UTF-8 byte order mark, and nesting, huge integers, corrupt compressed data are InputErrors.
+"""
 
 from __future__ import annotations
 
 import gzip
 import json
+import math
 import os
 import tempfile
+import zlib
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
+from chipsim.config.loader import brief, read_bounded
 from chipsim.errors import InputError
 from chipsim.workload.graph import FORMAT, FORMAT_VERSION, Workload, make_op
+
+MAX_JSON_BYTES = 2**30  # a workload or trace, after decompression
+
+
+class JSONReadError(Exception):
+    """Raised by read_json for data that cannot be decoded; `decode` says whether decompression or
+    decoding failed (the callers word their messages differently)."""
+
+    def __init__(self, message: str, *, decode: bool) -> None:
+        super().__init__(message)
+        self.decode = decode
+
+
+def gunzip_bounded(raw: bytes, limit: int) -> bytes:
+    """Inflate gzip data as a stream, refusing more than `limit` bytes of output."""
+    with gzip.GzipFile(fileobj=BytesIO(raw)) as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise OverflowError(f"inflates to more than {limit / 2**20:.0f} MiB (the most chipsim reads)")
+    return data
+
+
+def parse_json_bytes(raw: bytes, *, gz: bool) -> Any:
+    """Decode (gzip-compressed if `gz`) JSON bytes; any failure is a JSONReadError.
+    A UTF-8 byte order mark is accepted, as in YAML files."""
+    try:
+        if gz:
+            raw = gunzip_bounded(raw, MAX_JSON_BYTES)
+        text = raw.decode("utf-8-sig")
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError, OverflowError) as exc:
+        raise JSONReadError(f"{exc.__class__.__name__}: {exc}", decode=False) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise JSONReadError(f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}",
+                            decode=True) from None
+    except RecursionError:
+        raise JSONReadError("invalid JSON: nested too deeply", decode=True) from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts (int_max_str_digits)
+        raise JSONReadError(f"invalid JSON: {exc}", decode=True) from None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def workload_from_dict(data: Any, file: str | None = None) -> Workload:
@@ -29,8 +82,8 @@ def workload_from_dict(data: Any, file: str | None = None) -> Workload:
             if not isinstance(data.get(section, {}), dict):
                 raise InputError("expected an object", key=section)
         for category, value in data.get("memory", {}).items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise InputError(f"expected a size in bytes, got {value!r}", key=f"memory.{category}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                raise InputError(f"expected a finite size in bytes, got {brief(value)}", key=f"memory.{category}")
         ops = []
         for index, raw in enumerate(raw_ops):
             where = f"ops[{index}]"
@@ -39,13 +92,24 @@ def workload_from_dict(data: Any, file: str | None = None) -> Workload:
             unknown = set(raw) - {"id", "name", "kind", "dtype", "shape", "deps", "stream", "device", "attrs"}
             if unknown:
                 raise InputError("unknown key", key=f"{where}.{sorted(unknown)[0]}")
+            op_id = raw.get("id", index)
+            if not _is_int(op_id):
+                raise InputError(f"expected an integer op id, got {brief(op_id)}", key=f"{where}.id")
             deps = raw.get("deps", [])
-            if not isinstance(deps, list) or not all(isinstance(d, int) for d in deps):
-                raise InputError("expected a list of op ids", key=f"{where}.deps")
-            ops.append(make_op(raw.get("id", index), str(raw.get("name", f"op{index}")), raw.get("kind", ""),
-                               raw.get("dtype", "bf16"), raw.get("shape", {}), deps=deps,
-                               stream=raw.get("stream", "compute"), device=raw.get("device", 0),
-                               attrs=raw.get("attrs"), where=where))
+            if not isinstance(deps, list) or not all(_is_int(d) for d in deps):
+                raise InputError(f"expected a list of op ids (integers), got {brief(deps)}", key=f"{where}.deps")
+            try:
+                op = make_op(op_id, str(raw.get("name", f"op{index}")), raw.get("kind", ""),
+                             raw.get("dtype", "bf16"), raw.get("shape", {}), deps=deps,
+                             stream=raw.get("stream", "compute"), device=raw.get("device", 0),
+                             attrs=raw.get("attrs"), where=where)
+                finite = math.isfinite(op.flops) and math.isfinite(op.bytes)
+            except OverflowError:  # integer work beyond the float range
+                finite = False
+            if not finite:
+                raise InputError("the op's work (FLOPs or bytes) overflows: its shape is too large to simulate",
+                                 key=f"{where}.shape")
+            ops.append(op)
         return Workload(str(data.get("name", "workload")), ops, str(data.get("generator", "")),
                         dict(data.get("params", {})), dict(data.get("memory", {})), dict(data.get("meta", {})))
     except InputError as exc:
@@ -54,29 +118,48 @@ def workload_from_dict(data: Any, file: str | None = None) -> Workload:
 
 def load_workload(path: str | Path) -> Workload:
     path = Path(path)
+    raw = read_bounded(path, MAX_JSON_BYTES, what="workload", missing="workload file not found")
     try:
-        raw = path.read_bytes()
-        if path.suffix == ".gz":
-            raw = gzip.decompress(raw)
-        data = json.loads(raw.decode("utf-8"))
-    except FileNotFoundError:
-        raise InputError("workload file not found", file=str(path)) from None
-    except (OSError, EOFError, gzip.BadGzipFile, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read workload ({exc.__class__.__name__}: {exc})", file=str(path)) from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", file=str(path)) from None
+        data = parse_json_bytes(raw, gz=path.suffix == ".gz")
+    except JSONReadError as exc:
+        message = str(exc) if exc.decode else f"cannot read workload ({exc})"
+        raise InputError(message, file=str(path)) from None
     return workload_from_dict(data, file=str(path))
+
+
+def check_destination(path: str | Path) -> Path:
+    """Check that a file can be written at `path` (it is not a directory, and no folder on the way is a
+    file) without creating anything; returns the path. Callers run it before any work."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError("cannot write the output: it is an existing directory", file=str(path))
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"cannot write the output: {parent} is a file, not a directory", file=str(path))
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise InputError(f"cannot write the output: {parent} is not writable", file=str(path))
+            break
+    return path
 
 
 def save_workload(workload: Workload, path: str | Path) -> None:
     """Write atomically: a reader never sees a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    path = check_destination(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise InputError(f"cannot write the output ({exc.__class__.__name__}: {exc.strerror or exc})",
+                         file=str(path)) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(workload.to_dict(), fh, indent=1, sort_keys=False)
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise InputError(f"cannot write the output ({exc.__class__.__name__}: {exc.strerror or exc})",
+                         file=str(path)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

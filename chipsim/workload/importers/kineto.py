@@ -17,8 +17,6 @@
 
 from __future__ import annotations
 
-import gzip
-import json
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -26,9 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chipsim.config.loader import brief, read_bounded
 from chipsim.errors import InputError
 from chipsim.hardware.registry import chip_for_device_name
 from chipsim.workload.graph import Workload, WorkloadBuilder
+from chipsim.workload.io import MAX_JSON_BYTES, JSONReadError, parse_json_bytes
 from chipsim.workload.kinds import DTYPE_BYTES
 
 TYPE_MAP = {"c10::BFloat16": "bf16", "c10::Half": "fp16", "float": "fp32", "double": "fp32",
@@ -36,6 +36,7 @@ TYPE_MAP = {"c10::BFloat16": "bf16", "c10::Half": "fp16", "float": "fp32", "doub
             "signed char": "int8", "unsigned char": "int8", "int": "int32", "long int": "int32", "bool": "int8"}
 SYNC_CALLS = ("cudaDeviceSynchronize", "cudaStreamSynchronize", "cudaEventSynchronize", "cudaMemcpy")
 GPU_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
+MAX_DURATION_US = 86400e6  # one day: a longer GPU activity is a broken trace, not a measurement
 COMPUTE_KERNEL = re.compile(r"gemm|nvjet|cutlass|xmma|wgmma|sm\d+_.*mma|flash|fmha|sdpa|attention", re.I)
 
 
@@ -83,22 +84,14 @@ class ImportReport:
 
 
 def read_trace_json(path: Path) -> Any:
+    """The trace's JSON (gzip-compressed or not), read within the limits of chipsim.workload.io."""
+    raw = read_bounded(path, MAX_JSON_BYTES, what="trace", missing="trace file not found")
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise InputError("trace file not found", file=str(path)) from None
-    except OSError as exc:
-        raise InputError(f"cannot read trace ({exc})", file=str(path)) from None
-    try:
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-        data = json.loads(raw.decode("utf-8"))
-    except (OSError, EOFError, gzip.BadGzipFile, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot decompress or decode the trace ({exc.__class__.__name__}: {exc})",
-                         file=str(path)) from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"invalid JSON at line {exc.lineno}, column {exc.colno} (truncated?): {exc.msg}",
-                         file=str(path)) from None
+        data = parse_json_bytes(raw, gz=raw[:2] == b"\x1f\x8b")
+    except JSONReadError as exc:
+        message = (f"{exc} (truncated?)" if str(exc).startswith("invalid JSON at") else str(exc)) if exc.decode \
+            else f"cannot decompress or decode the trace ({exc})"
+        raise InputError(message, file=str(path)) from None
     if not isinstance(data, (dict, list)):
         raise InputError("expected a JSON object (a PyTorch profiler trace) or a list of Chakra nodes", file=str(path))
     return data
@@ -283,20 +276,41 @@ def _nccl(op: Mapping[str, Any] | None, acts: list[Activity]) -> Mapped | None:
 # ---------------------------------------------------------------- the import
 
 
-def _activities(events: list[dict[str, Any]]) -> list[Activity]:
+def _time_us(e: Mapping[str, Any], index: int, key: str, path: Path) -> float:
+    """An event's `ts` or `dur` in microseconds: finite, and for a duration in [0, one day]."""
+    value = float(e[key]) if key == "ts" else float(e.get(key, 0.0))
+    if not math.isfinite(value) or (key == "dur" and not 0 <= value <= MAX_DURATION_US):
+        what = "a finite time in us" if key == "ts" else "a duration in us between 0 and one day"
+        raise InputError(f"{str(e.get('name', ''))[:80]!r}: expected {what}, got {brief(e.get(key))}",
+                         file=str(path), key=f"traceEvents[{index}].{key}")
+    return value
+
+
+def _check_events(events: list[Any], path: Path) -> None:
+    """Every event is an object, and its `args` (if any) an object too."""
+    for index, e in enumerate(events):
+        if not isinstance(e, dict):
+            raise InputError(f"expected a trace event (a JSON object), got {brief(e)}", file=str(path),
+                             key=f"traceEvents[{index}]")
+        if not isinstance(e.get("args", {}), dict):
+            raise InputError(f"expected an object of event arguments, got {brief(e['args'])}", file=str(path),
+                             key=f"traceEvents[{index}].args")
+
+
+def _activities(events: list[dict[str, Any]], path: Path) -> list[Activity]:
     launches: dict[int, float] = {}
-    for e in events:
+    for index, e in enumerate(events):
         if e.get("cat") in ("cuda_runtime", "cuda_driver") and "correlation" in e.get("args", {}):
-            launches[int(e["args"]["correlation"])] = float(e["ts"])
+            launches[int(e["args"]["correlation"])] = _time_us(e, index, "ts", path)
     acts = []
-    for e in events:
+    for index, e in enumerate(events):
         if e.get("cat") not in GPU_CATEGORIES or e.get("ph") != "X":
             continue
         args = e.get("args", {})
         ext = args.get("External id")
         corr = args.get("correlation")
-        start = float(e["ts"])
-        acts.append(Activity(str(e.get("name", "")), str(e["cat"]), start, float(e.get("dur", 0.0)),
+        start = _time_us(e, index, "ts", path)
+        acts.append(Activity(str(e.get("name", "")), str(e["cat"]), start, _time_us(e, index, "dur", path),
                              int(args.get("stream", 0)), int(ext) if ext is not None else None,
                              launches.get(int(corr), start) if corr is not None else start,
                              float(args.get("bytes", 0.0) or 0.0)))
@@ -331,26 +345,35 @@ def import_kineto(path: str | Path, steps: int | None = None) -> tuple[Workload,
     events = data.get("traceEvents") if isinstance(data, dict) else None
     if not isinstance(events, list):
         raise InputError("not a PyTorch profiler trace: no 'traceEvents' list", file=str(path), key="traceEvents")
+    _check_events(events, path)
     try:
         return _build(path, data, events, steps)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise InputError(f"malformed trace event ({exc.__class__.__name__}: {exc})", file=str(path),
                          key="traceEvents") from None
 
 
 def _build(path: Path, data: dict[str, Any], events: list[dict[str, Any]],
            steps: int | None) -> tuple[Workload, ImportReport]:
-    cpu_ops = {int(e["args"]["External id"]): e for e in events
-               if e.get("cat") == "cpu_op" and "External id" in e.get("args", {})}
+    cpu_ops: dict[int, dict[str, Any]] = {}
+    cpu_op_index: dict[int, int] = {}  # External id -> index of the cpu_op event in traceEvents
+    for index, e in enumerate(events):
+        if e.get("cat") == "cpu_op" and "External id" in e.get("args", {}):
+            cpu_ops[int(e["args"]["External id"])] = e
+            cpu_op_index[int(e["args"]["External id"])] = index
     syncs = sorted((float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0.0))) for e in events
                    if e.get("cat") == "cuda_runtime" and str(e.get("name")) in SYNC_CALLS)
-    acts = _activities(events)
+    acts = _activities(events, path)
     if not acts:
         raise InputError("the trace has no GPU activity (kernels, memcpy, memset): profile with "
                          "ProfilerActivity.CUDA", file=str(path), key="traceEvents")
     report = ImportReport()
     found, window = _steps(events, steps)
     report.steps_found = found
+    if steps is not None and not found:
+        raise InputError("the trace has no step boundaries (ProfilerStep# annotations): drop --steps to import "
+                         "the whole trace, or profile with torch.profiler.profile(...).step()", file=str(path),
+                         key="--steps")
     if window is not None:
         acts = [a for a in acts if window[0] <= a.launch_us <= window[1]]
         if not acts:
@@ -405,7 +428,13 @@ def _build(path: Path, data: dict[str, Any], events: list[dict[str, Any]],
             kind, dtype, shape, extra = mapped
             report.mapped_kernels += len(group)
             report.mapped_time_us += dur
-            op_id = b.add(kind, name, dtype, deps, stream=stream, attrs={**attrs, **extra}, shape=shape)
+            try:
+                op_id = b.add(kind, name, dtype, deps, stream=stream, attrs={**attrs, **extra}, shape=shape)
+            except InputError as exc:  # a shape from the trace that no op can have: name the trace's event
+                source = cpu_op_index.get(first.external_id) if first.external_id is not None else None
+                part = (exc.key or "").split(".", 1)[-1]
+                raise InputError(f"{name} maps to a {kind} op with {part}: {exc.message}", file=str(path),
+                                 key=f"traceEvents[{source}].args" if source is not None else "traceEvents") from None
         else:
             report.opaque_ops += 1
             label = (op or {}).get("name") or re.sub(r"[<(].*", "", first.name)[:60]
