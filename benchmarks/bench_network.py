@@ -1,23 +1,28 @@
 #!/usr/bin/env python3
-"""How fast is chipsim's network model? Time flow-level collectives and a data-parallel step on a cluster.
+"""How fast is chipsim's network model? Time flow-level collectives and data-parallel steps on clusters.
 
     python3 benchmarks/bench_network.py [--repeat 3]
 
-Cases (all on the built-in cluster_256x_dgx_h100_ndr, its `nodes` overridden to 1, 8, 64 and 256):
-  all-reduce       a 1 GiB all-reduce on 8, 64, 512 and 2,048 GPUs, algorithm auto (hierarchical beyond
-                   one node): ECMP routing on an idle fabric, then with background_load 0.3 under ECMP
+Cases (built-in clusters; the largest is cluster_2048x_dgx_h100_ndr with `nodes: 16384` and radix-128
+switches, since a three-tier tree of radix-64 switches holds 65,536 NICs):
+  all-reduce       a 1 GiB all-reduce over every GPU of a 2,048-GPU two-tier cluster, a 16,384-GPU
+                   three-tier cluster and a 131,072-GPU three-tier cluster, algorithm auto
+                   (hierarchical): idle with ECMP routing, then with background_load 0.3 under ECMP
                    and under adaptive routing (the contended cases are the expensive ones)
-  dp step          one data-parallel Llama-2-7B training step (batch 1, seq 4096) on 2,048 GPUs, its
-                   gradient buckets all-reduced over the cluster (chipsim.simulate with the system)
+  dp step          one data-parallel Llama-2-7B training step (batch 1, seq 4096) on 2,048 and 16,384
+                   GPUs, its gradient buckets all-reduced over the cluster
   gradient sync    configs/runs/gradient_sync_256_nodes.yaml through chipsim.api.run, if that file exists
 
 Every repetition gets a freshly loaded System, so chipsim's caches (keyed on the System object) never
 carry a collective or a topology over from one repetition to the next. For each case: GPUs, the
 all-reduce algorithm chosen, flows the flow-level simulator ran and the collective steps they stand
 for, ops and all-reduces (training step and run config), simulated time and exposed communication,
-wall time (best and median of N, time.perf_counter) and, for the 2,048-GPU all-reduces, peak Python
-memory (tracemalloc) in a separate untimed pass. Targets: the 2,048-GPU all-reduce under 5 s, the
-256-node gradient-sync run under 30 s (PASS/MISS on the last lines). Nothing here asserts on time.
+wall time (best and median of N, time.perf_counter) and, for the 16,384-GPU all-reduces, peak Python
+memory (tracemalloc) in a separate untimed pass. It then fits the growth exponent of wall time
+against GPUs (least squares on log-log) for the idle and the adaptive-under-load series. Targets:
+the 16,384-GPU adaptive all-reduce under load under 10 s, the idle 131,072-GPU one under 30 s, growth
+no faster than N log N (an exponent below 1.2 over this range), the 256-node gradient-sync run under
+30 s (PASS/MISS on the last lines). Nothing here asserts on time.
 """
 
 from __future__ import annotations
@@ -34,26 +39,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 import chipsim
 from chipsim import api
 from chipsim.config.runconfig import load_run_config
 from chipsim.network import collective, load_system
 from chipsim.network import collectives as net_collectives
+from chipsim.network.fabric import Fabric
 from chipsim.network.system import System
 
 ROOT = Path(__file__).resolve().parents[1]
-CLUSTER = "cluster_256x_dgx_h100_ndr"
 GRADIENT_SYNC = ROOT / "configs" / "runs" / "gradient_sync_256_nodes.yaml"
 ALL_REDUCE_BYTES = float(2**30)  # 1 GiB per rank
-NODES = (1, 8, 64, 256)  # x 8 GPUs: 8, 64, 512, 2,048
+CLUSTERS: dict[int, tuple[str, dict[str, Any]]] = {  # GPUs -> built-in system, overrides
+    2048: ("cluster_256x_dgx_h100_ndr", {}),
+    16384: ("cluster_2048x_dgx_h100_ndr", {}),
+    131072: ("cluster_2048x_dgx_h100_ndr", {"nodes": 16384, "scale_out": {"switch_radix": 128}}),
+}
 VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("ecmp", {"routing": "ecmp", "background_load": 0.0}),
     ("ecmp, bg 0.3", {"routing": "ecmp", "background_load": 0.3}),
     ("adaptive, bg 0.3", {"routing": "adaptive", "background_load": 0.3}),
 )
-DP_RANKS = 2048
-DP_STEP = {"model": "llama-2-7b", "batch": 1, "seq": 4096, "ranks": DP_RANKS}
-TARGET_ALL_REDUCE_S = 5.0  # a 1 GiB all-reduce over 2,048 GPUs, every routing variant
+DP_STEP = {"model": "llama-2-7b", "batch": 1, "seq": 4096}
+TARGET_ADAPTIVE_16K_S = 10.0  # 1 GiB, adaptive routing, 30% background load, 16,384 GPUs
+TARGET_IDLE_131K_S = 30.0  # 1 GiB, idle, 131,072 GPUs
+TARGET_EXPONENT = 1.2  # N log N over 2k..131k GPUs fits an exponent of about 1.1
 TARGET_GRADIENT_SYNC_S = 30.0  # the 256-node gradient-sync run config
 
 
@@ -116,9 +128,10 @@ class FlowCount:
             net_collectives.simulate_phase = original
 
 
-def cluster(nodes: int, **overrides: Any) -> System:
+def cluster(gpus: int, **overrides: Any) -> System:
     """A new System object on every call (load_system builds one each time), so nothing is cached."""
-    return load_system(CLUSTER, overrides={"nodes": nodes, **overrides})
+    name, base = CLUSTERS[gpus]
+    return load_system(name, overrides={**base, **overrides})
 
 
 def all_reduce_algorithms(records: list[Any]) -> str:
@@ -127,40 +140,38 @@ def all_reduce_algorithms(records: list[Any]) -> str:
     return "/".join(sorted(chosen)) or "-"
 
 
-def all_reduce_case(nodes: int, label: str, overrides: dict[str, Any]) -> Case:
-    gpus = nodes * 8
-
+def all_reduce_case(gpus: int, label: str, overrides: dict[str, Any]) -> Case:
     def prepare() -> object:
-        return cluster(nodes, **overrides)
+        return cluster(gpus, **overrides)
 
     def run(system: object) -> Outcome:
         assert isinstance(system, System)
         report = collective(system, "all_reduce", ALL_REDUCE_BYTES, system.world, "auto")
         return Outcome(algorithm=report.algorithm, simulated_s=report.seconds)
 
-    return Case(f"all-reduce 1 GiB, {label}", gpus, prepare, run, trace_memory=gpus == 2048)
+    return Case(f"all-reduce 1 GiB, {label}", gpus, prepare, run, trace_memory=gpus == 16384)
 
 
-def dp_step_case() -> Case:
-    workload = chipsim.build_workload("data_parallel_train_step", DP_STEP)  # built once, untimed
+def dp_step_case(gpus: int) -> Case:
+    workload = chipsim.build_workload("data_parallel_train_step", {**DP_STEP, "ranks": gpus})  # built once, untimed
     buckets = sum(1 for op in workload.ops if op.kind == "all_reduce")
     options = chipsim.SimOptions(sustained=True)
 
     def prepare() -> object:
-        return cluster(256)
+        return cluster(gpus)
 
     def run(system: object) -> Outcome:
         assert isinstance(system, System)
-        result = chipsim.simulate(workload, system.chip, options, system)
+        result = chipsim.simulate(workload, system.chip, options, Fabric(system))
         return Outcome(algorithm=all_reduce_algorithms(result.records), ops=len(result.records), buckets=buckets,
                        simulated_s=result.latency_s, exposed_s=result.exposed_comm_s)
 
-    return Case("dp step llama-2-7b", DP_RANKS, prepare, run)
+    return Case("dp step llama-2-7b", gpus, prepare, run)
 
 
 def config_case(path: Path) -> Case:
     config = load_run_config(path)
-    gpus = max((t.system.world for t in api.load_targets(config) if t.system), default=0)
+    gpus = max((t.network.system.world for t in api.load_targets(config) if isinstance(t.network, Fabric)), default=0)
 
     def prepare() -> object:
         return config  # api.run loads the config's systems itself: fresh System objects every call
@@ -253,24 +264,28 @@ def verdict(seconds: float, target: float) -> str:
     return "PASS" if seconds < target else "MISS"
 
 
+def growth_exponent(rows: list[Row]) -> float:
+    """Least-squares slope of log(wall time) against log(GPUs)."""
+    x = np.log([r.gpus for r in rows])
+    y = np.log([r.best_s for r in rows])
+    return float(np.polyfit(x, y, 1)[0])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3, help="timed repetitions per case (default 3)")
     args = parser.parse_args(argv)
     repeat = max(1, args.repeat)
 
-    cases = [all_reduce_case(nodes, label, overrides) for label, overrides in VARIANTS for nodes in NODES]
-    cases.append(dp_step_case())
+    cases = [all_reduce_case(gpus, label, overrides) for label, overrides in VARIANTS for gpus in CLUSTERS]
+    cases += [dp_step_case(2048), dp_step_case(16384)]
     skipped = None
     if GRADIENT_SYNC.is_file():
         cases.append(config_case(GRADIENT_SYNC))
     else:
         skipped = f"skipped {GRADIENT_SYNC.relative_to(ROOT)}: the file does not exist"
-    print(
-        f"chipsim {chipsim.__version__}, Python {sys.version.split()[0]}; system {CLUSTER} (nodes overridden); "
-        f"wall times are best and median of {repeat}, a fresh System each repetition",
-        flush=True,
-    )
+    print(f"chipsim {chipsim.__version__}, Python {sys.version.split()[0]}; wall times are best and median of "
+          f"{repeat}, a fresh System each repetition", flush=True)
     rows = []
     for case in cases:
         print(f"  running {case.name} on {case.gpus:,} GPUs ...", file=sys.stderr, flush=True)
@@ -279,23 +294,27 @@ def main(argv: list[str] | None = None) -> int:
     if skipped:
         print(f"\n{skipped}")
 
+    def series(label: str) -> list[Row]:
+        return [r for r in rows if r.name == f"all-reduce 1 GiB, {label}"]
+
+    print("\ngrowth of wall time with GPUs (2,048 -> 131,072), exponent of a power law fit:")
+    exponents = {label: growth_exponent(series(label)) for label, _ in VARIANTS}
+    for label, exponent in exponents.items():
+        print(f"  {label:<18} N^{exponent:.2f}")
     print("\ntargets:")
-    big = [r for r in rows if r.name.startswith("all-reduce") and r.gpus == 2048]
-    slowest = max(big, key=lambda r: r.best_s)
-    print(
-        f"  1 GiB all-reduce on 2,048 GPUs under {TARGET_ALL_REDUCE_S:.0f} s (slowest variant, "
-        f"{slowest.name.removeprefix('all-reduce 1 GiB, ')}): best {slowest.best_s:.3f} s  "
-        f"{verdict(slowest.best_s, TARGET_ALL_REDUCE_S)}"
-    )
+    adaptive_16k = next(r for r in series("adaptive, bg 0.3") if r.gpus == 16384)
+    idle_131k = next(r for r in series("ecmp") if r.gpus == 131072)
+    worst = max(exponents.values())
+    print(f"  1 GiB all-reduce, adaptive routing, 30% background, 16,384 GPUs under {TARGET_ADAPTIVE_16K_S:.0f} s: "
+          f"best {adaptive_16k.best_s:.3f} s  {verdict(adaptive_16k.best_s, TARGET_ADAPTIVE_16K_S)}")
+    print(f"  1 GiB all-reduce, idle, 131,072 GPUs under {TARGET_IDLE_131K_S:.0f} s: "
+          f"best {idle_131k.best_s:.3f} s  {verdict(idle_131k.best_s, TARGET_IDLE_131K_S)}")
+    print(f"  growth no faster than N log N (exponent < {TARGET_EXPONENT}): worst N^{worst:.2f}  "
+          f"{verdict(worst, TARGET_EXPONENT)}")
     sync = [r for r in rows if r.name == GRADIENT_SYNC.name]
     if sync:
-        print(
-            f"  256-node gradient-sync run under {TARGET_GRADIENT_SYNC_S:.0f} s: best {sync[0].best_s:.3f} s  "
-            f"{verdict(sync[0].best_s, TARGET_GRADIENT_SYNC_S)}"
-        )
-    else:
-        print(f"  256-node gradient-sync run under {TARGET_GRADIENT_SYNC_S:.0f} s: not run "
-              f"({GRADIENT_SYNC.relative_to(ROOT)} does not exist)")
+        print(f"  256-node gradient-sync run under {TARGET_GRADIENT_SYNC_S:.0f} s: best {sync[0].best_s:.3f} s  "
+              f"{verdict(sync[0].best_s, TARGET_GRADIENT_SYNC_S)}")
     return 0
 
 

@@ -10,17 +10,20 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from chipsim.config.loader import deep_merge
 from chipsim.config.runconfig import RunConfig, WorkloadSpec
-from chipsim.cost.model import cost_of
-from chipsim.engine.sim import SimOptions, simulate
+from chipsim.cost import ChipLink, Network
+from chipsim.engine.sim import Prepared, SimOptions, prepare
 from chipsim.errors import InputError
 from chipsim.hardware.chip import Chip
 from chipsim.hardware.registry import load_chip
-from chipsim.network.system import System, load_system
+from chipsim.network.fabric import Fabric
+from chipsim.network.system import load_system
 from chipsim.report.result import Result
 from chipsim.workload.generators import build_workload
 from chipsim.workload.graph import Workload
@@ -61,33 +64,59 @@ def load_chips(names: Sequence[str], relative_to: Path | None = None, key: str =
 
 @dataclass(frozen=True)
 class Target:
-    """What a workload runs on: a chip, or a chip as one rank of a system."""
+    """What a workload runs on: a chip on its own link, or a chip as one rank of a system."""
 
     label: str
     chip: Chip
-    system: System | None = None
+    network: Network
 
 
-def load_targets(config: RunConfig, chips: Sequence[str] | None = None) -> list[Target]:
-    """The `--chip`s given, else the config's chips and systems (systems' what-if overrides applied)."""
+def _chip_override(overrides: Mapping[str, dict[str, Any]], name: str) -> dict[str, Any]:
+    return deep_merge(overrides.get("*", {}), overrides.get(name, {}))
+
+
+def load_targets(config: RunConfig, chips: Sequence[str] | None = None,
+                 chip_overrides: Mapping[str, dict[str, Any]] | None = None) -> list[Target]:
+    """The `--chip`s given, else the config's chips and systems (systems' what-if overrides applied).
+    `chip_overrides` maps a chip name ('*': every chip) to a nested mapping merged over its YAML."""
+    names = list(chips) if chips else list(config.chips)
+    overrides = dict(chip_overrides or {})
+    loaded = load_chips(names, config.file, key="--chip" if chips else "chips")
+    unknown = [n for n in overrides if n != "*" and n not in {c.name for c in loaded}]
+    if unknown:
+        raise InputError(f"no chip named '{unknown[0]}' in the run config (it has: "
+                         f"{', '.join(sorted(c.name for c in loaded))})", key=f"chips.{unknown[0]}")
+    targets = []
+    for name, chip in zip(names, loaded, strict=True):
+        if overrides and (chip.name in overrides or "*" in overrides):
+            chip = load_chip(name, config.file, _chip_override(overrides, chip.name))
+        targets.append(Target(chip.name, chip, ChipLink(chip)))
     if chips:
-        return [Target(c.name, c) for c in load_chips(chips, config.file, key="--chip")]
-    targets = [Target(c.name, c) for c in load_chips(config.chips, config.file)]
+        return targets
     for index, ref in enumerate(config.systems):
         try:
             system = load_system(ref.system, config.file, ref.overrides, ref.name)
         except InputError as exc:
             where = str(config.file) if config.file else None
             raise (exc.within(file=where, key_prefix=f"systems[{index}]") if exc.file is None else exc) from None
-        targets.append(Target(system.name, system.chip, system))
+        targets.append(Target(system.name, system.chip, Fabric(system)))
     return targets
 
 
-def run(config: RunConfig, chips: Sequence[str] | None = None,
-        progress: Callable[[int, int, str], None] | None = None) -> list[Result]:
-    """Simulate each of the config's workloads on each target (chips, systems, or the `chips` given).
-    Everything is loaded and checked before the first simulation starts."""
-    targets = load_targets(config, chips)
+@dataclass(frozen=True)
+class Case:
+    """One simulation of a run: a workload on a target, costed and ready to run."""
+
+    target: str
+    workload: Workload
+    prepared: Prepared
+
+
+def plan_cases(config: RunConfig, chips: Sequence[str] | None = None,
+               chip_overrides: Mapping[str, dict[str, Any]] | None = None) -> list[Case]:
+    """Every (workload, target) of the config, loaded, built and costed: any input error is raised
+    here, before the first simulation starts. The CLI, sweeps and regressions all run through this."""
+    targets = load_targets(config, chips, chip_overrides)
     workloads = []
     for index, spec in enumerate(config.workloads):
         try:
@@ -98,27 +127,31 @@ def run(config: RunConfig, chips: Sequence[str] | None = None,
             workload.name = spec.name
         workloads.append((spec, workload))
     options = SimOptions(launch=config.launch, sustained=config.sustained)
-
-    def cannot_run(target: Target, spec: WorkloadSpec, exc: InputError) -> InputError:
-        source = spec.trace or config.file  # name the file the workload came from
-        return InputError(f"{target.label} cannot run this workload: {exc.message}",
-                          file=exc.file or (str(source) if source else None), key=exc.key)
-
-    for spec, workload in workloads:  # every target must run every op before any simulation
-        for target in targets:
-            try:
-                for op in workload.ops:
-                    cost_of(op, target.chip, target.system)
-            except InputError as exc:
-                raise cannot_run(target, spec, exc) from None
-    results: list[Result] = []
-    total = len(targets) * len(workloads)
+    cases = []
     for spec, workload in workloads:
         for target in targets:
-            if progress:
-                progress(len(results), total, f"{workload.name} on {target.label}")
             try:
-                results.append(simulate(workload, target.chip, options, target.system))
+                prepared = prepare(workload, target.chip, options, target.network)
             except InputError as exc:
-                raise cannot_run(target, spec, exc) from None
+                source = spec.trace or config.file  # name the file the workload came from
+                raise InputError(f"{target.label} cannot run this workload: {exc.message}",
+                                 file=exc.file or (str(source) if source else None), key=exc.key) from None
+            cases.append(Case(target.label, workload, prepared))
+    return cases
+
+
+def execute(case: Case) -> Result:
+    return case.prepared.run()
+
+
+def run(config: RunConfig, chips: Sequence[str] | None = None,
+        progress: Callable[[int, int, str], None] | None = None) -> list[Result]:
+    """Simulate each of the config's workloads on each target (chips, systems, or the `chips` given).
+    Everything is loaded and checked before the first simulation starts."""
+    cases = plan_cases(config, chips)
+    results: list[Result] = []
+    for case in cases:
+        if progress:
+            progress(len(results), len(cases), f"{case.workload.name} on {case.target}")
+        results.append(execute(case))
     return results

@@ -174,6 +174,7 @@ def cmd_trace_export(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     from tqdm import tqdm
 
     from chipsim.report.files import atomic_write, check_out_dir, sigterm_as_interrupt
@@ -204,7 +205,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         front = pareto_front(table)
         for name, fig in (("metrics.png", plot_sweep_metrics(table, params, metrics)),
                           ("pareto.png", plot_pareto(table, front))):
-            atomic_write(out_dir / name, lambda tmp, fig=fig: fig.savefig(tmp, dpi=100, format="png"))
+            def save(tmp: Path, fig: Figure = fig) -> None:
+                fig.savefig(tmp, dpi=100, format="png")
+
+            atomic_write(out_dir / name, save)
             plt.close(fig)
     failed = int((table["status"] != "ok").sum())
     if args.json:

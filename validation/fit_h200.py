@@ -205,7 +205,7 @@ def write_yaml(chip: Chip, power: dict[str, float], path: Path) -> None:
 def fit_trace_kernels(chip: Chip, trace: Path) -> Chip:
     """Per kernel class: the efficiency that makes the median predicted device time of the trace's
     kernels of that class equal to their median measured time (each kernel alone, boost clock)."""
-    from chipsim.cost.model import cost_of
+    from chipsim.cost import cost_of
     from chipsim.workload.importers.kineto import import_kineto
 
     workload, _ = import_kineto(trace)

@@ -8,12 +8,11 @@ from dataclasses import dataclass
 
 import simpy
 
-from chipsim.cost.model import OpCost, cost_of
+from chipsim.cost import ChipLink, Network, OpCost, cost_of
 from chipsim.engine.fluid import FluidShare
 from chipsim.engine.power import PowerController, sustained_scale
 from chipsim.errors import InputError
 from chipsim.hardware.chip import Chip
-from chipsim.network.system import System
 from chipsim.report.result import OpRecord, Result
 from chipsim.workload.graph import Op, Workload
 from chipsim.workload.kinds import host_class
@@ -48,21 +47,42 @@ def _dispatch_seconds(op: Op, chip: Chip) -> float:
     return seconds + calls * table.get("call", 0.0) if calls else seconds
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A simulation ready to run: every op already costed, so an op the target cannot run is an
+    InputError before any simulation starts (`prepare`), and nothing is costed twice."""
+
+    workload: Workload
+    chip: Chip
+    options: SimOptions
+    network: Network
+    costs: tuple[OpCost, ...]
+
+    def run(self) -> Result:
+        return _Replay(self).run()
+
+
+def prepare(workload: Workload, chip: Chip, options: SimOptions | None = None,
+            network: Network | None = None) -> Prepared:
+    """Cost every op of `workload` on `chip` (collectives on `network`: a system's `Fabric`, or by
+    default the chip's own link, `ChipLink`)."""
+    network = network if network is not None else ChipLink(chip)
+    return Prepared(workload, chip, options or SimOptions(), network,
+                    tuple(cost_of(op, chip, network) for op in workload.ops))
+
+
 class _Replay:
-    def __init__(self, workload: Workload, chip: Chip, options: SimOptions, system: System | None) -> None:
-        self.workload = workload
-        self.chip = chip
-        self.options = options
-        self.system = system
+    def __init__(self, prepared: Prepared) -> None:
+        self.workload = workload = prepared.workload
+        self.chip = chip = prepared.chip
+        self.options = options = prepared.options
+        self.network = prepared.network
         self.env = simpy.Environment()
-        self.costs: list[OpCost] = [cost_of(op, chip, system) for op in workload.ops]
+        self.costs = prepared.costs
         # the port itself runs at peak; each op's own cap carries its achieved efficiency
         hbm_rate = chip.hbm.bandwidth_bytes_per_s
         self.hbm = FluidShare(self.env, hbm_rate, "hbm")
-        # on a system, the network model already shared its links between flows: the chip's own link
-        # must not cap a faster fabric
-        link_rate = float("inf") if system is not None else chip.link.bandwidth_bytes_per_s
-        self.link = FluidShare(self.env, link_rate, "link")
+        self.link = FluidShare(self.env, self.network.link_capacity_bytes_per_s, "link")
         initial = 1.0
         if options.sustained and options.power_capping:
             initial = sustained_scale(chip.power, min(1.0, chip.power.min_clock_hz / chip.clock_hz), [
@@ -87,8 +107,7 @@ class _Replay:
         records = [r for r in self.records if r is not None]
         if len(records) != len(self.workload.ops):  # pragma: no cover - a DAG always completes
             raise RuntimeError("simulation ended with ops not run")
-        return Result.build(self.workload, self.chip, self.options, records, self.power_steps,
-                            self.system.name if self.system else "")
+        return Result.build(self.workload, self.chip, self.options, records, self.power_steps, self.network.name)
 
     def _host_with_syncs(self):  # type: ignore[no-untyped-def]
         """The host issues ops in program order; an op marked `host_sync` (the host synchronized with
@@ -157,10 +176,9 @@ class _Replay:
 
 
 def simulate(workload: Workload, chip: Chip, options: SimOptions | None = None,
-             system: System | None = None) -> Result:
-    """Replay `workload` on `chip`; same inputs give the same numbers, bit for bit. With a `system`,
-    the chip is one representative rank of it (ranks are symmetric) and collectives run over the
-    system's network."""
-    options = options or SimOptions()
+             network: Network | None = None) -> Result:
+    """Replay `workload` on `chip`; same inputs give the same numbers, bit for bit. Collectives run
+    on `network`: a system's `Fabric` (the chip is one representative rank of it: ranks are
+    symmetric), or by default the chip's own link (`ChipLink`)."""
     log.debug("simulating %s (%d ops) on %s", workload.name, len(workload.ops), chip.name)
-    return _Replay(workload, chip, options, system).run()
+    return prepare(workload, chip, options, network).run()

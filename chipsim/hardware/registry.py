@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from chipsim.config.loader import deep_merge, load_yaml_with_extends, resolve_yaml
+from chipsim.errors import InputError
 from chipsim.hardware.chip import Chip, build_chip
 
 
@@ -34,15 +35,31 @@ def _load_cached(path: str, mtime_ns: int) -> Chip:
     return build_chip(_load_data(path, mtime_ns), file=path)
 
 
+def overridden(overrides: dict[str, Any], key: str | None) -> bool:
+    """Whether an error's key path (a.b.c) was set by `overrides` rather than by the YAML file."""
+    node: Any = overrides
+    for part in (key or "").split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return bool(key)
+
+
 def load_chip(name_or_path: str | Path, relative_to: Path | None = None,
               overrides: dict[str, Any] | None = None) -> Chip:
     """Load a chip: a built-in name or a YAML path; `extends:` resolved, validated, SI units.
-    `overrides` (a nested mapping, as in the YAML) are merged over the file: a what-if variant."""
+    `overrides` (a nested mapping, as in the YAML) are merged over the file: a what-if variant. An
+    error in an overridden key is raised with that key and no file, for the caller to locate."""
     path = resolve_chip_path(str(name_or_path), relative_to)
     key = (str(path.resolve()), path.stat().st_mtime_ns)
     if not overrides:
         return _load_cached(*key)
-    return build_chip(deep_merge(_load_data(*key), overrides), file=str(path))
+    try:
+        return build_chip(deep_merge(_load_data(*key), overrides), file=str(path))
+    except InputError as exc:
+        if overridden(overrides, exc.key):
+            raise InputError(exc.message, key=exc.key) from None
+        raise
 
 
 # device names as profilers and measurement files report them -> built-in chips

@@ -13,18 +13,24 @@ _EPS = 1e-12
 
 @dataclass
 class FlowSet:
-    """Flows over directed links: `paths[i]` are flow i's link ids; `sizes[i]` bytes (np.inf: a
-    persistent background flow); `caps[i]` a per-flow rate limit (np.inf: none)."""
+    """Flows over directed links as a CSR incidence: flow `entry_flow[i]` crosses link
+    `entry_link[i]`; `sizes[f]` bytes (np.inf: a persistent background flow); `caps[f]` a per-flow
+    rate limit (np.inf: none)."""
 
-    paths: list[tuple[int, ...]]
+    entry_flow: np.ndarray
+    entry_link: np.ndarray
     sizes: np.ndarray
     caps: np.ndarray
 
+    @classmethod
+    def from_paths(cls, paths: list[tuple[int, ...]], sizes: np.ndarray, caps: np.ndarray) -> FlowSet:
+        entry_flow = np.repeat(np.arange(len(paths)), [len(p) for p in paths])
+        entry_link = np.fromiter((link for p in paths for link in p), dtype=np.int64,
+                                 count=int(sum(len(p) for p in paths)))
+        return cls(entry_flow, entry_link, np.asarray(sizes, dtype=float), np.asarray(caps, dtype=float))
+
     def csr(self) -> tuple[np.ndarray, np.ndarray]:
-        entry_flow = np.repeat(np.arange(len(self.paths)), [len(p) for p in self.paths])
-        entry_link = np.fromiter((link for p in self.paths for link in p), dtype=np.int64,
-                                 count=int(sum(len(p) for p in self.paths)))
-        return entry_flow, entry_link
+        return self.entry_flow, self.entry_link
 
 
 def maxmin_rates(entry_flow: np.ndarray, entry_link: np.ndarray, active: np.ndarray, caps: np.ndarray,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +13,11 @@ from chipsim.config.loader import deep_merge, load_yaml_with_extends, resolve_ya
 from chipsim.config.reader import Section
 from chipsim.errors import InputError
 from chipsim.hardware.chip import Chip
-from chipsim.hardware.registry import load_chip
+from chipsim.hardware.registry import load_chip, overridden
 
 FABRICS = ("nvswitch", "all_to_all", "pcie")
 ROUTING = ("ecmp", "adaptive")
+MAX_GPUS = 1 << 20  # a million GPUs: the largest system chipsim builds (its links are arrays of this size)
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,7 @@ class NodeFabric:
 
 @dataclass(frozen=True)
 class ScaleOut:
-    """NICs per node into a two-tier fat tree of switches."""
+    """NICs per node into a two- or three-tier fat tree of switches (see topology.py)."""
 
     nics_per_node: int
     nic_bandwidth_bytes_per_s: float
@@ -43,6 +45,7 @@ class ScaleOut:
     oversubscription: float  # leaf down-ports / up-ports
     rail_optimized: bool
     in_network_reduction: bool  # SHARP
+    tiers: int = 2  # switch tiers of the fat tree: 2 (leaf, spine) or 3 (leaf, aggregation, core)
 
 
 @dataclass(frozen=True, eq=False)  # identity equality: usable as a cache key (it holds a Chip of dicts)
@@ -75,17 +78,17 @@ def build_system(data: dict[str, Any], file: str | None = None) -> System:
         raise exc.within(file=file, key_prefix="chip") if exc.file is None else exc from None
     nodes = top.integer("nodes", 1, minimum=1)
     gpus = top.integer("gpus_per_node", minimum=1)
+    if nodes * gpus > MAX_GPUS:
+        raise top.error("nodes", f"{nodes:,} nodes of {gpus} GPUs exceed the {MAX_GPUS:,} GPUs chipsim models")
     fab = top.section("node_fabric")
     fabric = NodeFabric(
         kind=fab.string("type", choices=FABRICS),
-        bandwidth_bytes_per_s=fab.quantity("bandwidth", "bandwidth"),
+        bandwidth_bytes_per_s=fab.quantity("bandwidth", "bandwidth", positive=True),
         latency_s=fab.quantity("latency", "time", "1 us"),
-        in_switch_reduction=bool(fab.raw("in_switch_reduction", False)),
+        in_switch_reduction=fab.boolean("in_switch_reduction", False),
         host_link_bytes_per_s=fab.quantity("host_link", "bandwidth", 0.0),
     )
     fab.done()
-    if fabric.bandwidth_bytes_per_s <= 0:
-        raise fab.error("bandwidth", "a node fabric needs a positive bandwidth")
     if fabric.in_switch_reduction and fabric.kind != "nvswitch":
         raise fab.error("in_switch_reduction", "in-switch reduction needs a switch (type: nvswitch)")
     scale_out = None
@@ -93,14 +96,15 @@ def build_system(data: dict[str, Any], file: str | None = None) -> System:
         so = top.section("scale_out")
         scale_out = ScaleOut(
             nics_per_node=so.integer("nics_per_node", minimum=1),
-            nic_bandwidth_bytes_per_s=so.quantity("nic_bandwidth", "bandwidth"),
+            nic_bandwidth_bytes_per_s=so.quantity("nic_bandwidth", "bandwidth", positive=True),
             nic_latency_s=so.quantity("nic_latency", "time", "1 us"),
             switch_radix=so.integer("switch_radix", minimum=2),
-            port_bandwidth_bytes_per_s=so.quantity("port_bandwidth", "bandwidth"),
+            port_bandwidth_bytes_per_s=so.quantity("port_bandwidth", "bandwidth", positive=True),
             switch_latency_s=so.quantity("switch_latency", "time"),
             oversubscription=so.number("oversubscription", 1.0, minimum=1.0),
-            rail_optimized=bool(so.raw("rail_optimized", True)),
-            in_network_reduction=bool(so.raw("in_network_reduction", False)),
+            rail_optimized=so.boolean("rail_optimized", True),
+            in_network_reduction=so.boolean("in_network_reduction", False),
+            tiers=int(so.number("tiers", 2, minimum=2, maximum=3, integer=True)),
         )
         so.done()
         if scale_out.nics_per_node != gpus:
@@ -114,11 +118,19 @@ def build_system(data: dict[str, Any], file: str | None = None) -> System:
     seed = top.integer("seed", 0)
     description = top.string("description", "")
     top.done()
-    return System(name, description, chip, nodes, gpus, fabric, scale_out, routing, background, seed, file or "")
+    system = System(name, description, chip, nodes, gpus, fabric, scale_out, routing, background, seed, file or "")
+    if scale_out is not None:
+        from chipsim.network.topology import plan_tree
+
+        try:
+            plan_tree(system)  # refuses a fat tree that cannot hold the endpoints, before any work
+        except InputError as exc:
+            raise exc.within(file=file) from None
+    return system
 
 
 def _systems_dir() -> Path:
-    return Path(__file__).resolve().parent.parent.parent / "configs" / "systems"
+    return Path(str(resources.files("chipsim") / "systems"))
 
 
 def builtin_system_names() -> list[str]:
@@ -136,12 +148,18 @@ def _load_cached(path: str, mtime_ns: int) -> dict[str, Any]:
 
 def load_system(name_or_path: str | Path, relative_to: Path | None = None,
                 overrides: dict[str, Any] | None = None, rename: str | None = None) -> System:
-    """A built-in system name (configs/systems/) or a YAML path; `overrides` are merged over the
-    file (what-ifs from a run config) and `rename` names the variant."""
+    """A built-in system name (chipsim/systems/) or a YAML path; `overrides` are merged over the
+    file (what-ifs from a run config) and `rename` names the variant. An error in an overridden key
+    is located as `set.<key>` with no file, for the caller to place in its own file."""
     path = resolve_system_path(str(name_or_path), relative_to)
     data = _load_cached(str(path.resolve()), path.stat().st_mtime_ns)
     if overrides:
         data = deep_merge(data, overrides)
     if rename:
         data = {**data, "name": rename}
-    return build_system(data, file=str(path))
+    try:
+        return build_system(data, file=str(path))
+    except InputError as exc:
+        if overrides and overridden(overrides, exc.key):
+            raise InputError(exc.message, key=f"set.{exc.key}") from None
+        raise

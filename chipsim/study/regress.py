@@ -3,26 +3,39 @@ built-in chip, kept in baselines/latencies.csv so that CI notices any change to 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 
-from chipsim.api import Target, load_targets, workload_from_spec
-from chipsim.config.runconfig import load_run_config
-from chipsim.engine.sim import SimOptions, simulate
+from chipsim.api import execute, plan_cases
+from chipsim.config.runconfig import RunConfig, load_run_config
 from chipsim.errors import InputError
-from chipsim.hardware.registry import builtin_chip_names, load_chip
+from chipsim.hardware.registry import builtin_chip_names
 
 COLUMNS = ["case", "chip", "latency_s", "energy_j", "status"]
 METRICS = ("latency_s", "energy_j")
 
 
+def _one_run_configs(config: RunConfig) -> Iterator[tuple[str, RunConfig, Sequence[str] | None]]:
+    """(target label, the config narrowed to one workload and one system, --chip names) for each
+    workload x target of an example: chip examples on every built-in chip, system examples on their
+    own systems."""
+    for spec in config.workloads:
+        one = replace(config, workloads=(spec,))
+        if config.systems:
+            for ref in config.systems:
+                yield ref.name or ref.system, replace(one, chips=(), systems=(ref,)), None
+        else:
+            for name in builtin_chip_names():
+                yield name, one, [name]
+
+
 def simulate_examples(configs_dir: Path, progress: Callable[[str], None] | None = None) -> pd.DataFrame:
-    """Every config under `configs_dir` on every built-in chip. A chip that cannot run a config
-    (a dtype it lacks) is recorded as such, not skipped."""
+    """Every config under `configs_dir` on every built-in chip (systems: on their own systems). A
+    target that cannot run a config (a dtype it lacks) is recorded as such, not skipped."""
     rows = []
-    chips = [load_chip(name) for name in builtin_chip_names()]
     paths = sorted(configs_dir.glob("*.yaml"))
     if not paths:
         raise InputError("no run configs (*.yaml) found", file=str(configs_dir))
@@ -30,20 +43,22 @@ def simulate_examples(configs_dir: Path, progress: Callable[[str], None] | None 
         config = load_run_config(path)
         if progress:
             progress(config.name)
-        options = SimOptions(launch=config.launch, sustained=config.sustained)
-        # chip examples run on every built-in chip; system examples on their own systems
-        targets = load_targets(config) if config.systems else [Target(c.name, c) for c in chips]
-        for spec in config.workloads:
-            workload = workload_from_spec(spec)
-            case = path.stem if len(config.workloads) == 1 else f"{path.stem}:{spec.name or workload.name}"
-            for target in targets:
-                try:
-                    result = simulate(workload, target.chip, options, target.system)
-                except InputError as exc:
-                    rows.append({"case": case, "chip": target.label, "latency_s": float("nan"),
-                                 "energy_j": float("nan"), "status": f"unsupported: {exc.message}"})
-                    continue
-                rows.append({"case": case, "chip": target.label, "latency_s": result.latency_s,
+        for label, one, chips in _one_run_configs(config):
+            spec = one.workloads[0]
+            try:
+                cases = plan_cases(one, chips)
+            except InputError as exc:
+                if "cannot run this workload" not in exc.message:
+                    raise exc.within(file=str(path)) from None
+                name = spec.name or (spec.generator or "")
+                case = path.stem if len(config.workloads) == 1 else f"{path.stem}:{name}"
+                rows.append({"case": case, "chip": label, "latency_s": float("nan"), "energy_j": float("nan"),
+                             "status": f"unsupported: {exc.message.split(': ', 1)[-1]}"})
+                continue
+            for c in cases:
+                result = execute(c)
+                case = path.stem if len(config.workloads) == 1 else f"{path.stem}:{spec.name or c.workload.name}"
+                rows.append({"case": case, "chip": c.target, "latency_s": result.latency_s,
                              "energy_j": result.energy_j, "status": "ok"})
     return pd.DataFrame(rows, columns=COLUMNS)
 

@@ -350,37 +350,21 @@ def evaluate_point(base: dict[str, Any], base_file: str, point: dict[str, Any],
                    identity: str = "") -> list[dict[str, Any]]:
     """Simulate one design point: a row per (workload, target) with its metrics, or one row with
     the error if the point fails, whatever the exception (a sweep records it and goes on)."""
-    from chipsim.api import Target, load_targets, workload_from_spec
+    from chipsim.api import execute, plan_cases
     from chipsim.config.runconfig import parse_run_config
-    from chipsim.engine.sim import SimOptions, simulate
-    from chipsim.hardware.registry import load_chip
 
     pid = point_id(point, identity)
     try:
         data, chip_overrides = apply_point(base, point)
         config = parse_run_config(data, Path(base_file))
-        targets = load_targets(config)
-        if chip_overrides:
-            known = {t.chip.name for t in targets}
-            unknown = [n for n in chip_overrides if n != "*" and n not in known]
-            if unknown:
-                raise InputError(f"no chip named '{unknown[0]}' in the base run config (it has: "
-                                 f"{', '.join(sorted(known))})", key=f"chips.{unknown[0]}")
-            targets = [Target(t.label, load_chip(config.chips[i] if i < len(config.chips) else t.chip.source_file,
-                                                 config.file, _chip_override(chip_overrides, t.chip.name)), t.system)
-                       if t.system is None and (t.chip.name in chip_overrides or "*" in chip_overrides) else t
-                       for i, t in enumerate(targets)]
-        workloads = [workload_from_spec(spec) for spec in config.workloads]
+        cases = plan_cases(config, chip_overrides=chip_overrides)  # loads, builds and costs: errors first
         if check_only:
             return []
-        options = SimOptions(launch=config.launch, sustained=config.sustained)
         rows = []
-        for workload in workloads:
-            for target in targets:
-                result = simulate(workload, target.chip, options, target.system)
-                summary = result.summary()
-                rows.append({"point": pid, **point, "workload": workload.name, "target": target.label,
-                             "status": "ok", **{m: summary[m] for m in METRICS}})
+        for case in cases:
+            summary = execute(case).summary()
+            rows.append({"point": pid, **point, "workload": case.workload.name, "target": case.target,
+                         "status": "ok", **{m: summary[m] for m in METRICS}})
         return rows
     except InputError as exc:
         exc = _blame_parameter(exc, point, sweep_file)
@@ -394,13 +378,6 @@ def evaluate_point(base: dict[str, Any], base_file: str, point: dict[str, Any],
         status = f"error: {exc.__class__.__name__}: {_one_line(str(exc))}"
     return [{"point": pid, **point, "workload": "", "target": "", "status": status,
              **{m: np.nan for m in METRICS}}]
-
-
-def _chip_override(overrides: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
-    merged: dict[str, Any] = {}
-    _merge_into(merged, copy.deepcopy(overrides.get("*", {})))
-    _merge_into(merged, copy.deepcopy(overrides.get(name, {})))
-    return merged
 
 
 Task = tuple[dict[str, Any], str, dict[str, Any], str, str]  # base, base file, point, sweep file, identity

@@ -8,13 +8,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chipsim.errors import InputError
-from chipsim.workload.kinds import DTYPE_BYTES, ELEMENTWISE_OPS, KINDS
+from chipsim.workload.kinds import DTYPE_BYTES, KINDS, check_attrs, check_shape
 
 STREAMS = ("compute", "copy", "comm")
 FORMAT = "chipsim.workload"
 FORMAT_VERSION = 1
-_DTYPE_ATTRS = ("weight_dtype", "out_dtype", "narrow_dtype")
-_NUMBER_ATTRS = ("group_size", "buffer_bytes", "kernels")
 
 
 @dataclass(frozen=True)
@@ -44,65 +42,32 @@ class Op:
 def make_op(op_id: int, name: str, kind: str, dtype: str, shape: Mapping[str, Any], *,
             deps: Iterable[int] = (), stream: str = "compute", device: int = 0,
             attrs: Mapping[str, Any] | None = None, where: str = "") -> Op:
-    """Validate one op and compute its work. `where` locates errors (e.g. 'ops[12]')."""
+    """Validate one op against its kind's contract (kinds.py) and compute its work. `where`
+    locates errors (e.g. 'ops[12]')."""
     where = where or f"ops[{op_id}]"
     spec = KINDS.get(kind) if isinstance(kind, str) else None
     if spec is None:
-        raise InputError(f"unknown op kind '{kind}'; expected one of {', '.join(sorted(KINDS))}", key=f"{where}.kind")
+        raise InputError(f"unknown op kind {kind!r}; expected one of {', '.join(sorted(KINDS))}", key=f"{where}.kind")
     if not isinstance(dtype, str) or dtype not in DTYPE_BYTES:
-        raise InputError(f"unknown dtype '{dtype}'; expected one of {', '.join(DTYPE_BYTES)}", key=f"{where}.dtype")
+        raise InputError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPE_BYTES)}", key=f"{where}.dtype")
     if not isinstance(stream, str) or stream not in STREAMS:
-        raise InputError(f"unknown stream '{stream}'; expected one of {', '.join(STREAMS)}", key=f"{where}.stream")
-    if not isinstance(shape, Mapping):
-        raise InputError("expected a mapping of shape keys", key=f"{where}.shape")
-    full: dict[str, Any] = {}
-    for key, default in spec.shape_keys.items():
-        value = shape.get(key, default)
-        if value is None:
-            raise InputError(f"{kind} needs shape key '{key}' (shape keys: {', '.join(spec.shape_keys)})",
-                             key=f"{where}.shape.{key}")
-        full[key] = value
-    unknown = [k for k in shape if k not in spec.shape_keys]
-    if unknown:
-        raise InputError(f"unknown shape key for {kind}; expected: {', '.join(spec.shape_keys)}",
-                         key=f"{where}.shape.{unknown[0]}")
-    for key, value in full.items():
-        if isinstance(value, bool) or key == "pass":
-            continue
-        if not isinstance(value, (int, float)) or value < 0 or not math.isfinite(value):
-            raise InputError(f"expected a non-negative number, got {value!r}", key=f"{where}.shape.{key}")
-    if kind in ("gemm",) and min(full["m"], full["n"], full["k"], full["batch"]) < 1:
-        raise InputError("GEMM dimensions must be >= 1", key=f"{where}.shape")
-    if kind == "attention":
-        if full["pass"] not in ("fwd", "bwd"):
-            raise InputError(f"expected 'fwd' or 'bwd', got {full['pass']!r}", key=f"{where}.shape.pass")
-        if min(full["batch"], full["heads"], full["kv_heads"], full["seq_q"], full["seq_kv"], full["head_dim"]) < 1:
-            raise InputError("attention dimensions must be >= 1", key=f"{where}.shape")
-        if full["heads"] % full["kv_heads"]:
-            raise InputError(f"heads ({full['heads']}) must be a multiple of kv_heads ({full['kv_heads']})",
-                             key=f"{where}.shape.kv_heads")
-    if kind in ("all_reduce", "all_gather", "reduce_scatter") and full["group"] < 1:
-        raise InputError("a collective needs a group of >= 1 chips", key=f"{where}.shape.group")
+        raise InputError(f"unknown stream {stream!r}; expected one of {', '.join(STREAMS)}", key=f"{where}.stream")
     if isinstance(device, bool) or not isinstance(device, int) or device < 0:
         raise InputError(f"expected a non-negative integer, got {device!r}", key=f"{where}.device")
+    if not isinstance(shape, Mapping):
+        raise InputError("expected a mapping of shape keys", key=f"{where}.shape")
     if attrs is not None and not isinstance(attrs, Mapping):
         raise InputError("expected a mapping of attributes", key=f"{where}.attrs")
-    attrs = dict(attrs or {})
-    for key in _DTYPE_ATTRS:
-        if key in attrs and (not isinstance(attrs[key], str) or attrs[key] not in DTYPE_BYTES):
-            raise InputError(f"unknown dtype {attrs[key]!r}; expected one of {', '.join(DTYPE_BYTES)}",
-                             key=f"{where}.attrs.{key}")
-    for key in _NUMBER_ATTRS:
-        value = attrs.get(key, 0)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or not math.isfinite(value):
-            raise InputError(f"expected a non-negative number, got {value!r}", key=f"{where}.attrs.{key}")
-    if kind == "elementwise":
-        ew = attrs.get("op", "add")
-        if not isinstance(ew, str) or ew not in ELEMENTWISE_OPS:
-            raise InputError(f"unknown elementwise op {ew!r}; expected one of {', '.join(sorted(ELEMENTWISE_OPS))}",
-                             key=f"{where}.attrs.op")
-    flops, nbytes = spec.work(full, dtype, attrs)
-    return Op(op_id, name, kind, dtype, full, tuple(int(d) for d in deps), stream, int(device), attrs,
+    try:
+        full = check_shape(spec, shape)
+        checked = check_attrs(spec, attrs or {})
+        spec.check(full, checked)
+        flops, nbytes = spec.work(full, dtype, checked)
+    except InputError as exc:
+        raise exc.within(key_prefix=where) from None
+    if not (math.isfinite(flops) and math.isfinite(nbytes)):
+        raise InputError("the op's work overflows (FLOPs or bytes beyond a float's range)", key=f"{where}.shape")
+    return Op(op_id, name, kind, dtype, full, tuple(int(d) for d in deps), stream, int(device), checked,
               float(flops), float(nbytes))
 
 

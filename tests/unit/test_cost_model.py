@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import chipsim
-from chipsim.cost.model import cost_of
+from chipsim.cost import cost_of
 from chipsim.errors import InputError
 from chipsim.hardware import load_chip
 from chipsim.workload.graph import Op, make_op

@@ -10,7 +10,7 @@ from conftest import build
 
 import chipsim
 from chipsim import SimOptions, simulate
-from chipsim.cost.model import cost_of
+from chipsim.cost import cost_of
 from chipsim.errors import InputError
 from chipsim.hardware import load_chip
 from chipsim.report.result import Result

@@ -13,13 +13,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from chipsim.cost.model import system_collective_cost
 from chipsim.errors import InputError
 from chipsim.hardware import load_chip
 from chipsim.network import collective, load_system
 from chipsim.network.collectives import topology_of
+from chipsim.network.fabric import Fabric
 from chipsim.network.flows import FlowSet, maxmin_rates, simulate_flows
 from chipsim.network.system import System, build_system
+from chipsim.workload.comm import Communicator
 from chipsim.workload.generators import build_workload
 
 MiB = 2**20
@@ -52,7 +53,7 @@ def fat_tree(nodes: int = 4, gpus: int = 8, *, fabric_bw: str = "450 GB/s", nic_
 
 
 def rates(paths: list[tuple[int, ...]], capacity: list[float], caps: list[float] | None = None) -> np.ndarray:
-    flows = FlowSet(paths, np.ones(len(paths)), np.asarray(caps if caps is not None else [np.inf] * len(paths)))
+    flows = FlowSet.from_paths(paths, np.ones(len(paths)), np.asarray(caps if caps is not None else [np.inf] * len(paths)))
     entry_flow, entry_link = flows.csr()
     return maxmin_rates(entry_flow, entry_link, np.ones(len(paths), dtype=bool), flows.caps,
                         np.asarray(capacity, dtype=float))
@@ -87,7 +88,7 @@ def test_random_instances_conserve_capacity_and_are_maxmin_fair(seed: int) -> No
     paths = [tuple(int(x) for x in rng.choice(n_links, size=int(rng.integers(1, 4)), replace=False))
              for _ in range(n_flows)]
     caps = np.where(rng.random(n_flows) < 0.3, rng.uniform(0.5, 20.0, n_flows), np.inf)
-    flows = FlowSet(paths, np.ones(n_flows), caps)
+    flows = FlowSet.from_paths(paths, np.ones(n_flows), caps)
     entry_flow, entry_link = flows.csr()
     rate = maxmin_rates(entry_flow, entry_link, np.ones(n_flows, dtype=bool), caps, capacity)
     assert np.all(rate > 0)
@@ -110,7 +111,7 @@ def test_maxmin_is_exact_for_links_of_very_different_capacities() -> None:
 
 
 def test_inactive_flows_get_no_rate_and_leave_capacity_to_the_others() -> None:
-    flows = FlowSet([(0,), (0,), (0,)], np.ones(3), np.full(3, np.inf))
+    flows = FlowSet.from_paths([(0,), (0,), (0,)], np.ones(3), np.full(3, np.inf))
     entry_flow, entry_link = flows.csr()
     got = maxmin_rates(entry_flow, entry_link, np.array([True, False, True]), flows.caps, np.array([90.0]))
     assert got == pytest.approx([45.0, 0.0, 45.0], rel=REL)
@@ -118,7 +119,7 @@ def test_inactive_flows_get_no_rate_and_leave_capacity_to_the_others() -> None:
 
 def test_completion_times_of_two_flows_sharing_a_link_closed_form() -> None:
     capacity, s1, s2, latency = 1e9, 3e6, 7e6, 5e-6
-    flows = FlowSet([(0,), (0,)], np.array([s1, s2]), np.full(2, np.inf))
+    flows = FlowSet.from_paths([(0,), (0,)], np.array([s1, s2]), np.full(2, np.inf))
     done = simulate_flows(flows, np.array([capacity]), np.array([latency, 2 * latency]))
     assert done[0] == pytest.approx(2 * s1 / capacity + latency, rel=REL)
     assert done[1] == pytest.approx((s1 + s2) / capacity + 2 * latency, rel=REL)
@@ -126,7 +127,7 @@ def test_completion_times_of_two_flows_sharing_a_link_closed_form() -> None:
 
 def test_persistent_capped_background_flow_slows_a_finite_flow() -> None:
     capacity, size = 1e9, 7e6
-    flows = FlowSet([(0,), (0,)], np.array([np.inf, size]), np.array([0.3 * capacity, np.inf]))
+    flows = FlowSet.from_paths([(0,), (0,)], np.array([np.inf, size]), np.array([0.3 * capacity, np.inf]))
     done = simulate_flows(flows, np.array([capacity]), np.zeros(2))
     assert np.isinf(done[0])
     assert done[1] == pytest.approx(size / (0.7 * capacity), rel=REL)
@@ -141,7 +142,7 @@ def test_random_completion_times_respect_link_and_flow_lower_bounds(seed: int) -
              for _ in range(n_flows)]
     sizes = rng.uniform(1.0, 50.0, n_flows)
     latency = rng.uniform(0.0, 0.1, n_flows)
-    flows = FlowSet(paths, sizes, np.full(n_flows, np.inf))
+    flows = FlowSet.from_paths(paths, sizes, np.full(n_flows, np.inf))
     done = simulate_flows(flows, capacity, latency)
     for i, path in enumerate(paths):  # alone on its slowest link
         assert done[i] >= sizes[i] / min(capacity[link] for link in path) + latency[i] - 1e-12
@@ -169,7 +170,7 @@ def test_ring_all_reduce_pays_the_fabric_latency_once_per_step() -> None:
     latency = 3e-6
     topo = topology_of(node_system(latency="3 us"))
     # GPU -> switch -> GPU costs the fabric latency
-    assert topo.path_latency(topo.paths(0, 1)[0]) == pytest.approx(latency, rel=REL)
+    assert topo.route([0], [1], "ecmp").latency_s[0] == pytest.approx(latency, rel=REL)
     got = collective(node_system(latency="3 us"), "all_reduce", S, N, "ring").seconds
     assert got == pytest.approx(2 * (N - 1) / N * S / B + 2 * (N - 1) * latency, rel=REL)
     got = collective(node_system(latency="3 us"), "all_gather", S, N, "ring").seconds
@@ -304,8 +305,8 @@ def big_tree(routing: str, background: float, seed: int) -> System:
 
 def test_the_big_tree_has_several_spines_and_rails_that_cross_them() -> None:
     topo = topology_of(big_tree("ecmp", 0.0, 0))
-    assert topo.spines == 8 and topo.leaves == 16
-    assert len(topo.paths(0, 8 * 8)) == 8  # node 0 -> node 8 on rail 0: one path per spine
+    assert topo.tree is not None and topo.tree.spines == 8 and topo.tree.leaves == 16
+    assert topo._candidates(int(topo.leaf_of[0]), int(topo.leaf_of[8 * 8])) == 8  # one path per spine
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -392,7 +393,7 @@ def test_unknown_system_key_names_it() -> None:
 def test_in_switch_without_in_switch_reduction() -> None:
     with pytest.raises(InputError, match="has no in-switch reduction") as exc:
         collective(node_system(), "all_reduce", S, N, "in_switch")
-    assert exc.value.key == "algorithm"
+    assert exc.value.key == "attrs.algorithm"
 
 
 def test_in_network_reduction_needs_sharp() -> None:
@@ -403,26 +404,26 @@ def test_in_network_reduction_needs_sharp() -> None:
 def test_collective_over_more_ranks_than_the_system_has() -> None:
     with pytest.raises(InputError, match=r"over 9 ranks does not fit system 'node' \(8 GPUs\)") as exc:
         collective(node_system(), "all_reduce", S, 9)
-    assert exc.value.key == "group"
+    assert exc.value.key == "shape.group"
 
 
 def test_direct_algorithm_is_limited_to_16_ranks() -> None:
     system = node_system(gpus=32)
     assert collective(system, "all_reduce", S, 16, "direct").algorithm == "direct"
-    with pytest.raises(InputError, match="at most 16 ranks, got 17") as exc:
+    with pytest.raises(InputError, match="at most 16 ranks.*got 17") as exc:
         collective(system, "all_reduce", S, 17, "direct")
-    assert exc.value.key == "algorithm"
+    assert exc.value.key == "attrs.algorithm"
 
 
 def test_unknown_collective_and_algorithm() -> None:
-    with pytest.raises(InputError, match="unknown collective 'all_to_all'"):
-        collective(node_system(), "all_to_all", S, N)
+    with pytest.raises(InputError, match="unknown collective 'gather'"):
+        collective(node_system(), "gather", S, N)
     with pytest.raises(InputError, match="unknown algorithm 'butterfly'"):
         collective(node_system(), "all_reduce", S, N, "butterfly")
 
 
 def test_unknown_system_name() -> None:
-    with pytest.raises(InputError, match="unknown system 'nope'; built-in systems: cluster_256x_dgx_h100_ndr"):
+    with pytest.raises(InputError, match="unknown system 'nope'; built-in systems: cluster_2048x_dgx_h100_ndr, cluster_256x_dgx_h100_ndr"):
         load_system("nope")
 
 
@@ -455,6 +456,64 @@ def test_int8_rs_ag_collectives_carry_a_quarter_of_the_fp32_bytes() -> None:
     assert ag_int8 == pytest.approx(ag_fp32 / 4, rel=1e-12)
     assert rs_int8 + ag_int8 == pytest.approx(plain / 4, rel=1e-12)
     chip = load_chip("h200_sxm")
-    per_rank = system_collective_cost(rs, chip, system).link_bytes + system_collective_cost(ag, chip, system).link_bytes
+    per_rank = Fabric(system).collective_cost(rs, chip).link_bytes + Fabric(system).collective_cost(ag, chip).link_bytes
     assert per_rank == pytest.approx(workload.meta["link_bytes_per_rank_compressed"], rel=1e-12)
     assert per_rank == pytest.approx(workload.meta["link_bytes_per_rank_plain"] / 4, rel=1e-12)
+
+
+# ---------------------------------------------------------------- fat trees that scale
+
+
+def three_tier(nodes: int = 32, gpus: int = 2, radix: int = 8, routing: str = "adaptive", **extra: Any) -> System:
+    """Radix-8 switches: leaves of 4 NICs and 4 up-links, pods of 4 leaves and 4 aggregation switches."""
+    return build_system({
+        "name": "three_tier", "chip": "h100_sxm", "nodes": nodes, "gpus_per_node": gpus,
+        "node_fabric": {"type": "nvswitch", "bandwidth": "450 GB/s", "latency": "1 us"},
+        "scale_out": {"nics_per_node": gpus, "nic_bandwidth": "50 GB/s", "nic_latency": "2 us", "switch_radix": radix,
+                      "port_bandwidth": "50 GB/s", "switch_latency": "300 ns", "tiers": 3, **extra},
+        "routing": routing})
+
+
+def test_a_two_tier_tree_that_cannot_hold_its_endpoints_is_refused() -> None:
+    """Regression: past radix x radix/2 endpoints the model narrowed every leaf-spine link (to 50 Gb/s at
+    16,384 GPUs) and all-reduce times inflated 3-6x, silently."""
+    with pytest.raises(InputError, match="two-tier fat tree of radix-64 switches connects at most 64 leaves") as info:
+        load_system("cluster_256x_dgx_h100_ndr", overrides={"nodes": 512})
+    assert info.value.key == "set.nodes" or "tiers: 3" in info.value.message
+    with pytest.raises(InputError, match="holds at most 8 pods"):
+        three_tier(nodes=512)
+
+
+def test_the_16k_gpu_cluster_has_three_non_blocking_tiers() -> None:
+    system = load_system("cluster_2048x_dgx_h100_ndr")
+    assert system.world == 16384
+    tree = topology_of(system).tree
+    assert tree is not None and (tree.tiers, tree.pods, tree.leaves_per_pod) == (3, 16, 32)
+    # bisection: every pod's up-links carry as much as its NICs
+    assert tree.cores_per_plane * tree.links_per_pair == 32
+
+
+def test_a_non_blocking_three_tier_tree_runs_a_cross_pod_ring_at_the_nic_rate() -> None:
+    system = three_tier()
+    topo = topology_of(system)
+    assert topo.tree is not None and topo.tree.pods == 4
+    n, size = system.world, 64 * MiB
+    report = collective(system, "all_gather", size, n, "ring")
+    nic = system.scale_out.nic_bandwidth_bytes_per_s  # type: ignore[union-attr]
+    assert report.seconds - report.latency_s == pytest.approx((n - 1) * size / nic, rel=1e-9)
+    # across pods a path has six links: NIC, leaf-aggregation, aggregation-core and back down
+    routed = topo.route([0], [n - 1], "ecmp")
+    assert routed.entry_link.size == 6
+
+
+def test_an_oversubscribed_leaf_slows_a_cross_leaf_ring() -> None:
+    full = collective(three_tier(), "all_gather", 64 * MiB, 64, "ring").seconds
+    thin = collective(three_tier(oversubscription=3.0), "all_gather", 64 * MiB, 64, "ring").seconds
+    assert thin > full
+
+
+def test_a_131k_gpu_cluster_builds_and_routes_idle_in_bounded_time() -> None:
+    """16,384 nodes of 8 GPUs on radix-128 switches: 131,072 NICs in three tiers (the topology is arrays)."""
+    system = load_system("cluster_2048x_dgx_h100_ndr", overrides={"nodes": 16384, "scale_out": {"switch_radix": 128}})
+    report = collective(system, "all_reduce", 64 * MiB, Communicator(8 * 1024, stride=16))
+    assert report.algorithm == "hierarchical" and report.seconds > 0

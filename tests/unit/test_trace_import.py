@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 import chipsim
-from chipsim.cost.model import cost_of
+from chipsim.cost import cost_of
 from chipsim.errors import InputError
 from chipsim.workload.graph import Workload, WorkloadBuilder
 from chipsim.workload.importers import import_trace
@@ -602,14 +602,18 @@ def test_chakra_nodes_import_in_dependency_order(tmp_path: Path) -> None:
     assert ar.deps == (0,)
     assert tail.deps == (0, 1)
     assert wl.meta["source"] == "chakra" and wl.meta["nodes"] == 4 and wl.meta["opaque"] == 1
-    assert lines == ["chakra nodes: 3 ops (1 opaque)"]
+    assert lines[0] == "chakra nodes: 4 -> 3 ops (1 opaque)"
+    assert "  COMM_COLL_NODE ALL_REDUCE: 1 -> all_reduce" in lines  # every node kind is named
 
 
-def test_chakra_collective_without_group_size_defaults_to_8(tmp_path: Path) -> None:
+def test_chakra_collective_without_group_size_needs_a_world(tmp_path: Path) -> None:
+    """Regression: a collective with no group size silently became a group of 8."""
     nodes = [{"id": 1, "name": "ar", "type": "COMM_COLL_NODE", "attr": [_attr("comm_type", "ALL_GATHER"),
                                                                          _attr("comm_size", "4096")]}]
-    wl, _ = import_trace(write_chakra(tmp_path, {"nodes": nodes}))
-    assert wl.ops[0].kind == "all_gather" and wl.ops[0].shape["group"] == 8
+    with pytest.raises(InputError, match="--world"):
+        import_trace(write_chakra(tmp_path, {"nodes": nodes}))
+    wl, _ = import_trace(write_chakra(tmp_path, {"nodes": nodes}), world=16)
+    assert wl.ops[0].kind == "all_gather" and wl.ops[0].shape["group"] == 16
 
 
 def test_chakra_roofline_op_costs_its_flops_at_peak_times_efficiency(tmp_path: Path) -> None:

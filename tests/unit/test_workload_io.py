@@ -116,7 +116,7 @@ def _mutate(path: str, value):
     (_mutate("ops.1.shape", {"m": 64, "n": 64, "k": 64, "q": 1}), "ops[1].shape.q", "unknown shape key"),
     (_mutate("ops.1.shape", {"m": "64", "n": 64, "k": 64}), "ops[1].shape.m", "non-negative"),
     (_mutate("ops.1.shape", {"m": 1e400, "n": 64, "k": 64}), "ops[1].shape.m", "non-negative"),
-    (_mutate("ops.1.shape", {"m": 0, "n": 64, "k": 64}), "ops[1].shape", ">= 1"),
+    (_mutate("ops.1.shape", {"m": 0, "n": 64, "k": 64}), "ops[1].shape.m", ">= 1"),
     (_mutate("ops.1.id", 5), "ops[1].id", "0..N-1"),
     (_mutate("ops.1.bogus", 1), "ops[1].bogus", "unknown key"),
     (_mutate("ops", []), "ops", "non-empty"),

@@ -8,6 +8,7 @@ from typing import Literal
 
 from chipsim.config.units import parse_quantity
 from chipsim.errors import InputError
+from chipsim.vocab import Algorithm, CollectiveKind
 from chipsim.workload.generators.registry import param, register_generator
 from chipsim.workload.graph import Workload, WorkloadBuilder
 from chipsim.workload.kinds import DTYPE_BYTES
@@ -21,7 +22,7 @@ class AllReduceParams:
     scheme: Literal["plain", "int8_compressed", "int8_rs_ag"] = param(
         "plain", "plain all-reduce; int8_compressed: quantize + all-gather + dequantize-average (the article's); "
         "int8_rs_ag: quantize, reduce-scatter in int8 (dequantize-add-requantize each step), all-gather, dequantize")
-    algorithm: Literal["auto", "ring", "tree", "hierarchical", "in_switch", "direct"] = param(
+    algorithm: Algorithm = param(
         "auto", "collective algorithm when run on a system (on a lone chip: a ring over its own link)")
 
     def __post_init__(self) -> None:
@@ -85,12 +86,12 @@ def all_reduce(p: AllReduceParams) -> Workload:
 
 @dataclass(frozen=True)
 class CollectiveParams:
-    kind: Literal["all_reduce", "all_gather", "reduce_scatter", "broadcast", "send_recv"] = param(
+    kind: CollectiveKind = param(
         "all_reduce", "the collective")
     ranks: int = param(8, "participating GPUs")
     size: str | int = param("1 GiB", "bytes per rank (all_gather: each rank's contribution)")
     dtype: Literal["fp32", "bf16", "fp16", "int8"] = param("bf16", "element type")
-    algorithm: Literal["auto", "ring", "tree", "hierarchical", "in_switch", "direct"] = param(
+    algorithm: Algorithm = param(
         "auto", "algorithm on a system")
 
     def __post_init__(self) -> None:

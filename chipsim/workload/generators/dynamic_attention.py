@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from chipsim.errors import InputError
+from chipsim.vocab import AttentionBackend
 from chipsim.workload.generators.registry import param, register_generator
 from chipsim.workload.graph import Workload, WorkloadBuilder
 
@@ -24,7 +25,7 @@ class DynamicAttentionParams:
         "mean-pooled input); per_token: one per head and token")
     passes: Literal["fwd", "fwd_bwd"] = param("fwd", "forward only, or forward and backward")
     dtype: Literal["bf16", "fp16"] = param("bf16", "activation and weight dtype")
-    attention_backend: Literal["flash", "cudnn", "efficient"] = param("flash", "SDPA backend")
+    attention_backend: AttentionBackend = param("flash", "SDPA backend")
 
     def __post_init__(self) -> None:
         if min(self.batch, self.seq, self.d_model, self.heads) < 1:

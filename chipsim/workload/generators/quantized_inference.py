@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from chipsim.errors import InputError
+from chipsim.vocab import AttentionBackend
 from chipsim.workload.generators.registry import param, register_generator
 from chipsim.workload.generators.transformer import BlockArgs, Linears, block_forward, model_shape
 from chipsim.workload.graph import Workload, WorkloadBuilder
@@ -29,7 +30,7 @@ class InferenceParams:
     weights: Literal["bf16", "int8", "int4"] = param("bf16", "weight format of the block linears")
     group_size: int = param(128, "quantization group size along k")
     quantize_lm_head: bool = param(False, "also quantize the LM head")
-    attention_backend: Literal["flash", "cudnn", "efficient"] = param(
+    attention_backend: AttentionBackend = param(
         "cudnn", "SDPA backend (PyTorch 2.11 picks cuDNN on Hopper)")
     rope: bool = param(False, "apply rotary embeddings as separate kernels")
     kv_append: bool = param(False, "decode: copy the new token's K and V into the cache as a separate kernel")

@@ -10,6 +10,7 @@ from typing import Any, Literal
 import numpy as np
 
 from chipsim.errors import InputError
+from chipsim.vocab import Algorithm, AttentionBackend
 from chipsim.workload.generators.registry import param, register_generator
 from chipsim.workload.graph import Workload, WorkloadBuilder
 from chipsim.workload.kinds import DTYPE_BYTES
@@ -255,7 +256,7 @@ class TrainStepParams:
         0.0, "fp8 only: chance a step overflows and re-runs in bf16 (the article's dynamic fallback)")
     steps: int = param(1, "training steps in the graph")
     seed: int = param(0, "seed of the overflow draws")
-    attention_backend: Literal["flash", "cudnn", "efficient"] = param(
+    attention_backend: AttentionBackend = param(
         "cudnn", "SDPA backend (PyTorch 2.11 picks cuDNN on Hopper)")
     rope: bool = param(False, "apply rotary embeddings as separate kernels (the reference model has none)")
 
@@ -384,7 +385,7 @@ class DataParallelParams(TrainStepParams):
     ranks: int = param(8, "data-parallel ranks (GPUs); the workload is one representative rank")
     bucket: str | int = param("25 MiB", "gradient bucket size (PyTorch DDP's default is 25 MiB)")
     grad_dtype: Literal["fp32", "bf16"] = param("fp32", "dtype gradients are all-reduced in")
-    algorithm: Literal["auto", "ring", "tree", "hierarchical", "in_switch", "direct"] = param(
+    algorithm: Algorithm = param(
         "auto", "all-reduce algorithm on a system (auto: the system's best fit)")
 
     def __post_init__(self) -> None:

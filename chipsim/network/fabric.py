@@ -1,0 +1,43 @@
+"""A system's network as the cost layer sees it (`chipsim.cost.Network`): each collective is planned
+over its communicator's real ranks and simulated flow by flow (`chipsim.network.collectives`)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from chipsim.cost.base import OpCost
+from chipsim.cost.collective import collective_cost, no_transfer
+from chipsim.hardware.chip import Chip
+from chipsim.network.collectives import collective
+from chipsim.network.system import System
+from chipsim.workload.comm import communicator
+from chipsim.workload.graph import Op
+
+
+@dataclass(frozen=True)
+class Fabric:
+    """A system's network: the chip is one representative rank of it (ranks are symmetric), and
+    each collective is planned over the ranks its communicator names."""
+
+    system: System
+
+    @property
+    def name(self) -> str:
+        return self.system.name
+
+    @property
+    def link_capacity_bytes_per_s(self) -> float:
+        # flows already share the fabric's links inside each collective's simulation; concurrent
+        # collectives of one rank do not yet contend with each other
+        return math.inf
+
+    def collective_cost(self, op: Op, chip: Chip) -> OpCost:
+        comm = communicator(op.shape, op.attrs)
+        report = collective(self.system, op.kind, float(op.shape["bytes"]), comm,
+                            str(op.attrs.get("algorithm", "auto")), bool(op.attrs.get("bidirectional", False)))
+        if report.seconds == 0:
+            return no_transfer(chip)
+        return collective_cost(op, chip, report.bytes_sent / report.ranks, report.seconds - report.latency_s,
+                               report.latency_s, f"{op.kind} {report.algorithm} over {comm.describe()} of "
+                                                 f"{self.system.name}: {report.method}")
