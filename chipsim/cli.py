@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from chipsim import __version__
 from chipsim.errors import InputError
 
 log = logging.getLogger("chipsim")
@@ -22,16 +24,31 @@ def _stderr(message: str) -> None:
 # ---------------------------------------------------------------- chipsim run
 
 
+def resolve_run_config(name_or_path: str) -> Path:
+    """A run config path, or the name of an example shipped with chipsim (`chipsim run quickstart`)."""
+    from chipsim import examples
+    from chipsim.config.loader import resolve_yaml
+
+    path = Path(name_or_path)
+    if path.exists() or "/" in name_or_path or path.suffix in (".yaml", ".yml"):
+        return path  # a file (load_run_config says what is wrong with it)
+    try:
+        return resolve_yaml(name_or_path, examples.path("runs"), "example run config")
+    except InputError as exc:
+        raise InputError(exc.message, key="CONFIG") from None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from chipsim import api
     from chipsim.config.runconfig import RunConfig, WorkloadSpec, load_run_config
+    from chipsim.report import strict_json
     from chipsim.report.files import write_run_outputs
     from chipsim.report.tables import render
 
     if args.config:
-        config = load_run_config(args.config)
+        config = load_run_config(resolve_run_config(args.config))
         if args.workload:
             config = replace(config, workloads=(WorkloadSpec(trace=Path(args.workload)),))
     elif args.workload and args.chip:
@@ -59,7 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     targets = api.load_targets(config, args.chip or None)
     results = api.run(config, args.chip or None, progress)
     if args.json:
-        print(json.dumps({"runs": [r.to_json() for r in results]}))
+        print(strict_json.dumps({"runs": [r.to_json() for r in results]}))
     else:
         print(render(results))
     if reports and not args.no_files:
@@ -126,6 +143,23 @@ def cmd_workloads(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_examples(args: argparse.Namespace) -> int:
+    from chipsim import examples
+
+    if args.action == "copy":
+        if not args.dest:
+            raise InputError("usage: chipsim examples copy DIR")
+        written = examples.copy(Path(args.dest))
+        print(f"copied {len(written)} example files to {args.dest}/ (runs/, sweeps/, workloads/, whatif/, "
+              f"measurements/); try: chipsim run {Path(args.dest) / 'runs' / 'quickstart.yaml'}")
+        return 0
+    for name in examples.run_names():
+        text = examples.path("runs", f"{name}.yaml").read_text(encoding="utf-8")
+        question = next((line.lstrip("# ").strip() for line in text.splitlines() if line.startswith("#")), "")
+        print(f"{name:<28} {question}")
+    return 0
+
+
 # ---------------------------------------------------------------- chipsim trace import
 
 
@@ -135,6 +169,9 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
     if args.steps is not None and args.steps < 1:
         raise InputError(f"expected a positive number of steps, got {args.steps}", key="--steps")
+    from chipsim.workload.io import check_destination
+
+    check_destination(Path(args.output))  # an unwritable output is an error before the import
     workload, lines = import_trace(Path(args.trace), args.steps, world=args.world)
     save_workload(workload, Path(args.output))
     for line in lines:
@@ -177,6 +214,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from matplotlib.figure import Figure
     from tqdm import tqdm
 
+    from chipsim.report import strict_json
     from chipsim.report.files import atomic_write, check_out_dir, sigterm_as_interrupt
     from chipsim.report.plots import plot_pareto, plot_sweep_metrics
     from chipsim.study.sweep import design_points, load_sweep, pareto_front, run_sweep
@@ -212,7 +250,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             plt.close(fig)
     failed = int((table["status"] != "ok").sum())
     if args.json:
-        print(json.dumps({"points": total, "rows": len(table), "failed": failed, "out": str(out_dir),
+        print(strict_json.dumps({"points": total, "rows": len(table), "failed": failed, "out": str(out_dir),
                           "pareto": front[["point", *params, "workload", "target", "latency_s", "energy_j"]]
                           .to_dict("records")}, default=str))
         return 0
@@ -228,6 +266,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     import pandas as pd
 
+    from chipsim.report import strict_json
     from chipsim.study import validate as v
 
     frame = v.read_measurements(args.measurements)
@@ -268,13 +307,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
         v.save_figure(plot_validation(predictions), args.plot, dpi=110)
     if args.json:
-        print(json.dumps(v.json_safe({  # strict JSON: NaN and inf become null
+        print(strict_json.dumps({  # strict JSON: NaN and inf become null
             "rows": int(len(predictions)), "simulated": int(len(predictions) - len(skipped)),
             "families": summary.to_dict("records"),
             "skipped": [{"row": int(i), "op": str(r["op"]), "reason": r["skipped_reason"]}
                         for i, r in skipped.iterrows()],
             "power": power_frame.to_dict("records") if power_frame is not None else None,
-        }), allow_nan=False))
+        }))
         return 0
     view = pd.DataFrame({
         "family": summary["family"], "rows": summary["rows"],
@@ -315,7 +354,10 @@ def cmd_regress(args: argparse.Namespace) -> int:
         except InputError as exc:
             raise InputError(exc.message, file=exc.file, key="--baselines") from None
     base = None if args.update else regress.read_baselines(baselines)  # a bad file fails before any work
-    now = regress.simulate_examples(Path(args.configs), lambda name: _stderr(f"simulating {name} ..."))
+    from chipsim import examples
+
+    configs = Path(args.configs) if args.configs else examples.path("runs")
+    now = regress.simulate_examples(configs, lambda name: _stderr(f"simulating {name} ..."))
     if args.update:
         regress.write_baselines(now, baselines)
         print(f"wrote {len(now)} baselines to {baselines}")
@@ -339,10 +381,11 @@ def cmd_regress(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chipsim", description="Simulate AI workloads on AI chips.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress and debug details")
+    parser.add_argument("--version", action="version", version=f"chipsim {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="simulate a run config (a workload on one or more chips)")
-    run.add_argument("config", nargs="?", help="run config YAML (configs/runs/*.yaml)")
+    run.add_argument("config", nargs="?", help="run config YAML, or the name of a shipped example (chipsim examples)")
     run.add_argument("--chip", action="append", help="chip name or YAML path (repeatable); overrides the config's")
     run.add_argument("--workload", help="a workload JSON (op graph), or a PyTorch profiler / Chakra trace, to replay")
     run.add_argument("--launch", choices=("eager", "graph"), help="host launch mode (overrides the config)")
@@ -358,10 +401,15 @@ def build_parser() -> argparse.ArgumentParser:
     chips.add_argument("name", nargs="?")
     chips.set_defaults(func=cmd_chips)
 
-    systems = sub.add_parser("systems", help="list built-in systems (configs/systems/), or show one resolved")
+    systems = sub.add_parser("systems", help="list built-in systems (chipsim/systems/), or show one resolved")
     systems.add_argument("action", nargs="?", choices=("list", "show"), default="list")
     systems.add_argument("name", nargs="?")
     systems.set_defaults(func=cmd_systems)
+
+    exs = sub.add_parser("examples", help="list the example run configs shipped with chipsim, or copy them all to DIR")
+    exs.add_argument("action", nargs="?", choices=("list", "copy"), default="list")
+    exs.add_argument("dest", nargs="?", help="folder to copy the examples into (copy)")
+    exs.set_defaults(func=cmd_examples)
 
     wls = sub.add_parser("workloads", help="list workload generators and their parameters")
     wls.set_defaults(func=cmd_workloads)
@@ -406,21 +454,23 @@ def build_parser() -> argparse.ArgumentParser:
     reg = sub.add_parser("regress", help="re-simulate every example config on every chip against the baselines")
     reg.add_argument("--update", action="store_true", help="rewrite the baselines")
     reg.add_argument("--tolerance", type=float, default=0.01, help="relative change allowed (default 0.01)")
-    reg.add_argument("--configs", default="configs/runs", help="folder of run configs (default configs/runs)")
+    reg.add_argument("--configs", help="folder of run configs (default: the examples shipped with chipsim)")
     reg.add_argument("--baselines", default="baselines/latencies.csv", help="baseline CSV")
     reg.set_defaults(func=cmd_regress)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import matplotlib
-
-    matplotlib.use("Agg")  # the CLI only writes PNG files; notebooks keep their own backend
-    parser = build_parser()
-    args: Any = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    # the CLI only writes PNG files (notebooks keep their own backend): Agg, chosen through the
+    # environment so that matplotlib is imported only when a command plots (`chipsim --help` stays
+    # fast); restored on the way out for the processes a library caller starts later
+    backend = os.environ.get("MPLBACKEND")
+    os.environ["MPLBACKEND"] = "Agg"
     try:
+        parser = build_parser()
+        args: Any = parser.parse_args(argv)
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                            format="%(levelname)s %(name)s: %(message)s")
         return int(args.func(args))
     except InputError as exc:
         _stderr(f"chipsim: error: {exc}")
@@ -430,6 +480,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    finally:
+        if backend is None:
+            os.environ.pop("MPLBACKEND", None)
+        else:
+            os.environ["MPLBACKEND"] = backend
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -263,7 +263,9 @@ def resolve_yaml(name_or_path: str, builtin_dir: Path, what: str, relative_to: P
         if builtin.is_file():
             return builtin
         names = ", ".join(sorted(p.stem for p in builtin_dir.glob("*.yaml")))
-        raise InputError(f"unknown {what} '{name_or_path}'; built-in {what}s: {names} (or give a path to a {what} YAML)")
+        article = "an" if what[0] in "aeiou" else "a"
+        raise InputError(f"unknown {what} '{name_or_path}'; built-in {what}s: {names} "
+                         f"(or give a path to {article} {what} YAML)")
     candidates = [Path(name_or_path)]
     if relative_to is not None and not Path(name_or_path).is_absolute():
         candidates.insert(0, relative_to.parent / name_or_path)

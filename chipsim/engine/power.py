@@ -19,6 +19,8 @@ from collections.abc import Sequence
 
 from chipsim.hardware.chip import PowerModel
 
+MAX_LOG_STEP = 50.0  # exp(50) lifts any scale above min_clock / clock back to 1
+
 
 class PowerController:
     def __init__(self, power: PowerModel, clock_hz: float, initial_scale: float = 1.0,
@@ -39,7 +41,9 @@ class PowerController:
         self.average_w = power + (self.average_w - power) * decay
         if self.average_w > self.p.limit_w or self.scale < 1.0:
             step = math.log(self.p.limit_w / self.average_w) * dt / (self.p.dvfs_exponent * self.p.window_s)
-            self.scale = max(self.min_scale, min(1.0, self.scale * math.exp(step)))
+            # the scale is clamped to [min, 1] anyway; bounding the exponent keeps a very long op
+            # (hours of simulated time) from overflowing
+            self.scale = max(self.min_scale, min(1.0, self.scale * math.exp(min(step, MAX_LOG_STEP))))
         self._last = now
 
     def add(self, now: float, watts: float) -> None:

@@ -431,22 +431,6 @@ def validate_power(phases: list[dict[str, Any]], chip: Chip) -> pd.DataFrame:
 # ---------------------------------------------------------------- outputs
 
 
-def json_safe(value: Any) -> Any:
-    """`value` with every non-finite float (NaN, inf) replaced by None and numpy scalars made plain,
-    so that json.dumps(..., allow_nan=False) writes strict JSON."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return None
-
-
 def _staged(path: Path, write: Callable[[Path], None]) -> None:
     """write(tmp) into a hidden file beside `path`, then move it into place; nothing is left behind
     on failure, and a failure to write is an InputError naming `path`."""

@@ -11,6 +11,7 @@ from chipsim.errors import InputError
 from chipsim.workload.kinds import DTYPE_BYTES, KINDS, check_attrs, check_shape
 
 STREAMS = ("compute", "copy", "comm")
+MAX_OPS = 2_000_000  # ops in one workload: about 3 GB of memory and minutes of simulation
 FORMAT = "chipsim.workload"
 FORMAT_VERSION = 1
 
@@ -131,6 +132,9 @@ class WorkloadBuilder:
         """Shape keys come as keyword arguments (`m=..., n=...`) and/or as `shape` (for keys such as
         'pass' that are Python keywords)."""
         op_id = len(self.ops)
+        if op_id >= MAX_OPS:
+            raise InputError(f"the workload grows beyond {MAX_OPS:,} ops; make it smaller (fewer layers, steps or "
+                             "tokens)")
         clean = tuple(sorted({d for d in deps if d is not None}))
         self.ops.append(make_op(op_id, name, kind, dtype, {**(shape or {}), **dims}, deps=clean, stream=stream,
                                 device=device, attrs=attrs))

@@ -19,7 +19,7 @@ from typing import Any
 
 from chipsim.config.loader import brief, read_bounded
 from chipsim.errors import InputError
-from chipsim.workload.graph import FORMAT, FORMAT_VERSION, Workload, make_op
+from chipsim.workload.graph import FORMAT, FORMAT_VERSION, MAX_OPS, Workload, make_op
 
 MAX_JSON_BYTES = 2**30  # a workload or trace, after decompression
 
@@ -76,6 +76,8 @@ def workload_from_dict(data: Any, file: str | None = None) -> Workload:
             raise InputError(f"unsupported version {data.get('version')!r}; this chipsim reads {FORMAT_VERSION}",
                              key="version")
         raw_ops = data.get("ops")
+        if isinstance(raw_ops, list) and len(raw_ops) > MAX_OPS:
+            raise InputError(f"{len(raw_ops):,} ops is more than the {MAX_OPS:,} chipsim simulates", key="ops")
         if not isinstance(raw_ops, list) or not raw_ops:
             raise InputError("expected a non-empty list of ops", key="ops")
         for section in ("params", "memory", "meta"):

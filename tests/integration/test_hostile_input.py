@@ -18,9 +18,10 @@ import pytest
 from conftest import REPO_ROOT
 
 import chipsim.workload.io as wio
+from chipsim import examples
 
 EXAMPLE_MLP = REPO_ROOT / "workloads" / "example_mlp.json"
-CALIBRATION = REPO_ROOT / "tests" / "data" / "calibration.csv"
+CALIBRATION = examples.path("measurements", "h200", "calibration.csv")
 TRAIN_TRACE = REPO_ROOT / "tests" / "data" / "trace_train_llama-350m_b8_s2048.json.gz"
 BOMB = ('a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n'
         + "".join(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 10)))

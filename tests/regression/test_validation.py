@@ -9,12 +9,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from chipsim import examples
 from chipsim.hardware.registry import load_chip
 from chipsim.study.validate import family_summary, read_measurements, read_power, validate, validate_power
 
-DATA = Path(__file__).resolve().parent.parent / "data"
 REPO = Path(__file__).resolve().parent.parent.parent
-CALIBRATION = DATA / "calibration.csv"  # copy of reference/h200/calibration.csv
+CALIBRATION = examples.path("measurements", "h200", "calibration.csv")  # copy of reference/h200/calibration.csv
 HOLDOUT = REPO / "validation" / "h200_holdout.csv"  # measured by validation/measure_h200.py
 
 TARGETS = {"gemm": 0.08, "memory": 0.08, "elementwise": 0.08, "attention": 0.12, "collective": 0.12,
@@ -45,7 +45,7 @@ def test_heldout_measurements_generalize() -> None:
 
 
 def test_power_phases_within_ten_percent_and_clock_settles_where_measured() -> None:
-    power = validate_power(read_power(DATA / "power.json"), load_chip("h200_sxm"))
+    power = validate_power(read_power(examples.path("measurements", "h200", "power.json")), load_chip("h200_sxm"))
     assert (power["ape"] <= 0.10).all()
     gemm = power.set_index("phase").loc["gemm_bf16_8192"]
     assert gemm["predicted_clock_mhz"] == pytest.approx(gemm["measured_clock_mhz"], rel=0.03)

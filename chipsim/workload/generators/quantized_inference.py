@@ -6,12 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from chipsim.errors import InputError
 from chipsim.vocab import AttentionBackend
-from chipsim.workload.generators.registry import param, register_generator
+from chipsim.workload.generators.registry import check_range, param, register_generator
 from chipsim.workload.generators.transformer import BlockArgs, Linears, block_forward, model_shape
 from chipsim.workload.graph import Workload, WorkloadBuilder
 from chipsim.workload.kinds import DTYPE_BYTES
+
+MAX_DECODE_TOKENS = 4096  # decode steps in one graph (each is a whole forward pass)
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,8 @@ class InferenceParams:
     kv_append: bool = param(False, "decode: copy the new token's K and V into the cache as a separate kernel")
 
     def __post_init__(self) -> None:
-        if self.batch < 1 or self.prompt < 1 or self.tokens < 1 or self.group_size < 1:
-            raise InputError("batch, prompt, tokens and group_size must be >= 1", key="batch")
+        check_range(self, "batch", "prompt", "group_size")
+        check_range(self, "tokens", maximum=MAX_DECODE_TOKENS)
 
 
 @register_generator("quantized_inference", InferenceParams,

@@ -32,6 +32,18 @@ def register_generator(name: str, params_type: type, description: str) -> Callab
     return wrap
 
 
+def check_range(params: Any, *keys: str, minimum: int = 1, maximum: int | None = None) -> None:
+    """Each named parameter within [minimum, maximum], else an InputError naming that parameter.
+    The maxima keep a typo (`layers: 1000000`) from building a graph that fills the memory."""
+    for key in keys:
+        value = getattr(params, key)
+        if value is None:
+            continue
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"between {minimum} and {maximum:,}" if maximum is not None else f">= {minimum}"
+            raise InputError(f"expected a value {bound}, got {value!r}", key=key)
+
+
 def param(default: Any, doc: str) -> Any:
     return dataclasses.field(default=default, metadata={"doc": doc})
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from chipsim.errors import InputError
 from chipsim.vocab import Algorithm, AttentionBackend
-from chipsim.workload.generators.registry import param, register_generator
+from chipsim.workload.generators.registry import check_range, param, register_generator
 from chipsim.workload.graph import Workload, WorkloadBuilder
 from chipsim.workload.kinds import DTYPE_BYTES
 
@@ -23,6 +23,8 @@ ACTIVATION_BYTES_PER_TOKEN_PER_DIM = 34
 # (reference/h200/traces: split_with_sizes, 3 views and 3 transposes for q/k/v, then transpose and
 # reshape of the output); their host cost is the chip's `host.dispatch.call`.
 ATTENTION_HOST_CALLS = 9
+MAX_LAYERS = 1024  # the deepest published models have ~130 blocks
+MAX_STEPS = 100  # training steps in one graph
 
 
 @dataclass(frozen=True)
@@ -35,8 +37,8 @@ class ModelShape:
     vocab: int
 
     def __post_init__(self) -> None:
-        if min(self.layers, self.d_model, self.heads, self.kv_heads, self.ffn, self.vocab) < 1:
-            raise InputError("layers, d_model, heads, kv_heads, ffn and vocab must all be >= 1")
+        check_range(self, "d_model", "heads", "kv_heads", "ffn", "vocab")
+        check_range(self, "layers", maximum=MAX_LAYERS)
         if self.d_model % self.heads:
             raise InputError(f"d_model ({self.d_model}) must be a multiple of heads ({self.heads})", key="heads")
         if self.heads % self.kv_heads:
@@ -261,8 +263,8 @@ class TrainStepParams:
     rope: bool = param(False, "apply rotary embeddings as separate kernels (the reference model has none)")
 
     def __post_init__(self) -> None:
-        if self.batch < 1 or self.seq < 1 or self.steps < 1:
-            raise InputError("batch, seq and steps must be >= 1", key="batch")
+        check_range(self, "batch", "seq")
+        check_range(self, "steps", maximum=MAX_STEPS)
         if self.overflow_probability > 1:
             raise InputError(f"expected a probability in [0, 1], got {self.overflow_probability}",
                              key="overflow_probability")
