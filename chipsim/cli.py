@@ -254,7 +254,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                           "pareto": front[["point", *params, "workload", "target", "latency_s", "energy_j"]]
                           .to_dict("records")}, default=str))
         return 0
-    print(f"{total} design points, {len(table)} rows ({failed} failed) in {out_dir}/results.csv and .parquet")
+    from chipsim.study.sweep import parquet_available
+
+    tables = "results.csv and .parquet" if parquet_available() else "results.csv"
+    print(f"{total} design points, {len(table)} rows ({failed} failed) in {out_dir}/{tables}")
     print("Pareto front (latency vs energy):")
     print(front[[*params, "workload", "target", "latency_s", "energy_j"]].to_string(index=False))
     return 0

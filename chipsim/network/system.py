@@ -162,4 +162,7 @@ def load_system(name_or_path: str | Path, relative_to: Path | None = None,
     except InputError as exc:
         if overrides and overridden(overrides, exc.key):
             raise InputError(exc.message, key=f"set.{exc.key}") from None
+        sizing = [key for key in ("nodes", "gpus_per_node", "scale_out") if key in overrides] if overrides else []
+        if sizing and (exc.key or "").startswith("scale_out"):  # the tree no longer holds the resized system
+            raise InputError(exc.message, key=f"set.{sizing[0]}") from None
         raise

@@ -673,9 +673,19 @@ def run_sweep(sweep: Sweep, out_dir: Path, executor: str = "local", workers: int
         from chipsim.report.files import atomic_write
 
         atomic_write(out_dir / RESULTS, lambda tmp: table.to_csv(tmp, index=False))
-        atomic_write(out_dir / PARQUET, lambda tmp: table.to_parquet(tmp, index=False))
+        if parquet_available():
+            atomic_write(out_dir / PARQUET, lambda tmp: table.to_parquet(tmp, index=False))
+        elif note:
+            note("results.parquet not written: Parquet needs pyarrow (pip install 'chipsim[parquet]')")
         partial.unlink(missing_ok=True)
         return table
+
+
+def parquet_available() -> bool:
+    """pyarrow is an optional extra (`chipsim[parquet]`): 170 MB for one file format."""
+    import importlib.util
+
+    return importlib.util.find_spec("pyarrow") is not None
 
 
 def pareto_front(frame: pd.DataFrame, x: str = "latency_s", y: str = "energy_j") -> pd.DataFrame:
