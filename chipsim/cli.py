@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from chipsim import __version__
+from chipsim import __version__, vocab
 from chipsim.errors import InputError
 
 log = logging.getLogger("chipsim")
@@ -391,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", nargs="?", help="run config YAML, or the name of a shipped example (chipsim examples)")
     run.add_argument("--chip", action="append", help="chip name or YAML path (repeatable); overrides the config's")
     run.add_argument("--workload", help="a workload JSON (op graph), or a PyTorch profiler / Chakra trace, to replay")
-    run.add_argument("--launch", choices=("eager", "graph"), help="host launch mode (overrides the config)")
+    run.add_argument("--launch", choices=vocab.LAUNCH_MODES, help="host launch mode (overrides the config)")
     run.add_argument("--sustained", action="store_true",
                      help="start at the power limit, as in back-to-back steps (overrides the config)")
     run.add_argument("--out", help="output folder (default results/<run name>/)")

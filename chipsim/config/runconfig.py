@@ -10,6 +10,7 @@ from typing import Any
 from chipsim.config.loader import load_yaml
 from chipsim.config.reader import Section
 from chipsim.errors import InputError
+from chipsim.vocab import LAUNCH_MODES
 
 REPORTS = ("table", "csv", "timeline", "plots")
 NAME_MAX = 100
@@ -140,7 +141,7 @@ def parse_run_config(data: dict[str, Any], file: Path | None = None) -> RunConfi
     workloads = tuple(_workload_spec(Section(item, fname, key or f"workload[{i}]"), file)
                       for i, item in enumerate(items))
     opts = top.section("options", {})
-    launch = opts.string("launch", "eager", choices=("eager", "graph"))
+    launch = opts.string("launch", "eager", choices=LAUNCH_MODES)
     sustained_raw = opts.raw("sustained", False)
     if not isinstance(sustained_raw, bool):
         raise opts.error("sustained", f"expected true or false, got {sustained_raw!r}")

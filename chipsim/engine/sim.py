@@ -14,12 +14,12 @@ from chipsim.engine.power import PowerController, sustained_scale
 from chipsim.errors import InputError
 from chipsim.hardware.chip import Chip
 from chipsim.report.result import OpRecord, Result
+from chipsim.vocab import LAUNCH_MODES
 from chipsim.workload.graph import Op, Workload
 from chipsim.workload.kinds import host_class
 
 log = logging.getLogger(__name__)
 
-LAUNCH_MODES = ("eager", "graph")
 
 
 @dataclass(frozen=True)
