@@ -169,7 +169,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
     if args.steps is not None and args.steps < 1:
         raise InputError(f"expected a positive number of steps, got {args.steps}", key="--steps")
-    from chipsim.workload.io import check_destination
+    from chipsim.atomic import check_destination
 
     check_destination(Path(args.output))  # an unwritable output is an error before the import
     workload, lines = import_trace(Path(args.trace), args.steps, world=args.world)
@@ -214,8 +214,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from matplotlib.figure import Figure
     from tqdm import tqdm
 
+    from chipsim.atomic import atomic_write
     from chipsim.report import strict_json
-    from chipsim.report.files import atomic_write, check_out_dir, sigterm_as_interrupt
+    from chipsim.report.files import check_out_dir, sigterm_as_interrupt
     from chipsim.report.plots import plot_pareto, plot_sweep_metrics
     from chipsim.study.sweep import design_points, load_sweep, pareto_front, run_sweep
 
@@ -283,7 +284,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             raise (exc if exc.file else InputError(exc.message, key="--chip")) from None
     power_path = Path(args.power) if args.power else Path(args.measurements).with_name("power.json")
     power = v.read_power(power_path) if (args.power or power_path.is_file()) else None
-    from chipsim.workload.io import check_destination
+    from chipsim.atomic import check_destination
 
     for option, dest in (("--out", args.out), ("--plot", args.plot)):  # before any work
         if dest:
@@ -350,7 +351,7 @@ def cmd_regress(args: argparse.Namespace) -> int:
     if not 0 <= args.tolerance < float("inf"):  # before any work
         raise InputError(f"expected a finite relative change >= 0, got {args.tolerance}", key="--tolerance")
     if args.update:
-        from chipsim.workload.io import check_destination
+        from chipsim.atomic import check_destination
 
         try:
             check_destination(baselines)

@@ -22,10 +22,11 @@ import shutil
 import signal
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from chipsim.atomic import umask
 from chipsim.errors import InputError
 
 if TYPE_CHECKING:
@@ -113,16 +114,10 @@ def remove_stale_staging(out_dir: Path) -> list[Path]:
     return removed
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def _install(staging: Path, out_dir: Path, names: list[str]) -> None:
     """Put the staged files in place of the previous run's: one rename when the folder is new or holds
     only run outputs; else file by file, then the previous run's outputs not rewritten are removed."""
-    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; the folder is the user's
+    os.chmod(staging, 0o777 & ~umask())  # mkdtemp makes it private; the folder is the user's
     if not out_dir.exists() and not out_dir.is_symlink():
         try:
             os.rename(staging, out_dir)
@@ -192,22 +187,6 @@ def write_run_outputs(results: Sequence[Result], chips: Mapping[str, Chip], out_
 
 
 # ---------------------------------------------------------------- single files and signals
-
-
-def atomic_write(path: Path, write: Callable[[Path], Any]) -> Path:
-    """`write(tmp)` into a temporary file beside `path`, then rename it over `path`: readers see the
-    old file or the new one, never half of one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    return path
 
 
 def _terminated(signum: int, frame: Any) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from chipsim.api import execute, plan_cases
+from chipsim.atomic import atomic_write
 from chipsim.config.runconfig import RunConfig, load_run_config
 from chipsim.errors import InputError
 from chipsim.hardware.registry import builtin_chip_names
@@ -126,29 +127,5 @@ def compare(baseline: pd.DataFrame, now: pd.DataFrame, tolerance: float) -> pd.D
 
 
 def write_baselines(frame: pd.DataFrame, path: Path) -> None:
-    """Staged in a hidden file beside `path`, then moved into place; a failure is an InputError
-    naming `path` and leaves nothing behind."""
-    import os
-    import tempfile
-
-    from chipsim.workload.io import check_destination
-
-    check_destination(path)
-    tmp: Path | None = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        tmp = Path(name)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # as an ordinary new file, not mkstemp's 0600
-        frame.to_csv(tmp, index=False, float_format="%.9e")
-        os.replace(tmp, path)
-        tmp = None
-    except OSError as exc:
-        raise InputError(f"cannot write the baselines ({exc.__class__.__name__}: {exc.strerror or exc})",
-                         file=str(path)) from None
-    finally:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
+    """Staged beside `path`, then moved into place; a failure is an InputError naming `path`."""
+    atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False, float_format="%.9e"), "the baselines")

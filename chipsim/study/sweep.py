@@ -648,7 +648,7 @@ def run_sweep(sweep: Sweep, out_dir: Path, executor: str = "local", workers: int
         keep = "".join(json.dumps({"point": pid, "rows": done[pid]}) + "\n" for pid in ids
                        if pid in partial_found.done and pid in done)
         if keep or partial.exists():  # drop torn and foreign lines before appending
-            from chipsim.report.files import atomic_write
+            from chipsim.atomic import atomic_write
 
             atomic_write(partial, lambda tmp: tmp.write_text(keep, encoding="utf-8"))
         tasks: list[Task] = [(sweep.base, sweep.base_file, p, sweep.file, identity)
@@ -670,7 +670,7 @@ def run_sweep(sweep: Sweep, out_dir: Path, executor: str = "local", workers: int
         finally:
             runner.close()
         table = _frame(done, ids, columns)
-        from chipsim.report.files import atomic_write
+        from chipsim.atomic import atomic_write
 
         atomic_write(out_dir / RESULTS, lambda tmp: table.to_csv(tmp, index=False))
         if parquet_available():

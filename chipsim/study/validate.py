@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from io import BytesIO
@@ -26,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from chipsim.atomic import atomic_write
 from chipsim.config.loader import brief, read_bounded
 from chipsim.engine.sim import SimOptions, simulate
 from chipsim.errors import InputError
@@ -34,7 +33,7 @@ from chipsim.hardware.registry import chip_for_device_name, load_chip
 from chipsim.vocab import LAUNCH_MODES
 from chipsim.workload.generators import build_workload
 from chipsim.workload.graph import Op, Workload, WorkloadBuilder
-from chipsim.workload.io import JSONReadError, check_destination, parse_json_bytes
+from chipsim.workload.io import JSONReadError, parse_json_bytes
 from chipsim.workload.kinds import COLLECTIVE_KINDS
 
 GEMM_DTYPES = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32", "tf32": "tf32", "fp8_e4m3": "fp8", "int8": "int8"}
@@ -431,39 +430,15 @@ def validate_power(phases: list[dict[str, Any]], chip: Chip) -> pd.DataFrame:
 # ---------------------------------------------------------------- outputs
 
 
-def _staged(path: Path, write: Callable[[Path], None]) -> None:
-    """write(tmp) into a hidden file beside `path`, then move it into place; nothing is left behind
-    on failure, and a failure to write is an InputError naming `path`."""
-    check_destination(path)
-    tmp: Path | None = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        tmp = Path(name)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # as an ordinary new file, not mkstemp's 0600
-        write(tmp)
-        os.replace(tmp, path)
-        tmp = None
-    except OSError as exc:
-        raise InputError(f"cannot write the output ({exc.__class__.__name__}: {exc.strerror or exc})",
-                         file=str(path)) from None
-    finally:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
-
-
 def write_predictions(predictions: pd.DataFrame, path: str | Path) -> None:
     """Every input column plus predicted_us and ape, staged then moved into place."""
     columns = [c for c in predictions.columns if c not in ("family", "chip", "skipped_reason",
                                                             "predicted_energy_j", "predicted_power_w")]
-    _staged(Path(path), lambda tmp: predictions[columns].to_csv(tmp, index=False))
+    atomic_write(path, lambda tmp: predictions[columns].to_csv(tmp, index=False))
 
 
 def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> None:
     """A matplotlib figure to `path` (format from its suffix, PNG if none), staged then moved into place."""
     path = Path(path)
     fmt = path.suffix.lstrip(".").lower() or "png"
-    _staged(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=fmt))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=fmt))

@@ -10,13 +10,12 @@ from __future__ import annotations
 import gzip
 import json
 import math
-import os
-import tempfile
 import zlib
 from io import BytesIO
 from pathlib import Path
 from typing import Any
 
+from chipsim.atomic import atomic_write
 from chipsim.config.loader import brief, read_bounded
 from chipsim.errors import InputError
 from chipsim.workload.graph import FORMAT, FORMAT_VERSION, MAX_OPS, Workload, make_op
@@ -129,39 +128,6 @@ def load_workload(path: str | Path) -> Workload:
     return workload_from_dict(data, file=str(path))
 
 
-def check_destination(path: str | Path) -> Path:
-    """Check that a file can be written at `path` (it is not a directory, and no folder on the way is a
-    file) without creating anything; returns the path. Callers run it before any work."""
-    path = Path(path)
-    if path.is_dir():
-        raise InputError("cannot write the output: it is an existing directory", file=str(path))
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise InputError(f"cannot write the output: {parent} is a file, not a directory", file=str(path))
-            if not os.access(parent, os.W_OK | os.X_OK):
-                raise InputError(f"cannot write the output: {parent} is not writable", file=str(path))
-            break
-    return path
-
-
 def save_workload(workload: Workload, path: str | Path) -> None:
     """Write atomically: a reader never sees a half-written file."""
-    path = check_destination(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise InputError(f"cannot write the output ({exc.__class__.__name__}: {exc.strerror or exc})",
-                         file=str(path)) from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(workload.to_dict(), fh, indent=1, sort_keys=False)
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise InputError(f"cannot write the output ({exc.__class__.__name__}: {exc.strerror or exc})",
-                         file=str(path)) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(workload.to_dict(), indent=1), encoding="utf-8"))
