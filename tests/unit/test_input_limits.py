@@ -16,6 +16,7 @@ import yaml
 import chipsim.config.loader as loader
 import chipsim.workload.io as wio
 from chipsim import vocab
+from chipsim.atomic import check_destination
 from chipsim.config.loader import brief, load_yaml, parse_yaml, read_bounded
 from chipsim.config.reader import Section
 from chipsim.config.units import parse_quantity
@@ -221,10 +222,10 @@ def test_parse_json_bytes_accepts_a_bom_and_gzip() -> None:
 
 
 def test_check_destination(tmp_path: Path) -> None:
-    assert wio.check_destination(tmp_path / "new" / "deeper" / "w.json") == tmp_path / "new" / "deeper" / "w.json"
+    assert check_destination(tmp_path / "new" / "deeper" / "w.json") == tmp_path / "new" / "deeper" / "w.json"
     assert not (tmp_path / "new").exists()  # nothing created
     with pytest.raises(InputError, match="existing directory"):
-        wio.check_destination(tmp_path)
+        check_destination(tmp_path)
     (tmp_path / "f").write_text("x")
     with pytest.raises(InputError, match="is a file"):
-        wio.check_destination(tmp_path / "f" / "a" / "w.json")
+        check_destination(tmp_path / "f" / "a" / "w.json")
