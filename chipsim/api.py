@@ -42,7 +42,7 @@ def workload_from_spec(spec: WorkloadSpec, key: str = "workload") -> Workload:
         data = read_trace_json(spec.trace)
         if isinstance(data, dict) and "format" in data:
             return workload_from_dict(data, file=str(spec.trace))
-        return import_trace(spec.trace)[0]
+        return import_trace(spec.trace, world=spec.world)[0]
     assert spec.generator is not None
     return build_workload(spec.generator, spec.params, key=key)
 

@@ -44,6 +44,7 @@ class WorkloadSpec:
     params: dict[str, Any] = field(default_factory=dict)
     trace: Path | None = None
     name: str | None = None  # a label, when a config lists several workloads
+    world: int | None = None  # a trace's collectives that name no group span this many ranks (Chakra)
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,9 @@ def _workload_spec(wl: Section, file: Path | None) -> WorkloadSpec:
     trace = wl.raw("trace", None)
     params = wl.raw("params", {}) or {}
     label = wl.raw("name", None)
+    world = int(wl.number("world", 1, minimum=1, integer=True)) if wl.has("world") else None
+    if world is not None and trace is None:
+        raise wl.error("world", "only a trace takes `world` (the group size of its collectives that name none)")
     if (generator is None) == (trace is None):
         raise wl.error(None, "expected exactly one of 'generator' (with optional 'params') or 'trace'")
     if generator is not None and not isinstance(generator, str):
@@ -92,7 +96,7 @@ def _workload_spec(wl: Section, file: Path | None) -> WorkloadSpec:
         if not trace_path.is_absolute() and file is not None:
             trace_path = file.parent / trace_path
     wl.done()
-    return WorkloadSpec(generator, dict(params), trace_path, label)
+    return WorkloadSpec(generator, dict(params), trace_path, label, world)
 
 
 def _system_refs(top: Section) -> tuple[SystemRef, ...]:

@@ -74,3 +74,22 @@ def test_empty_file_is_an_empty_mapping_and_top_level_list_is_an_error(write) ->
     assert load_yaml(write("empty.yaml", "")) == {}
     with pytest.raises(InputError, match="mapping"):
         load_yaml(write("list.yaml", "- a\n"))
+
+
+def test_a_chakra_trace_in_a_run_config_takes_its_world(write, cli) -> None:
+    """A Chakra collective without a group size needs `world`, in a run config as on the command line."""
+    import json
+
+    trace = write("et.json", json.dumps({"nodes": [
+        {"id": 0, "name": "ar", "type": "COMM_COLL_NODE",
+         "attr": [{"name": "comm_type", "int64_val": 0}, {"name": "comm_size", "int64_val": 1048576}]}]}))
+    without = write("a.yaml", f"chips: [h200_sxm]\nworkload: {{trace: {trace}}}\n")
+    rc, _, err = cli(["run", without, "--no-files"])
+    assert rc == 2 and "--world" in err
+    with_world = write("b.yaml", f"chips: [h200_sxm]\nworkload: {{trace: {trace}, world: 8}}\n")
+    rc, out, err = cli(["run", with_world, "--json", "--no-files"])
+    assert rc == 0, err
+    assert json.loads(out)["runs"][0]["ops"][0]["kind"] == "all_reduce"
+    generator = write("c.yaml", "chips: [h200_sxm]\nworkload: {generator: transformer_train_step, world: 8}\n")
+    rc, _, err = cli(["run", generator, "--no-files"])
+    assert rc == 2 and "key 'workload.world'" in err
