@@ -166,3 +166,23 @@ def load_system(name_or_path: str | Path, relative_to: Path | None = None,
         if sizing and (exc.key or "").startswith("scale_out"):  # the tree no longer holds the resized system
             raise InputError(exc.message, key=f"set.{sizing[0]}") from None
         raise
+
+
+@lru_cache(maxsize=64)
+def system_for(chip: str, gpus: int, across_nodes: bool = False) -> System:
+    """The built-in system a `gpus`-GPU collective on `chip` (a built-in chip name) runs on, as
+    measurement rows describe one: the chip's node when the GPUs fit in one (the collective spans its
+    first `gpus` ranks), else its cluster resized to just enough nodes. `across_nodes`: the GPUs are
+    spread over nodes (`*_internode` rows), one node's worth per node."""
+    systems = [load_system(name) for name in builtin_system_names()]
+    mine = sorted((s for s in systems if s.chip.name == chip), key=lambda s: (s.nodes, s.gpus_per_node, s.name))
+    nodes = [s for s in mine if s.nodes == 1 and s.gpus_per_node >= gpus]
+    if nodes and not across_nodes:
+        return nodes[0]
+    clusters = [s for s in mine if s.scale_out is not None]
+    if not clusters:
+        where = "a node of" if not across_nodes else "a cluster of"
+        raise InputError(f"no built-in system is {where} {gpus} {chip} GPUs (chipsim/systems/)")
+    cluster = clusters[0]
+    count = -(-gpus // cluster.gpus_per_node)
+    return load_system(cluster.name, overrides={"nodes": max(count, 2 if across_nodes else 1)})
