@@ -311,22 +311,29 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
         v.save_figure(plot_validation(predictions), args.plot, dpi=110)
     if args.json:
+        chips = sorted({str(c) for c in predictions.loc[predictions["skipped_reason"] == "", "chip"]})
+        families = summary.to_dict("records")
+        for family in families:  # each family's chip: its group's, or the one chip every row ran on
+            family.setdefault("chip", chips[0] if len(chips) == 1 else chip)
         print(strict_json.dumps({  # strict JSON: NaN and inf become null
             "rows": int(len(predictions)), "simulated": int(len(predictions) - len(skipped)),
-            "families": summary.to_dict("records"),
-            "skipped": [{"row": int(i), "op": str(r["op"]), "reason": r["skipped_reason"]}
+            "skipped_rows": int(len(skipped)), "chip": chip, "chips": chips, "by_chip": "chip" in summary.columns,
+            "families": families,
+            "skipped": [{"row": int(i), "op": str(r["op"]), "variant": str(r["variant"]),
+                         "chip": str(r["chip"]) or None, "reason": r["skipped_reason"]}
                         for i, r in skipped.iterrows()],
             "power": power_frame.to_dict("records") if power_frame is not None else None,
         }))
         return 0
     view = pd.DataFrame({
+        **({"chip": summary["chip"]} if "chip" in summary.columns else {}),
         "family": summary["family"], "rows": summary["rows"],
         "median APE": [f"{x:.1%}" for x in summary["median_ape"]],
         "p90 APE": [f"{x:.1%}" for x in summary["p90_ape"]],
         "worst": [f"{a:.0%} {w}" for a, w in zip(summary["max_ape"], summary["worst"], strict=True)],
     })
     print(f"{len(predictions) - len(skipped)} of {len(predictions)} rows simulated"
-          f"{' on ' + chip if chip else ''}")
+          f"{' on ' + chip if chip else ''}" + (f"; {len(skipped)} skipped (reasons below)" if len(skipped) else ""))
     print(view.to_string(index=False))
     for i, r in skipped.iterrows():
         print(f"skipped row {i} ({r['op']}): {r['skipped_reason']}")

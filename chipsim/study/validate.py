@@ -8,6 +8,10 @@ How rows are measured, and so how they are replayed:
   taken (host dispatch and device time then overlap as they do on the machine);
 - `graph` rows: CUDA-graph replays, device time only;
 - training steps ran back to back at the power limit: they start with the power controller there.
+
+Collectives over `world` > 1 GPUs, and data-parallel training steps, run on the chip's system
+(`system_for`: its node, or its cluster for `*_internode` rows and notes that name several nodes),
+through that system's fabric; everything else on the lone chip.
 """
 
 from __future__ import annotations
@@ -26,17 +30,38 @@ import pandas as pd
 
 from chipsim.atomic import atomic_write
 from chipsim.config.loader import brief, read_bounded
+from chipsim.cost.base import Network
 from chipsim.engine.sim import SimOptions, simulate
 from chipsim.errors import InputError
 from chipsim.hardware.chip import Chip
-from chipsim.hardware.registry import chip_for_device_name, load_chip
+from chipsim.hardware.registry import builtin_chip_names, chip_for_device_name, load_chip
+from chipsim.network.fabric import Fabric
+from chipsim.network.system import system_for
 from chipsim.vocab import LAUNCH_MODES
 from chipsim.workload.generators import build_workload
 from chipsim.workload.graph import Op, Workload, WorkloadBuilder
 from chipsim.workload.io import JSONReadError, parse_json_bytes
 from chipsim.workload.kinds import COLLECTIVE_KINDS
 
-GEMM_DTYPES = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32", "tf32": "tf32", "fp8_e4m3": "fp8", "int8": "int8"}
+GEMM_DTYPES = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32", "tf32": "tf32", "fp8_e4m3": "fp8",
+               "fp8_e4m3fn": "fp8", "fp8_e4m3fnuz": "fp8", "int8": "int8"}  # fnuz: AMD's fp8 encoding, same width
+GEMM_VARIANTS = ("square", "llm", "odd", "mamf_best", "maf")  # shape families: the stated shape, one GEMM
+BLOCK_SCALED = ("deepgemm_blockscaled", "deepgemm_grouped_contiguous")  # DeepGEMM: fp8 with block scales
+SCALE_BLOCK = 128  # DeepGEMM's scale granularity: 1 x 128 for A (per token), 128 x 128 for B
+# attention variant -> the backend whose calibration applies (math_pytorch: unfused ops instead)
+ATTENTION_BACKENDS = {"flash": "flash", "cudnn": "cudnn", "efficient": "efficient",
+                      "cudnn_prefill": "cudnn", "cudnn_decode": "cudnn",  # cuDNN frontend SDPA
+                      "paged_decode": "flash", "prefill_chunk": "flash",  # FlashAttention over a paged KV cache
+                      "flash_ck": "flash"}  # AMD Composable Kernel FlashAttention: the AMD chip's flash calibration
+# BabelStream kernel -> (elementwise op, arrays it moves); `bytes` is one array. copy c=a (1 read, 1 write),
+# mul b=s*c (1, 1), add c=a+b (2, 1), triad a=b+s*c (2, 1), dot sum(a*b) (2 reads, nothing written: a
+# reduction, modelled as one `read` over both arrays)
+BABELSTREAM = {"copy": ("copy", 2), "mul": ("scale", 2), "add": ("add", 3), "triad": ("add", 3), "dot": ("read", 2)}
+ELEMENTWISE_VARIANTS = ("add", "gelu", "silu_mul", "mul", "silu")
+# collective variant (less `_internode`) -> the op's `attrs.algorithm`
+COLLECTIVE_ALGORITHMS = {"nccl": "auto", "rccl": "auto", "nccl_ring": "ring", "rccl_ring": "ring",
+                         "nccl_tree": "tree", "nccl_nvls": "in_switch"}
+INTERNODE = "_internode"
 STEP_PRECISION = {"bf16_autocast": "bf16", "bf16": "bf16", "fp32": "fp32", "fp8_e4m3_linear": "fp8"}
 FAMILIES = {
     "gemm": "gemm", "memory": "memory", "elementwise": "elementwise", "attention": "attention",
@@ -59,6 +84,9 @@ class Case:
     workload: Workload
     repeats: int
     sustained: bool = False
+    world: int = 1  # GPUs the row ran on: > 1 runs the collectives on the chip's system fabric
+    across_nodes: bool = False  # spread over nodes (`*_internode`, or a note naming several nodes)
+    per_node: int | None = None  # GPUs of each node the communicator uses (a note's "N node(s) x G")
 
 
 def _number(row: Mapping[str, Any], key: str) -> float:
@@ -94,23 +122,82 @@ def _single(kind: str, dtype: str, attrs: Mapping[str, Any] | None = None, **sha
     return b.build()
 
 
+def _present(row: Mapping[str, Any], key: str) -> bool:
+    value = row.get(key)
+    return not (value is None or (isinstance(value, float) and math.isnan(value))
+                or (isinstance(value, str) and not value.strip()))
+
+
 def _gemm(row: Mapping[str, Any]) -> Workload:
     m, n, k = _int(row, "m"), _int(row, "n"), _int(row, "k")
+    variant = str(row["variant"])
+    if variant in BLOCK_SCALED:
+        return _block_scaled_gemm(row, m, n, k)
+    if variant not in GEMM_VARIANTS and not (isinstance(row["variant"], float) and math.isnan(row["variant"])):
+        raise Unsupported(f"gemm variant {variant!r} (known: {', '.join(GEMM_VARIANTS + BLOCK_SCALED)})")
+    shape: dict[str, Any] = {"m": m, "n": n, "k": k}
+    if _present(row, "batch") and _int(row, "batch") > 1:
+        shape["batch"] = _int(row, "batch")
     if row["dtype"] == "int4_w_bf16_a":
-        return _single("gemm", "bf16", {"weight_dtype": "int4", "group_size": 128}, m=m, n=n, k=k)
+        return _single("gemm", "bf16", {"weight_dtype": "int4", "group_size": 128}, **shape)
     if row["dtype"] not in GEMM_DTYPES:
         raise Unsupported(f"gemm dtype {row['dtype']!r}")
-    return _single("gemm", GEMM_DTYPES[row["dtype"]], m=m, n=n, k=k)
+    return _single("gemm", GEMM_DTYPES[row["dtype"]], **shape)
+
+
+def _block_scaled_gemm(row: Mapping[str, Any], m: int, n: int, k: int) -> Workload:
+    """DeepGEMM's FP8 GEMM with fine-grained scales: A (m x k) has one fp32 scale per token per 128
+    channels (1 x 128), B (k x n) one per 128 x 128 block; the output is bf16.
+
+    Modelled as an fp8 GEMM (the chip's fp8 rate and calibrated efficiency; DeepGEMM's scale
+    promotion runs inside the same kernel) plus its scale traffic: the scales are read by the GEMM's
+    own kernel, so they are a `read` stream on a second stream, concurrent with the GEMM and sharing
+    its HBM bandwidth, launched by no host call of its own (`host_s: 0`): they slow a memory-bound
+    GEMM by their bytes and cost a compute-bound one nothing.
+
+    `deepgemm_grouped_contiguous` (MoE experts, `batch` = groups): the groups' tokens are laid out
+    one after the other along M, each group (m/groups x k) @ (k x n) with its own weights: a batched
+    GEMM of `batch` groups. `m` is all groups' tokens together (as in parallel_calibration.csv's
+    grouped GEMMs) unless the note says it is per group."""
+    dtype = str(row["dtype"])
+    if GEMM_DTYPES.get(dtype) != "fp8":
+        raise Unsupported(f"gemm variant {row['variant']!r} needs an fp8 dtype, got {dtype!r}")
+    groups = 1
+    if row["variant"] == "deepgemm_grouped_contiguous":
+        groups = _int(row, "batch") if _present(row, "batch") else 0
+        if groups < 1:
+            raise Unsupported(f"gemm variant {row['variant']!r} needs 'batch' (the number of groups) >= 1")
+        note = str(row.get("note") or "").lower()
+        per_group = re.search(r"\bm\b[^;.]*\bper group|\bm_per_group\b|\bm is per group", note) is not None
+        if not per_group:
+            m = math.ceil(m / groups)
+    blocks_k = math.ceil(k / SCALE_BLOCK)
+    scales = groups * (m * blocks_k + math.ceil(n / SCALE_BLOCK) * blocks_k)  # fp32 scales of A and B
+    b = WorkloadBuilder(str(row["variant"]))
+    gemm_shape: dict[str, Any] = {"m": m, "n": n, "k": k}
+    if groups > 1:
+        gemm_shape["batch"] = groups
+    b.add("gemm", "gemm", "fp8", [], **gemm_shape)
+    b.add("elementwise", "block_scales", "fp32", [], stream="copy", attrs={"op": "read", "host_s": 0.0},
+          numel=scales)
+    return b.build()
 
 
 def _memory(row: Mapping[str, Any]) -> Workload:
     size = _number(row, "bytes")
-    variant = row["variant"]
+    variant = str(row["variant"])
     if variant == "copy":
         return _single("memcpy", "bf16", bytes=size)
     if variant in ("read_sum", "write_fill"):
         return _single("elementwise", "bf16", {"op": "read" if variant == "read_sum" else "write"}, numel=size / 2)
-    raise Unsupported(f"memory variant {variant!r}")
+    if variant.startswith("babelstream_") and variant[len("babelstream_"):] in BABELSTREAM:
+        # arrays of any element type (BabelStream's are fp64) as fp32 elements of the same bytes
+        op, _ = BABELSTREAM[variant[len("babelstream_"):]]
+        if op == "copy":
+            return _single("memcpy", "bf16", bytes=size)
+        return _single("elementwise", "fp32", {"op": op}, numel=(2 if op == "read" else 1) * size / 4)
+    raise Unsupported(f"memory variant {variant!r} (known: copy, read_sum, write_fill, "
+                      f"{', '.join('babelstream_' + k for k in BABELSTREAM)})")
 
 
 def _elementwise(row: Mapping[str, Any]) -> Workload:
@@ -120,7 +207,7 @@ def _elementwise(row: Mapping[str, Any]) -> Workload:
         return _single("norm", dtype, {"type": variant}, rows=m, cols=n)
     if variant == "softmax":
         return _single("softmax", dtype, rows=m, cols=n)
-    if variant in ("add", "gelu", "silu_mul", "mul", "silu"):
+    if variant in ELEMENTWISE_VARIANTS:  # silu_mul: input [m, 2n] (gate, up), output [m, n]
         return _single("elementwise", dtype, {"op": variant}, numel=m * n)
     raise Unsupported(f"elementwise variant {variant!r}")
 
@@ -128,16 +215,54 @@ def _elementwise(row: Mapping[str, Any]) -> Workload:
 def _attention(row: Mapping[str, Any]) -> Workload:
     shape: dict[str, Any] = {k: _int(row, k) for k in ("batch", "heads", "kv_heads", "seq_q", "seq_kv", "head_dim")}
     shape["causal"] = bool(_int(row, "causal")) if not pd.isna(row.get("causal")) else False
+    variant = str(row["variant"])
+    if variant == "math_pytorch":
+        return _math_attention(row, shape)
+    if variant not in ATTENTION_BACKENDS:
+        raise Unsupported(f"attention variant {variant!r} (known: {', '.join([*ATTENTION_BACKENDS, 'math_pytorch'])})")
     b = WorkloadBuilder("attention")
-    attrs = {"backend": row["variant"]}
+    attrs = {"backend": ATTENTION_BACKENDS[variant]}
     fwd = b.add("attention", "attention", str(row["dtype"]), [], attrs=attrs, shape=shape)
     if row.get("pass") == "fwd_bwd":
         b.add("attention", "attention_bwd", str(row["dtype"]), [fwd], attrs=attrs, shape={**shape, "pass": "bwd"})
     return b.build()
 
 
+def _math_attention(row: Mapping[str, Any], s: Mapping[str, Any]) -> Workload:
+    """PyTorch's unfused (math) SDPA: S = QK^T as a batched GEMM over batch x heads, the causal mask
+    applied to S (one pass over it), P = softmax(S), O = PV as a batched GEMM; the scores make a
+    round trip through HBM. fwd_bwd adds dV = P^T dO, dP = dO V^T, the softmax backward
+    (reads P and dP, writes dS), dQ = dS K and dK = dS^T Q."""
+    dtype = str(row["dtype"])
+    bh, sq, skv, d = s["batch"] * s["heads"], s["seq_q"], s["seq_kv"], s["head_dim"]
+    b = WorkloadBuilder("attention_math")
+    x = b.add("gemm", "qk", dtype, [], m=sq, n=skv, k=d, batch=bh)
+    if s["causal"] and sq > 1:
+        x = b.add("elementwise", "causal_mask", dtype, [x], numel=bh * sq * skv, attrs={"op": "scale"})
+    p = b.add("softmax", "softmax", dtype, [x], rows=bh * sq, cols=skv)
+    b.add("gemm", "pv", dtype, [p], m=sq, n=d, k=skv, batch=bh)
+    if row.get("pass") == "fwd_bwd":
+        dv = b.add("gemm", "dv", dtype, [p], m=skv, n=d, k=sq, batch=bh)
+        dp = b.add("gemm", "dp", dtype, [dv], m=sq, n=skv, k=d, batch=bh)
+        ds = b.add("elementwise", "softmax_bwd", dtype, [dp], numel=bh * sq * skv, attrs={"op": "mul"})
+        b.add("gemm", "dq", dtype, [ds], m=sq, n=d, k=skv, batch=bh)
+        b.add("gemm", "dk", dtype, [ds], m=skv, n=d, k=sq, batch=bh)
+    return b.build()
+
+
+def collective_variant(variant: str) -> tuple[str, bool]:
+    """(attrs.algorithm, across nodes) of a collective row's variant."""
+    base = variant[:-len(INTERNODE)] if variant.endswith(INTERNODE) else variant
+    if base not in COLLECTIVE_ALGORITHMS:
+        raise Unsupported(f"collective variant {variant!r} (known: {', '.join(COLLECTIVE_ALGORITHMS)}, "
+                          f"each also as *{INTERNODE})")
+    return COLLECTIVE_ALGORITHMS[base], base != variant
+
+
 def _collective(row: Mapping[str, Any]) -> Workload:
-    return _single(str(row["op"]), str(row["dtype"]), bytes=_number(row, "bytes"), group=_int(row, "world"))
+    algorithm, _ = collective_variant(str(row["variant"]))
+    attrs = {"algorithm": algorithm} if algorithm != "auto" else None
+    return _single(str(row["op"]), str(row["dtype"]), attrs, bytes=_number(row, "bytes"), group=_int(row, "world"))
 
 
 def _compressed(row: Mapping[str, Any]) -> Workload:
@@ -162,12 +287,19 @@ def _model_dims(row: Mapping[str, Any]) -> dict[str, Any]:
     return dims
 
 
+def _world(row: Mapping[str, Any]) -> int:
+    return _int(row, "world") if _present(row, "world") else 1
+
+
 def _train_step(row: Mapping[str, Any]) -> Workload:
     precision = STEP_PRECISION.get(str(row["dtype"]))
     if precision is None:
         raise Unsupported(f"train_step dtype {row['dtype']!r}")
-    return build_workload("transformer_train_step", {**_model_dims(row), "batch": _int(row, "batch"),
-                                                     "seq": _int(row, "seq_q"), "precision": precision})
+    params = {**_model_dims(row), "batch": _int(row, "batch"), "seq": _int(row, "seq_q"), "precision": precision}
+    world = _world(row)
+    if world > 1:  # data parallel: each rank's step, gradients all-reduced in buckets over the fabric
+        return build_workload("data_parallel_train_step", {**params, "ranks": world})
+    return build_workload("transformer_train_step", params)
 
 
 def _inference_step(row: Mapping[str, Any]) -> Workload:
@@ -187,6 +319,9 @@ BUILDERS: dict[str, Callable[[Mapping[str, Any]], Workload]] = {
 }
 
 
+NODES_NOTE = re.compile(r"(\d+)\s*node\(?s?\)?\s*x\s*(\d+)", re.IGNORECASE)  # "2 node(s) x 4 GPUs"
+
+
 def case_for_row(row: Mapping[str, Any]) -> Case:
     builder = BUILDERS.get(str(row["op"]))
     if builder is None:
@@ -194,7 +329,16 @@ def case_for_row(row: Mapping[str, Any]) -> Case:
     workload = builder(row)
     many = len(workload.ops) > 1
     repeats = 2 if many else 4
-    return Case(workload, repeats, sustained=row["op"] == "train_step")
+    world, across, per_node = 1, False, None
+    if any(op.kind in COLLECTIVE_KINDS for op in workload.ops):
+        world = _world(row)
+        if builder is _collective:  # its variant names the algorithm and whether it crossed nodes
+            _, across = collective_variant(str(row["variant"]))
+        placed = NODES_NOTE.search(str(row.get("note") or ""))
+        if placed and int(placed.group(1)) > 1 and int(placed.group(1)) * int(placed.group(2)) == world:
+            across, per_node = True, int(placed.group(2))  # the note says how the ranks were spread
+    return Case(workload, repeats, sustained=row["op"] == "train_step", world=world, across_nodes=across,
+                per_node=per_node)
 
 
 def repeat(workload: Workload, times: int) -> tuple[Workload, list[int]]:
@@ -210,10 +354,48 @@ def repeat(workload: Workload, times: int) -> tuple[Workload, list[int]]:
     return Workload(workload.name, ops, workload.generator, workload.params, workload.memory, workload.meta), ends
 
 
-def predict(case: Case, chip: Chip, launch: str) -> tuple[float, float]:
-    """Steady-state (seconds, joules) of one iteration of the case, as the measurement loop saw it."""
+def network_for(case: Case, chip_name: str) -> tuple[Network | None, Case]:
+    """The network the case's collectives run on, and the case with its communicators placed:
+    None (the lone chip) for one GPU, else the fabric of the chip's system (`system_for`): its node,
+    or for a case spread across nodes its cluster with just enough nodes, the communicator taking
+    `per_node` GPUs of each (ranks 0..world-1 when that is every GPU of each node)."""
+    if case.world <= 1:
+        return None, case
+    try:
+        system = system_for(chip_name, case.world, case.across_nodes)
+        ranks: list[int] | None = None
+        if case.across_nodes:
+            gpn = system.gpus_per_node
+            per_node = case.per_node
+            if per_node is None:  # spread evenly over just enough nodes (at least two)
+                nodes = max(2, -(-case.world // gpn))
+                if case.world % nodes:
+                    raise Unsupported(f"{case.world} GPUs do not spread evenly over {nodes} nodes of {system.name}")
+                per_node = case.world // nodes
+            if per_node > gpn:
+                raise Unsupported(f"{per_node} GPUs per node, but a node of {system.name} has {gpn}")
+            nodes = case.world // per_node
+            if nodes > system.nodes:
+                system = system_for(chip_name, nodes * gpn, True)
+            if per_node != gpn:
+                ranks = [node * gpn + i for node in range(nodes) for i in range(per_node)]
+    except InputError as exc:
+        raise Unsupported(f"a collective over {case.world} GPUs needs a system of {chip_name} chips: "
+                          f"{exc.message}") from None
+    if ranks is not None:
+        ops = [replace(op, attrs={**op.attrs, "ranks": ranks})
+               if op.kind in COLLECTIVE_KINDS and op.shape.get("group") == case.world else op
+               for op in case.workload.ops]
+        w = case.workload
+        case = replace(case, workload=Workload(w.name, ops, w.generator, w.params, w.memory, w.meta))
+    return Fabric(system), case
+
+
+def predict(case: Case, chip: Chip, launch: str, network: Network | None = None) -> tuple[float, float]:
+    """Steady-state (seconds, joules) of one iteration of the case, as the measurement loop saw it;
+    collectives on `network` (a system's Fabric), else on the chip's own link."""
     looped, ends = repeat(case.workload, case.repeats)
-    result = simulate(looped, chip, SimOptions(launch=launch, sustained=case.sustained))
+    result = simulate(looped, chip, SimOptions(launch=launch, sustained=case.sustained), network=network)
     n = len(case.workload.ops)
     end_of = [max(r.end_s for r in result.records[e + 1 - n:e + 1]) for e in ends]
     seconds = (end_of[-1] - end_of[0]) / (len(end_of) - 1)
@@ -263,15 +445,27 @@ def _measured_us(row: Mapping[str, Any]) -> float:
     return measured
 
 
+def chip_name_for_device(device: str) -> str | None:
+    """The built-in chip a device column names: its alias (`H200` -> h200_sxm), or a built-in chip
+    of the same name in lower case (`B200` -> b200)."""
+    name = chip_for_device_name(device)
+    if name is None and device.strip().lower() in builtin_chip_names():
+        name = device.strip().lower()
+    return name
+
+
 def _chip_for(row: Mapping[str, Any], chip_override: str | None, cache: dict[str, Chip]) -> Chip:
     name = chip_override
     if name is None:
-        device = str(row.get("device") or "")
-        name = chip_for_device_name(device)
+        device = "" if not _present(row, "device") else str(row["device"])
+        name = chip_name_for_device(device)
         if name is None:
-            raise Unsupported(f"device {device!r} matches no built-in chip (known: H100_SXM, H200, MI300X, GH200)")
+            raise Unsupported(f"no built-in chip for device {device!r}")
     if name not in cache:
-        cache[name] = load_chip(name)
+        try:
+            cache[name] = load_chip(name)
+        except InputError as exc:
+            raise Unsupported(f"no built-in chip for device {row.get('device')!r} ({exc.message})") from None
     return cache[name]
 
 
@@ -296,8 +490,8 @@ def validate(frame: pd.DataFrame, chip: str | None = None,
             if launch not in LAUNCH_MODES:
                 raise Unsupported(f"launch must be one of {', '.join(LAUNCH_MODES)}, got {brief(launch)}")
             target = _chip_for(row, chip, chips)
-            case = case_for_row(row)
-            seconds, joules = predict(case, target, str(launch))
+            network, case = network_for(case_for_row(row), target.name)
+            seconds, joules = predict(case, target, str(launch), network)
             if not (math.isfinite(seconds) and math.isfinite(joules)):
                 raise Unsupported(f"the prediction is not finite ({seconds} s, {joules} J)")
             predicted.append(seconds * 1e6)
@@ -311,7 +505,8 @@ def validate(frame: pd.DataFrame, chip: str | None = None,
                 f"cannot simulate the row's shape ({exc.__class__.__name__}: {exc})"
             predicted.append(float("nan"))
             energies.append(float("nan"))
-            chip_names.append(chip or "")
+            device = "" if chip or not _present(row, "device") else str(row["device"])
+            chip_names.append(chip or chip_name_for_device(device) or "")
             reasons.append(reason)
     out = frame.copy()
     out["predicted_us"] = predicted
@@ -326,16 +521,29 @@ def validate(frame: pd.DataFrame, chip: str | None = None,
     return out, skipped
 
 
-def family_summary(predictions: pd.DataFrame) -> pd.DataFrame:
+def several_devices(predictions: pd.DataFrame) -> bool:
+    """Whether the rows were measured on more than one device (or simulated on more than one chip)."""
+    devices = predictions["device"].dropna().astype(str).str.strip() if "device" in predictions else pd.Series([])
+    chips = predictions.loc[predictions["skipped_reason"] == "", "chip"] if "chip" in predictions else pd.Series([])
+    return devices[devices != ""].nunique() > 1 or chips.nunique() > 1
+
+
+def family_summary(predictions: pd.DataFrame, by_chip: bool | None = None) -> pd.DataFrame:
+    """Error statistics per op family of the simulated rows; per (chip, family) when `by_chip`
+    (default: when the file holds more than one device), with a leading `chip` column."""
+    if by_chip is None:
+        by_chip = several_devices(predictions)
     ok = predictions[predictions["skipped_reason"] == ""]
+    keys = ["chip", "family"] if by_chip else ["family"]
     rows: list[dict[str, Any]] = []
-    for family, group in ok.groupby("family", sort=True):
+    for key, group in ok.groupby(keys, sort=True):
         ape = group["ape"].to_numpy()
         worst = group.loc[group["ape"].idxmax()]
-        rows.append({"family": family, "rows": len(group), "median_ape": float(np.median(ape)),
+        names = dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=True))
+        rows.append({**names, "rows": len(group), "median_ape": float(np.median(ape)),
                      "p90_ape": float(np.percentile(ape, 90)), "max_ape": float(ape.max()),
                      "worst": describe_row(worst)})
-    return pd.DataFrame(rows, columns=["family", "rows", "median_ape", "p90_ape", "max_ape", "worst"])
+    return pd.DataFrame(rows, columns=[*keys, "rows", "median_ape", "p90_ape", "max_ape", "worst"])
 
 
 def describe_row(row: Mapping[str, Any]) -> str:
