@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 # Numeric formats a chip can run (keys of compute.peak, power.energy_per_flop, gemm.efficiency).
-DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4")
+DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4", "fp6", "fp4")
 
 # How a chip runs int4 GEMMs: dequantize int4 weights to bf16, or native int4 MACs.
 INT4_MODES = ("weight_only", "native")

@@ -65,7 +65,13 @@ def load_chip(name_or_path: str | Path, relative_to: Path | None = None,
 # device names as profilers and measurement files report them -> built-in chips
 DEVICE_ALIASES = {"H100_SXM": "h100_sxm", "H100": "h100_sxm", "NVIDIA H100 80GB HBM3": "h100_sxm",
                   "H200": "h200_sxm", "H200_SXM": "h200_sxm", "NVIDIA H200": "h200_sxm",
-                  "MI300X": "mi300x", "AMD INSTINCT MI300X": "mi300x", "GH200": "gh200", "NVIDIA GH200 480GB": "gh200"}
+                  "MI300X": "mi300x", "AMD INSTINCT MI300X": "mi300x", "GH200": "gh200", "NVIDIA GH200 480GB": "gh200",
+                  "A100_SXM": "a100_sxm", "A100": "a100_sxm", "NVIDIA A100-SXM4-80GB": "a100_sxm",
+                  "H800": "h800", "H800_SXM": "h800", "NVIDIA H800": "h800",
+                  "NVIDIA H800 80GB HBM3": "h800",
+                  "B200": "b200", "B200_SXM": "b200", "NVIDIA B200": "b200", "NVIDIA B200-SXM-180GB": "b200",
+                  "MI325X": "mi325x", "AMD INSTINCT MI325X": "mi325x",
+                  "H100_PCIE": "h100_pcie", "NVIDIA H100 PCIE": "h100_pcie"}
 
 
 def chip_for_device_name(device: str) -> str | None:

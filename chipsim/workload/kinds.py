@@ -22,6 +22,7 @@ from chipsim.workload.comm import MAX_GROUP, communicator
 
 DTYPE_BYTES: dict[str, float] = {
     "fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1, "int4": 0.5, "int32": 4,
+    "fp6": 0.75, "fp4": 0.5,
 }
 ELEMENTWISE_OPS = {
     # name: (input tensors read, output tensors written, flops per element)

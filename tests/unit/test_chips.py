@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,11 +15,11 @@ from chipsim.errors import InputError
 from chipsim.hardware import builtin_chip_names, load_chip
 
 
-def test_builtin_chip_names_are_the_six_shipped() -> None:
-    assert builtin_chip_names() == sorted(BUILTIN_CHIPS)
+def test_the_known_chips_are_shipped() -> None:
+    assert set(BUILTIN_CHIPS) <= set(builtin_chip_names())
 
 
-@pytest.mark.parametrize("name", BUILTIN_CHIPS)
+@pytest.mark.parametrize("name", builtin_chip_names())
 def test_every_builtin_chip_loads_with_sane_si_numbers(name: str) -> None:
     chip = load_chip(name)
     assert chip.name == name
@@ -64,7 +65,7 @@ def test_h100_dwb_has_a_weight_buffer_costing_five_percent_of_the_die() -> None:
     assert dwb.peak_flops_per_s == base.peak_flops_per_s
 
 
-@pytest.mark.parametrize("name", BUILTIN_CHIPS)
+@pytest.mark.parametrize("name", builtin_chip_names())
 def test_int4_mode(name: str) -> None:
     chip = load_chip(name)
     if name == "dojo_int4":
@@ -80,6 +81,83 @@ def test_chip_without_a_dtype_rate_raises_input_error() -> None:
         dojo.peak("tf32")  # listed with 0 TFLOP/s: not a D1 format
     with pytest.raises(InputError, match="int4"):
         load_chip("h200_sxm").peak("int4")
+
+
+# datasheet values cited in docs/hardware_sources.md (and ../shared/reference/hardware_specs.md §1 for
+# the H100 PCIe): name -> (bf16 dense FLOP/s, HBM bytes/s, HBM bytes, power limit W, link B/s per direction)
+NEW_CHIPS = {
+    "a100_sxm": (312e12, 2.039e12, 80e9, 400.0, 300e9),
+    "h800": (989.4e12, 3.35e12, 80e9, 700.0, 200e9),
+    "b200": (2250e12, 7.7e12, 180e9, 1000.0, 900e9),
+    "mi325x": (1307.4e12, 6.0e12, 256e9, 1000.0, 448e9),
+    "h100_pcie": (756e12, 2.0e12, 80e9, 350.0, 64e9),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NEW_CHIPS))
+def test_new_chips_carry_their_datasheet_figures(name: str) -> None:
+    bf16, hbm_bw, hbm_cap, limit, link = NEW_CHIPS[name]
+    chip = load_chip(name)
+    assert chip.name == name
+    assert chip.peak("bf16") == pytest.approx(bf16)
+    assert chip.hbm.bandwidth_bytes_per_s == pytest.approx(hbm_bw)
+    assert chip.hbm.capacity_bytes == pytest.approx(hbm_cap)
+    assert chip.power.limit_w == pytest.approx(limit)
+    assert chip.link.bandwidth_bytes_per_s == pytest.approx(link)
+    assert "docs/hardware_sources.md" in Path(chip.source_file).read_text(encoding="utf-8")  # cites its sources
+
+
+def test_new_chips_differ_from_their_parents_only_where_the_hardware_does() -> None:
+    h100, h800 = load_chip("h100_sxm"), load_chip("h800")
+    assert h800.peak_flops_per_s == h100.peak_flops_per_s and h800.hbm == h100.hbm
+    assert h800.link.bandwidth_bytes_per_s < h100.link.bandwidth_bytes_per_s
+    mi300x, mi325x = load_chip("mi300x"), load_chip("mi325x")
+    assert mi325x.peak_flops_per_s == mi300x.peak_flops_per_s
+    assert mi325x.compute_units == mi300x.compute_units == 304
+    assert replace(mi325x.calibration, source="") == replace(mi300x.calibration, source="")
+    assert mi325x.hbm.capacity_bytes > mi300x.hbm.capacity_bytes
+    assert load_chip("a100_sxm").compute_units == 108
+    assert load_chip("h100_pcie").compute_units == 114
+    assert load_chip("b200").compute_units == 148
+
+
+def test_b200_runs_fp4_and_fp6_and_a100_has_no_fp8() -> None:
+    b200 = load_chip("b200")
+    assert b200.peak("fp4") == pytest.approx(9000e12)
+    assert b200.peak("fp4") > b200.peak("fp8")
+    # NVIDIA's table gives one "FP8/FP6" rate: FP6 runs at the FP8 rate, not above it
+    assert b200.peak("fp6") == pytest.approx(b200.peak("fp8")) == pytest.approx(4500e12)
+    assert b200.peak("fp6") > b200.peak("bf16")
+    for dtype in ("fp6", "fp4"):
+        assert 0 < b200.power.energy_j_per_flop[dtype] < b200.power.energy_j_per_flop["fp8"]
+        assert 0 < b200.calibration.gemm_efficiency[dtype] <= 1
+    with pytest.raises(InputError, match="fp8"):
+        load_chip("a100_sxm").peak("fp8")
+    with pytest.raises(InputError, match="fp4"):
+        load_chip("h200_sxm").peak("fp4")
+
+
+def test_new_dtypes_have_sizes() -> None:
+    from chipsim.vocab import DTYPES
+    from chipsim.workload.kinds import DTYPE_BYTES
+
+    assert DTYPE_BYTES["fp6"] == 0.75 and DTYPE_BYTES["fp4"] == 0.5
+    assert set(DTYPES) <= set(DTYPE_BYTES)
+
+
+@pytest.mark.parametrize(("device", "chip"), [
+    ("A100_SXM", "a100_sxm"), ("A100", "a100_sxm"), ("NVIDIA A100-SXM4-80GB", "a100_sxm"),
+    ("H800", "h800"), ("NVIDIA H800", "h800"),
+    ("B200", "b200"), ("NVIDIA B200", "b200"), ("NVIDIA B200-SXM-180GB", "b200"),
+    ("MI325X", "mi325x"), ("AMD Instinct MI325X", "mi325x"),
+    ("H100_PCIE", "h100_pcie"), ("NVIDIA H100 PCIe", "h100_pcie"),
+])
+def test_device_aliases_of_the_new_chips_resolve(device: str, chip: str) -> None:
+    from chipsim.hardware.registry import DEVICE_ALIASES, chip_for_device_name
+
+    assert chip_for_device_name(device) == chip
+    assert chip in builtin_chip_names()
+    assert set(DEVICE_ALIASES.values()) <= set(builtin_chip_names())
 
 
 def test_to_dict_is_json_serializable_si() -> None:
