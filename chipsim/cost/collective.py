@@ -30,12 +30,14 @@ def no_transfer(chip: Chip) -> OpCost:
 
 
 def collective_cost(op: Op, chip: Chip, sent_bytes: float, transfer_s: float, latency_s: float,
-                    mode: str) -> OpCost:
+                    mode: str, efficiency: float | None = None) -> OpCost:
     """`sent_bytes` this rank sends; `transfer_s` their time at the network's line rate (contention
     included); `latency_s` the paths' latency. NCCL's achieved efficiency for the kind (calibrated
-    per chip) stretches the transfer, not the latency."""
+    per chip), or the `efficiency` the network gives for its algorithm, stretches the transfer, not
+    the latency."""
     cal = chip.calibration
-    efficiency = cal.collective_efficiency.get(op.kind, max(cal.collective_efficiency.values(), default=1.0))
+    if efficiency is None:
+        efficiency = cal.collective_efficiency.get(op.kind, max(cal.collective_efficiency.values(), default=1.0))
     reduces = op.kind in REDUCING
     hbm_bytes = sent_bytes * (REDUCE_HBM_BYTES_PER_BYTE if reduces else 1.0)
     mem_s = hbm_bytes / (chip.hbm.bandwidth_bytes_per_s * cal.memory_efficiency)

@@ -237,6 +237,24 @@ def choose_algorithm(kind: str, ranks: np.ndarray, topo: Topology) -> str:
     return "ring"
 
 
+def candidate_algorithms(kind: str, comm: Communicator, system: System) -> tuple[str, ...]:
+    """The algorithms `auto` weighs for a group: inside one node the ring, NVLink SHARP where the switch
+    reduces, and the direct exchange on all-to-all links; across nodes what choose_algorithm picks."""
+    topo = topology_of(system)
+    ranks = np.asarray(comm.ranks(), np.int64)
+    if kind in ("send_recv", "broadcast", "all_to_all") or comm.highest >= system.world:
+        return ("auto",)
+    lay = layout(ranks, topo)
+    if lay is None or lay.nodes > 1:
+        return ("auto",)
+    choices = ["ring"]
+    if kind == "all_reduce" and system.fabric.in_switch_reduction:
+        choices.append("in_switch")
+    if system.fabric.kind == "all_to_all" and ranks.size <= MAX_DIRECT_RANKS:
+        choices.append("direct")
+    return tuple(choices)
+
+
 def plan(kind: str, size: float, comm: Communicator, algorithm: str, topo: Topology,
          bidirectional: bool = False) -> tuple[str, list[Phase]]:
     system = topo.system

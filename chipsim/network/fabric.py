@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from chipsim.cost.base import OpCost
 from chipsim.cost.collective import collective_cost, no_transfer
 from chipsim.hardware.chip import Chip
-from chipsim.network.collectives import collective
+from chipsim.network.collectives import candidate_algorithms, collective
 from chipsim.network.system import System
-from chipsim.workload.comm import communicator
+from chipsim.workload.comm import Communicator, communicator
 from chipsim.workload.graph import Op
 
 
@@ -33,11 +33,23 @@ class Fabric:
         return math.inf
 
     def collective_cost(self, op: Op, chip: Chip) -> OpCost:
+        """With `algorithm: auto`, the fastest of the algorithms NCCL/RCCL would consider for this group
+        on this fabric (its tuner picks by a cost model too): so NVLink SHARP wins at 8 GPUs and large
+        sizes, a ring at 2 GPUs, and the choice moves with size and GPU count."""
         comm = communicator(op.shape, op.attrs)
-        report = collective(self.system, op.kind, float(op.shape["bytes"]), comm,
-                            str(op.attrs.get("algorithm", "auto")), bool(op.attrs.get("bidirectional", False)))
+        algorithm = str(op.attrs.get("algorithm", "auto"))
+        choices = candidate_algorithms(op.kind, comm, self.system) if algorithm == "auto" else (algorithm,)
+        costs = [self._cost(op, chip, comm, choice) for choice in choices]
+        return min(costs, key=lambda cost: cost.seconds)  # ties: the first candidate
+
+    def _cost(self, op: Op, chip: Chip, comm: Communicator, algorithm: str) -> OpCost:
+        report = collective(self.system, op.kind, float(op.shape["bytes"]), comm, algorithm,
+                            bool(op.attrs.get("bidirectional", False)))
         if report.seconds == 0:
             return no_transfer(chip)
+        g = self.system.gpus_per_node
+        nvls = report.algorithm == "in_switch" and len({rank // g for rank in comm.ranks()}) == 1
+        efficiency = self.system.fabric.in_switch_efficiency if nvls else None  # NVLink SHARP inside a node
         return collective_cost(op, chip, report.bytes_sent / report.ranks, report.seconds - report.latency_s,
                                report.latency_s, f"{op.kind} {report.algorithm} over {comm.describe()} of "
-                                                 f"{self.system.name}: {report.method}")
+                                                 f"{self.system.name}: {report.method}", efficiency)

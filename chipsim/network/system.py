@@ -30,6 +30,7 @@ class NodeFabric:
     latency_s: float
     in_switch_reduction: bool = False  # NVLink SHARP (NVLS): the switch reduces and multicasts
     host_link_bytes_per_s: float = 0.0  # NVLink-C2C to the CPU's memory (GH200), per GPU per direction
+    in_switch_efficiency: float | None = None  # achieved fraction of the link rate under NVLS (else the chip's)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,8 @@ def build_system(data: dict[str, Any], file: str | None = None) -> System:
         latency_s=fab.quantity("latency", "time", "1 us"),
         in_switch_reduction=fab.boolean("in_switch_reduction", False),
         host_link_bytes_per_s=fab.quantity("host_link", "bandwidth", 0.0),
+        in_switch_efficiency=fab.number("in_switch_efficiency", 1.0, positive=True, maximum=1.0)
+        if fab.has("in_switch_efficiency") else None,
     )
     fab.done()
     if fabric.in_switch_reduction and fabric.kind != "nvswitch":
@@ -174,8 +177,12 @@ def system_for(chip: str, gpus: int, across_nodes: bool = False) -> System:
     measurement rows describe one: the chip's node when the GPUs fit in one (the collective spans its
     first `gpus` ranks), else its cluster resized to just enough nodes. `across_nodes`: the GPUs are
     spread over nodes (`*_internode` rows), one node's worth per node."""
-    systems = [load_system(name) for name in builtin_system_names()]
-    mine = sorted((s for s in systems if s.chip.name == chip), key=lambda s: (s.nodes, s.gpus_per_node, s.name))
+    def chip_of(name: str) -> object:
+        path = resolve_system_path(name)
+        return _load_cached(str(path.resolve()), path.stat().st_mtime_ns).get("chip")
+
+    systems = [load_system(name) for name in builtin_system_names() if chip_of(name) == chip]
+    mine = sorted(systems, key=lambda s: (s.nodes, s.gpus_per_node, s.name))
     nodes = [s for s in mine if s.nodes == 1 and s.gpus_per_node >= gpus]
     if nodes and not across_nodes:
         return nodes[0]

@@ -517,3 +517,42 @@ def test_a_131k_gpu_cluster_builds_and_routes_idle_in_bounded_time() -> None:
     system = load_system("cluster_2048x_dgx_h100_ndr", overrides={"nodes": 16384, "scale_out": {"switch_radix": 128}})
     report = collective(system, "all_reduce", 64 * MiB, Communicator(8 * 1024, stride=16))
     assert report.algorithm == "hierarchical" and report.seconds > 0
+
+
+# ---------------------------------------------------------------- what NCCL/RCCL would run
+
+
+def _all_reduce_cost(system: System, ranks: int, size: float, algorithm: str = "auto"):  # type: ignore[no-untyped-def]
+    from chipsim.workload.graph import make_op
+
+    op = make_op(0, "ar", "all_reduce", "bf16", {"bytes": size, "group": ranks}, stream="comm",
+                 attrs={"algorithm": algorithm})
+    return Fabric(system).collective_cost(op, system.chip)
+
+
+def test_nvls_beats_the_ring_at_8_gpus_and_not_at_2() -> None:
+    """NVLink SHARP moves each byte up and down once; a ring moves 2(n-1)/n of them, which is 1 at two
+    GPUs: there the ring's better achieved efficiency wins, at eight the switch does."""
+    system = load_system("hgx_h200")
+    size = 256 * MiB
+    for ranks, winner in ((8, "in_switch"), (2, "ring")):
+        ring = _all_reduce_cost(system, ranks, size, "ring").seconds
+        nvls = _all_reduce_cost(system, ranks, size, "in_switch").seconds
+        auto = _all_reduce_cost(system, ranks, size)
+        assert (nvls < ring) == (winner == "in_switch"), ranks
+        assert auto.seconds == pytest.approx(min(ring, nvls), rel=1e-12)
+        assert f"all_reduce {winner} over" in auto.mode
+
+
+def test_a_two_gpu_mi300x_all_reduce_is_bound_by_one_xgmi_link() -> None:
+    """MI300X GPUs are joined pairwise by one Infinity Fabric link (64 GB/s each way): two of them
+    all-reduce at that link's rate, not at the 448 GB/s of all seven links."""
+    system = load_system("mi300x_8gpu")
+    size = 1 * GiB
+    cost = _all_reduce_cost(system, 2, size)
+    link = system.fabric.bandwidth_bytes_per_s
+    assert cost.bound == "link"
+    efficiency = system.chip.calibration.collective_efficiency["all_reduce"]
+    assert cost.link_s == pytest.approx(size / (link * efficiency), rel=1e-9)  # 2(n-1)/n = 1 of the buffer
+    eight = _all_reduce_cost(system, 8, size)
+    assert eight.seconds < cost.seconds  # eight GPUs use all seven links of each
