@@ -268,8 +268,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    import pandas as pd
-
     from chipsim.report import strict_json
     from chipsim.study import validate as v
 
@@ -310,41 +308,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
         from chipsim.report.plots import plot_validation
 
         v.save_figure(plot_validation(predictions), args.plot, dpi=110)
+    from chipsim.report.validation import validation_json, validation_text
+
     if args.json:
-        chips = sorted({str(c) for c in predictions.loc[predictions["skipped_reason"] == "", "chip"]})
-        families = summary.to_dict("records")
-        for family in families:  # each family's chip: its group's, or the one chip every row ran on
-            family.setdefault("chip", chips[0] if len(chips) == 1 else chip)
-        print(strict_json.dumps({  # strict JSON: NaN and inf become null
-            "rows": int(len(predictions)), "simulated": int(len(predictions) - len(skipped)),
-            "skipped_rows": int(len(skipped)), "chip": chip, "chips": chips, "by_chip": "chip" in summary.columns,
-            "families": families,
-            "skipped": [{"row": int(i), "op": str(r["op"]), "variant": str(r["variant"]),
-                         "chip": str(r["chip"]) or None, "reason": r["skipped_reason"]}
-                        for i, r in skipped.iterrows()],
-            "power": power_frame.to_dict("records") if power_frame is not None else None,
-        }))
-        return 0
-    view = pd.DataFrame({
-        **({"chip": summary["chip"]} if "chip" in summary.columns else {}),
-        "family": summary["family"], "rows": summary["rows"],
-        "median APE": [f"{x:.1%}" for x in summary["median_ape"]],
-        "p90 APE": [f"{x:.1%}" for x in summary["p90_ape"]],
-        "worst": [f"{a:.0%} {w}" for a, w in zip(summary["max_ape"], summary["worst"], strict=True)],
-    })
-    print(f"{len(predictions) - len(skipped)} of {len(predictions)} rows simulated"
-          f"{' on ' + chip if chip else ''}" + (f"; {len(skipped)} skipped (reasons below)" if len(skipped) else ""))
-    print(view.to_string(index=False))
-    for i, r in skipped.iterrows():
-        print(f"skipped row {i} ({r['op']}): {r['skipped_reason']}")
-    if power_frame is not None:
-        print(f"\npower phases ({power_path}):")
-        for r in power_frame.to_dict("records"):
-            line = f"  {r['phase']:<16} measured {r['measured_w']:6.1f} W  predicted {r['predicted_w']:6.1f} W  ({r['ape']:.1%})"
-            if not pd.isna(r.get("predicted_clock_mhz", float("nan"))):
-                line += (f"; clock {r['predicted_clock_mhz']:.0f} vs {r['measured_clock_mhz']:.0f} MHz, "
-                         f"{r['predicted_tflops']:.0f} vs {r['measured_tflops']:.0f} TFLOP/s")
-            print(line)
+        print(strict_json.dumps(validation_json(predictions, skipped, summary, chip, power_frame)))
+    else:
+        print(validation_text(predictions, skipped, summary, chip, power_frame, str(power_path)))
     return 0
 
 
