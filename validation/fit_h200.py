@@ -77,7 +77,7 @@ def get(chip: Chip, path: str) -> float:
     cal = chip.calibration
     head, _, key = path.partition(".")
     value = getattr(cal, head)
-    return float(value[key] if key else value)
+    return float(value.get(key, 0.0) if key else value)  # a per-name table entry not set yet: 0
 
 
 def put(chip: Chip, path: str, value: float) -> Chip:

@@ -37,7 +37,7 @@ from fit_h200 import fit_stage, get  # noqa: E402  (the same robust fit, one pla
 from chipsim.engine.sim import SimOptions, simulate  # noqa: E402
 from chipsim.hardware.chip import Chip  # noqa: E402
 from chipsim.hardware.registry import load_chip  # noqa: E402
-from chipsim.study.validate import _single, family_summary, read_measurements, repeat, validate  # noqa: E402
+from chipsim.study.validate import NODES_NOTE, _single, family_summary, read_measurements, repeat, validate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CSV = ROOT.parent / "shared" / "reference" / "published" / "calibration.csv"
@@ -56,6 +56,7 @@ STAGES: dict[str, tuple[tuple[str, ...], list[tuple[str, float, float]]]] = {
         ("attention_fwd_efficiency.cudnn", 0.05, 1.0), ("attention_fwd_efficiency.flash", 0.05, 1.0),
         ("attention_decode_efficiency.flash", 0.1, 1.0), ("attention_decode_efficiency.cudnn", 0.1, 1.0),
         ("attention_decode_block_s.flash", 0.05e-6, 20e-6), ("attention_decode_block_s.cudnn", 0.05e-6, 20e-6),
+        ("attention_decode_fixed_s.flash", 0.0, 40e-6),
         ("host_dispatch_s.attention", 1e-6, 120e-6)]),
     "collective": (("all_reduce",), [("collective_latency_s", 5e-6, 100e-6)]),
 }
@@ -157,7 +158,9 @@ def fit_chip(name: str, frame: pd.DataFrame, log: Callable[[str], None]) -> tupl
     for stage, (ops, params) in STAGES.items():
         these = rows[rows["op"].isin(ops)].reset_index(drop=True)
         if stage == "collective":  # the chip's floor is a node property: across nodes the network adds its own
-            these = these[~these["variant"].astype(str).str.endswith("_internode")].reset_index(drop=True)
+            across = these["variant"].astype(str).str.endswith("_internode") | these["note"].astype(str).map(
+                lambda note: bool((m := NODES_NOTE.search(note)) and int(m.group(1)) > 1))
+            these = these[~across].reset_index(drop=True)
         if not len(these):
             continue
         kept = useful(chip, these, params)
@@ -179,6 +182,7 @@ YAML_PATHS = {  # calibration attribute -> (YAML section path, unit formatter)
     "attention_fwd_efficiency": (("calibration", "attention", "fwd"), None),
     "attention_decode_efficiency": (("calibration", "attention", "decode"), None),
     "attention_decode_block_s": (("calibration", "attention", "decode_block"), "us"),
+    "attention_decode_fixed_s": (("calibration", "attention", "decode_fixed"), "us"),
     "host_dispatch_s": (("calibration", "host", "dispatch"), "us"),
     "collective_latency_s": (("calibration", "collective", "latency"), "us"),
     "energy_per_flop": (("power", "energy_per_flop"), "pJ"),

@@ -34,10 +34,12 @@ def attention_cost(op: Op, chip: Chip) -> OpCost:
     compute_s = op.flops / (rate * efficiency * wave_eff) * (1.0 + setup / keys_per_cta)
     mem = memory_part(op, chip, op.bytes, "attention")
     mem_s = mem.seconds
+    fixed = fixed_seconds(chip, 1, mem.latency_s)
     if s["seq_q"] <= DECODE_MAX_Q and s["pass"] == "fwd":
         mem_s = max(mem_s * cal.memory_efficiency / cal.attention_decode_efficiency[backend],
                     decode_loop_seconds(op, chip, backend))
-    return OpCost(fixed_seconds(chip, 1, mem.latency_s), compute_s, mem.hbm_bytes, mem_s,
+        fixed += cal.attention_decode_fixed_s.get(backend, 0.0)
+    return OpCost(fixed, compute_s, mem.hbm_bytes, mem_s,
                   compute_energy_j=compute_energy(chip, op.flops, op.dtype), memory_energy_j=mem.energy_j,
                   level=mem.level)
 

@@ -77,6 +77,7 @@ class Calibration:
     attention_split_kv: dict[str, bool]
     attention_setup_keys: dict[str, float]
     attention_fp32_efficiency: float  # fp32 attention (SIMT FMA pipes), of the fp32 peak
+    attention_decode_fixed_s: dict[str, float]  # per backend: a decode call's own fixed cost (paging, split-KV combine)
     kernel_latency_s: float
     graph_launch_s: float
     host_dispatch_s: dict[str, float]
@@ -200,6 +201,7 @@ def _calibration(sec: Section) -> Calibration:
             raise att.error(part, f"missing backends {missing}; expected all of {list(ATTENTION_BACKENDS)}")
     setup_keys = att.mapping("setup_keys", "number", {}, keys=("fwd", "bwd"), what="attention pass")
     fp32_attention = att.number("fp32", 0.5, positive=True, maximum=1.0)
+    decode_fixed = att.mapping("decode_fixed", "time", {}, keys=ATTENTION_BACKENDS, what="attention backend")
     att.done()
     lat = sec.section("latency")
     kernel_latency, graph_launch = lat.quantity("kernel", "time"), lat.quantity("graph_launch", "time")
@@ -220,7 +222,7 @@ def _calibration(sec: Section) -> Calibration:
         attention_fwd_efficiency=tables["fwd"], attention_bwd_efficiency=tables["bwd"],
         attention_decode_efficiency=tables["decode"], attention_decode_block_s=tables["decode_block"],
         attention_split_kv=split_kv, attention_setup_keys=setup_keys, attention_fp32_efficiency=fp32_attention,
-        kernel_latency_s=kernel_latency,
+        attention_decode_fixed_s=decode_fixed, kernel_latency_s=kernel_latency,
         graph_launch_s=graph_launch, host_dispatch_s=dispatch, collective_latency_s=coll_latency,
         collective_efficiency=coll_efficiency, source=source,
     )
