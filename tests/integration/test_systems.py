@@ -139,7 +139,7 @@ def test_the_all_reduce_op_takes_the_network_model_time(write) -> None:
 
 @pytest.mark.parametrize("bandwidth", ["900 GB/s", "1800 GB/s"])
 def test_a_faster_node_fabric_is_not_capped_by_the_chip_link(write, bandwidth: str) -> None:
-    """Regression: system_collective_cost (chipsim/cost/model.py) returns link_bytes = bytes sent per
+    """Regression: a system's collective cost (then chipsim/cost/model.py) returns link_bytes = bytes sent per
     rank, and the engine used to push them through the chip's own link (FluidShare at
     chip.link.bandwidth, 450 GB/s on h200_sxm) as well: with node_fabric 900 GB/s the network model
     said 0.805 ms and the simulated op took 1.075 ms; at 1800 GB/s, the same 1.075 ms."""
