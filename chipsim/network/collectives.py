@@ -248,7 +248,9 @@ def candidate_algorithms(kind: str, comm: Communicator, system: System) -> tuple
     if lay is None or lay.nodes > 1:
         return ("auto",)
     choices = ["ring"]
-    if kind == "all_reduce" and system.fabric.in_switch_reduction:
+    if kind == "all_reduce" and system.fabric.in_switch_reduction and ranks.size > 2:
+        # at two ranks a ring already moves each byte once each way, as the switch would: NCCL's tuner
+        # gains nothing from NVLink SHARP there, and its multicast set-up costs more than a ring step
         choices.append("in_switch")
     if system.fabric.kind == "all_to_all" and ranks.size <= MAX_DIRECT_RANKS:
         choices.append("direct")

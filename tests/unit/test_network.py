@@ -542,6 +542,8 @@ def test_nvls_beats_the_ring_at_8_gpus_and_not_at_2() -> None:
         assert (nvls < ring) == (winner == "in_switch"), ranks
         assert auto.seconds == pytest.approx(min(ring, nvls), rel=1e-12)
         assert f"all_reduce {winner} over" in auto.mode
+    # at two GPUs NCCL never takes NVLS, not even for small, latency-bound messages
+    assert "all_reduce ring over" in _all_reduce_cost(system, 2, 4096).mode
 
 
 def test_a_two_gpu_mi300x_all_reduce_is_bound_by_one_xgmi_link() -> None:
