@@ -103,6 +103,14 @@ def load_targets(config: RunConfig, chips: Sequence[str] | None = None,
     return targets
 
 
+class CannotRun(InputError):
+    """A target lacks what a workload needs (a dtype, a memory level, enough GPUs): `reason` says what."""
+
+    def __init__(self, message: str, *, file: str | None = None, key: str | None = None, reason: str = "") -> None:
+        super().__init__(message, file=file, key=key)
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class Case:
     """One simulation of a run: a workload on a target, costed and ready to run."""
@@ -134,8 +142,9 @@ def plan_cases(config: RunConfig, chips: Sequence[str] | None = None,
                 prepared = prepare(workload, target.chip, options, target.network)
             except InputError as exc:
                 source = spec.trace or config.file  # name the file the workload came from
-                raise InputError(f"{target.label} cannot run this workload: {exc.message}",
-                                 file=exc.file or (str(source) if source else None), key=exc.key) from None
+                raise CannotRun(f"{target.label} cannot run this workload: {exc.message}",
+                                file=exc.file or (str(source) if source else None), key=exc.key,
+                                reason=exc.message) from None
             cases.append(Case(target.label, workload, prepared))
     return cases
 

@@ -34,10 +34,16 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fit_h200 import fit_stage, get  # noqa: E402  (the same robust fit, one place)
 
-from chipsim.engine.sim import SimOptions, simulate  # noqa: E402
 from chipsim.hardware.chip import Chip  # noqa: E402
 from chipsim.hardware.registry import load_chip  # noqa: E402
-from chipsim.study.validate import NODES_NOTE, _single, family_summary, read_measurements, repeat, validate  # noqa: E402
+from chipsim.study.validate import (  # noqa: E402
+    NODES_NOTE,
+    family_summary,
+    read_measurements,
+    single_op,
+    sustained_loop,
+    validate,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CSV = ROOT.parent / "shared" / "reference" / "published" / "calibration.csv"
@@ -88,9 +94,7 @@ def useful(chip: Chip, rows: pd.DataFrame, params: list[tuple[str, float, float]
 
 def sustained_clock_mhz(chip: Chip, dtype: str, m: int, n: int, k: int) -> float:
     """The clock a loop of this GEMM settles at under the power limit (the controller of engine/power.py)."""
-    looped, _ = repeat(_single("gemm", dtype, m=m, n=n, k=k), 40)
-    result = simulate(looped, chip, SimOptions(launch="graph", sustained=True))
-    return min(r.clock_scale for r in result.records[-10:]) * chip.clock_hz / 1e6
+    return sustained_loop(single_op("gemm", dtype, m=m, n=n, k=k), chip).clock_hz / 1e6
 
 
 def with_energy(chip: Chip, dtype: str, joules: float) -> Chip:

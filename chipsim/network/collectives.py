@@ -224,7 +224,9 @@ def _in_switch_phases(kind: str, ranks: np.ndarray, size: float, topo: Topology)
 
 
 def choose_algorithm(kind: str, ranks: np.ndarray, topo: Topology) -> str:
-    """What NCCL/RCCL would run, by the group's shape on the topology."""
+    """The algorithm `auto` runs when nothing weighs costs: across nodes what NCCL/RCCL run, inside a node
+    the ring (direct exchange on all-to-all links). `Fabric` weighs `candidate_algorithms` with the
+    chip's efficiencies instead, which is how NVLink SHARP gets chosen inside a node."""
     if kind == "broadcast":
         return "ring"
     if kind == "all_to_all":

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from chipsim.api import execute, plan_cases
+from chipsim.api import CannotRun, execute, plan_cases
 from chipsim.atomic import atomic_write
 from chipsim.config.runconfig import RunConfig, load_run_config
 from chipsim.errors import InputError
@@ -48,14 +48,14 @@ def simulate_examples(configs_dir: Path, progress: Callable[[str], None] | None 
             spec = one.workloads[0]
             try:
                 cases = plan_cases(one, chips)
-            except InputError as exc:
-                if "cannot run this workload" not in exc.message:
-                    raise exc.within(file=str(path)) from None
+            except CannotRun as exc:
                 name = spec.name or (spec.generator or "")
                 case = path.stem if len(config.workloads) == 1 else f"{path.stem}:{name}"
                 rows.append({"case": case, "chip": label, "latency_s": float("nan"), "energy_j": float("nan"),
-                             "status": f"unsupported: {exc.message.split(': ', 1)[-1]}"})
+                             "status": f"unsupported: {exc.reason}"})
                 continue
+            except InputError as exc:
+                raise exc.within(file=str(path)) from None
             for c in cases:
                 result = execute(c)
                 case = path.stem if len(config.workloads) == 1 else f"{path.stem}:{spec.name or c.workload.name}"

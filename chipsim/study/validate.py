@@ -115,7 +115,7 @@ def _note_int(row: Mapping[str, Any], key: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _single(kind: str, dtype: str, attrs: Mapping[str, Any] | None = None, **shape: Any) -> Workload:
+def single_op(kind: str, dtype: str, attrs: Mapping[str, Any] | None = None, **shape: Any) -> Workload:
     b = WorkloadBuilder(f"{kind}")
     b.add(kind, kind, dtype, [], stream="comm" if kind in COLLECTIVE_KINDS else "compute",
           attrs=attrs, **shape)
@@ -139,10 +139,10 @@ def _gemm(row: Mapping[str, Any]) -> Workload:
     if _present(row, "batch") and _int(row, "batch") > 1:
         shape["batch"] = _int(row, "batch")
     if row["dtype"] == "int4_w_bf16_a":
-        return _single("gemm", "bf16", {"weight_dtype": "int4", "group_size": 128}, **shape)
+        return single_op("gemm", "bf16", {"weight_dtype": "int4", "group_size": 128}, **shape)
     if row["dtype"] not in GEMM_DTYPES:
         raise Unsupported(f"gemm dtype {row['dtype']!r}")
-    return _single("gemm", GEMM_DTYPES[row["dtype"]], **shape)
+    return single_op("gemm", GEMM_DTYPES[row["dtype"]], **shape)
 
 
 def _block_scaled_gemm(row: Mapping[str, Any], m: int, n: int, k: int) -> Workload:
@@ -187,15 +187,15 @@ def _memory(row: Mapping[str, Any]) -> Workload:
     size = _number(row, "bytes")
     variant = str(row["variant"])
     if variant == "copy":
-        return _single("memcpy", "bf16", bytes=size)
+        return single_op("memcpy", "bf16", bytes=size)
     if variant in ("read_sum", "write_fill"):
-        return _single("elementwise", "bf16", {"op": "read" if variant == "read_sum" else "write"}, numel=size / 2)
+        return single_op("elementwise", "bf16", {"op": "read" if variant == "read_sum" else "write"}, numel=size / 2)
     if variant.startswith("babelstream_") and variant[len("babelstream_"):] in BABELSTREAM:
         # arrays of any element type (BabelStream's are fp64) as fp32 elements of the same bytes
         op, _ = BABELSTREAM[variant[len("babelstream_"):]]
         if op == "copy":
-            return _single("memcpy", "bf16", bytes=size)
-        return _single("elementwise", "fp32", {"op": op}, numel=(2 if op == "read" else 1) * size / 4)
+            return single_op("memcpy", "bf16", bytes=size)
+        return single_op("elementwise", "fp32", {"op": op}, numel=(2 if op == "read" else 1) * size / 4)
     raise Unsupported(f"memory variant {variant!r} (known: copy, read_sum, write_fill, "
                       f"{', '.join('babelstream_' + k for k in BABELSTREAM)})")
 
@@ -204,11 +204,11 @@ def _elementwise(row: Mapping[str, Any]) -> Workload:
     m, n, variant = _int(row, "m"), _int(row, "n"), row["variant"]
     dtype = row["dtype"]
     if variant in ("rms_norm", "layer_norm"):
-        return _single("norm", dtype, {"type": variant}, rows=m, cols=n)
+        return single_op("norm", dtype, {"type": variant}, rows=m, cols=n)
     if variant == "softmax":
-        return _single("softmax", dtype, rows=m, cols=n)
+        return single_op("softmax", dtype, rows=m, cols=n)
     if variant in ELEMENTWISE_VARIANTS:  # silu_mul: input [m, 2n] (gate, up), output [m, n]
-        return _single("elementwise", dtype, {"op": variant}, numel=m * n)
+        return single_op("elementwise", dtype, {"op": variant}, numel=m * n)
     raise Unsupported(f"elementwise variant {variant!r}")
 
 
@@ -262,7 +262,7 @@ def collective_variant(variant: str) -> tuple[str, bool]:
 def _collective(row: Mapping[str, Any]) -> Workload:
     algorithm, _ = collective_variant(str(row["variant"]))
     attrs = {"algorithm": algorithm} if algorithm != "auto" else None
-    return _single(str(row["op"]), str(row["dtype"]), attrs, bytes=_number(row, "bytes"), group=_int(row, "world"))
+    return single_op(str(row["op"]), str(row["dtype"]), attrs, bytes=_number(row, "bytes"), group=_int(row, "world"))
 
 
 def _compressed(row: Mapping[str, Any]) -> Workload:
@@ -565,8 +565,8 @@ def describe_row(row: Mapping[str, Any]) -> str:
 
 POWER_PHASES: dict[str, Callable[[], Workload]] = {
     # phase name in power.json -> the op the loop ran
-    "gemm_bf16_8192": lambda: _single("gemm", "bf16", m=8192, n=8192, k=8192),
-    "copy_1GiB": lambda: _single("memcpy", "bf16", bytes=float(1 << 30)),
+    "gemm_bf16_8192": lambda: single_op("gemm", "bf16", m=8192, n=8192, k=8192),
+    "copy_1GiB": lambda: single_op("memcpy", "bf16", bytes=float(1 << 30)),
 }
 
 
@@ -607,6 +607,24 @@ def read_power(path: str | Path) -> list[dict[str, Any]]:
     return data
 
 
+@dataclass(frozen=True)
+class SustainedLoop:
+    """One op run back to back until the power controller has settled (as a vendor's peak-FLOPS loop or
+    a measured power phase runs it): the clock it settles at and one call's time and dynamic energy."""
+
+    clock_hz: float
+    seconds_per_call: float
+    joules_per_call: float
+
+
+def sustained_loop(workload: Workload, chip: Chip, calls: int = 40, steady: int = 10) -> SustainedLoop:
+    """`workload` (one op) looped `calls` times at the power limit; figures of the last `steady` calls."""
+    looped, _ = repeat(workload, calls)
+    last = simulate(looped, chip, SimOptions(launch="graph", sustained=True)).records[-steady:]
+    return SustainedLoop(min(r.clock_scale for r in last) * chip.clock_hz,
+                         (last[-1].end_s - last[0].start_s) / len(last), sum(r.energy_j for r in last) / len(last))
+
+
 def validate_power(phases: list[dict[str, Any]], chip: Chip) -> pd.DataFrame:
     """Each phase's average power: the static power plus the dynamic energy of the work the loop did
     (`calls` ops at the clock the power controller settles at) over the phase's duration; and, for
@@ -620,16 +638,12 @@ def validate_power(phases: list[dict[str, Any]], chip: Chip) -> pd.DataFrame:
             row["predicted_w"] = chip.power.idle_w
         elif name in POWER_PHASES:
             op_workload = POWER_PHASES[name]()
-            looped, _ = repeat(op_workload, 40)
-            result = simulate(looped, chip, SimOptions(launch="graph", sustained=True))
-            per_call_j = sum(r.energy_j for r in result.records[-10:]) / 10
-            row["predicted_w"] = chip.power.idle_w + per_call_j * float(phase["calls"]) / float(phase["seconds"])
+            loop = sustained_loop(op_workload, chip)
+            row["predicted_w"] = chip.power.idle_w + loop.joules_per_call * float(phase["calls"]) / float(phase["seconds"])
             if phase.get("tflops"):
-                steady = result.records[-10:]
-                seconds = (steady[-1].end_s - steady[0].start_s) / len(steady)
-                row["predicted_tflops"] = op_workload.ops[0].flops / seconds / 1e12
+                row["predicted_tflops"] = op_workload.ops[0].flops / loop.seconds_per_call / 1e12
                 row["measured_tflops"] = float(phase["tflops"])
-                row["predicted_clock_mhz"] = min(r.clock_scale for r in steady) * chip.clock_hz / 1e6
+                row["predicted_clock_mhz"] = loop.clock_hz / 1e6
                 row["measured_clock_mhz"] = float(phase.get("sm_mhz_median", float("nan")))
         else:
             row["predicted_w"] = float("nan")

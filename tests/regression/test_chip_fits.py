@@ -7,19 +7,15 @@ from __future__ import annotations
 
 import pytest
 
-from chipsim.engine.sim import SimOptions, simulate
 from chipsim.hardware.registry import load_chip
-from chipsim.study.validate import _single, repeat
+from chipsim.study.validate import single_op, sustained_loop
 
 
 def sustained(chip_name: str, dtype: str, m: int, n: int, k: int) -> tuple[float, float]:
     """(settled clock MHz, TFLOP/s) of a back-to-back loop of one GEMM."""
-    chip = load_chip(chip_name)
-    workload = _single("gemm", dtype, m=m, n=n, k=k)
-    looped, _ = repeat(workload, 40)
-    steady = simulate(looped, chip, SimOptions(launch="graph", sustained=True)).records[-10:]
-    seconds = (steady[-1].end_s - steady[0].start_s) / len(steady)
-    return min(r.clock_scale for r in steady) * chip.clock_hz / 1e6, workload.ops[0].flops / seconds / 1e12
+    workload = single_op("gemm", dtype, m=m, n=n, k=k)
+    loop = sustained_loop(workload, load_chip(chip_name))
+    return loop.clock_hz / 1e6, workload.ops[0].flops / loop.seconds_per_call / 1e12
 
 
 @pytest.mark.parametrize(("chip", "dtype", "n", "clock_mhz", "tflops"), [
