@@ -7,7 +7,8 @@ on log(predicted / measured), so a handful of software outliers cannot drag the 
   memory      streaming efficiency, per-kernel bandwidth efficiencies, kernel latency, host dispatch
   gemm        tensor-pipe efficiency per dtype, int4 weight-only efficiency, GEMM dispatch
   attention   fwd / bwd efficiency per backend, decode bandwidth and per-block time, dispatch
-  collective  NCCL fixed latency and achieved link efficiency
+  collective  NCCL achieved link efficiency per kind, collective dispatch (the fixed latency is
+              fitted on the published 8-GPU rows: validation/fit_published.py)
 Model steps (train / prefill / decode) and the dynamic-attention layer are NOT fitted: they are
 predicted from the op-level parameters, which is the check that the parameters transfer.
 Prints the fitted values (paste them into chipsim/chips/h200_sxm.yaml) and the per-family APE.
@@ -67,7 +68,9 @@ STAGES = {
     # measurements (validation/h200_holdout.csv) whose n or k is not a multiple of 8
     "unaligned": (("gemm",), [("gemm_unaligned_efficiency", 0.02, 1.0)]),
     "collective": (("all_reduce", "all_gather", "reduce_scatter"), [
-        ("collective_latency_s", 1e-6, 100e-6), ("collective_efficiency.all_reduce", 0.3, 1.0),
+        # the fixed latency is not fitted here: 2-GPU eager rows hide it behind host dispatch, while the
+        # published 8-GPU graph rows at 4-64 KiB measure it directly (31.1 us, published/calibration.csv)
+        ("collective_efficiency.all_reduce", 0.3, 1.0),
         ("collective_efficiency.all_gather", 0.3, 1.0), ("collective_efficiency.reduce_scatter", 0.3, 1.0),
         ("host_dispatch_s.collective", 1e-6, 60e-6)]),
 }

@@ -30,20 +30,31 @@ def no_transfer(chip: Chip) -> OpCost:
 
 
 def collective_cost(op: Op, chip: Chip, sent_bytes: float, transfer_s: float, latency_s: float,
-                    mode: str, efficiency: float | None = None) -> OpCost:
+                    mode: str, efficiency: float | None = None, steps: int = 1) -> OpCost:
     """`sent_bytes` this rank sends; `transfer_s` their time at the network's line rate (contention
-    included); `latency_s` the paths' latency. NCCL's achieved efficiency for the kind (calibrated
-    per chip), or the `efficiency` the network gives for its algorithm, stretches the transfer, not
-    the latency."""
+    included); `latency_s` the paths' latency; `steps` the algorithm's sequential steps (a ring's
+    2(N-1)). NCCL's achieved efficiency for the kind (calibrated per chip), or the `efficiency` the
+    network gives for its algorithm, stretches the transfer, not the latency.
+
+    The protocol is NCCL's choice (its tuner weighs the same two costs): the bulk protocol (Simple)
+    at full efficiency plus a synchronization per step, or the low-latency one (LL128) with no step
+    cost but a fraction of the bandwidth. So mid-size collectives run below their large-size bus
+    bandwidth, and more so on long rings (8 GPUs) than short ones (2)."""
     cal = chip.calibration
     if efficiency is None:
         efficiency = cal.collective_efficiency.get(op.kind, max(cal.collective_efficiency.values(), default=1.0))
+    bulk = transfer_s / efficiency + steps * cal.collective_step_latency_s
+    low_latency = transfer_s / (efficiency * cal.collective_low_latency_bandwidth)
+    if low_latency < bulk:
+        link_s, mode = low_latency, f"{mode}; LL128"
+    else:
+        link_s, mode = bulk, f"{mode}; Simple"
     reduces = op.kind in REDUCING
     hbm_bytes = sent_bytes * (REDUCE_HBM_BYTES_PER_BYTE if reduces else 1.0)
     mem_s = hbm_bytes / (chip.hbm.bandwidth_bytes_per_s * cal.memory_efficiency)
     reduce_flops = sent_bytes / DTYPE_BYTES[op.dtype] if reduces else 0.0
     return OpCost(cal.collective_latency_s + latency_s, 0.0, hbm_bytes, mem_s, link_bytes=sent_bytes,
-                  link_s=transfer_s / efficiency, compute_energy_j=vector_energy(chip, reduce_flops),
+                  link_s=link_s, compute_energy_j=vector_energy(chip, reduce_flops),
                   memory_energy_j=hbm_bytes * chip.hbm.energy_j_per_byte + sent_bytes * chip.link.energy_j_per_byte,
                   mode=mode)
 
@@ -86,4 +97,5 @@ class ChipLink:
         traffic, steps = RING[op.kind]
         sent = traffic(n) * size
         return collective_cost(op, chip, sent, sent / chip.link.bandwidth_bytes_per_s,
-                               steps(n) * chip.link.latency_s, f"{op.kind} ring over {n} x {chip.link.name}")
+                               steps(n) * chip.link.latency_s, f"{op.kind} ring over {n} x {chip.link.name}",
+                               steps=steps(n))

@@ -69,6 +69,11 @@ class CollectiveReport:
     method: str = ""
 
     @property
+    def steps(self) -> int:
+        """Sequential steps, each a synchronization between neighbours (a ring's 2(N-1))."""
+        return sum(p[1] for p in self.phases)
+
+    @property
     def flows_simulated(self) -> int:
         return sum(p[3] for p in self.phases)
 
@@ -77,14 +82,29 @@ def _ring(ranks: np.ndarray, chunk: float, steps: int, label: str) -> Phase:
     return _phase(label, ranks, np.roll(ranks, -1), chunk, steps)
 
 
-def _ring_phases(kind: str, ranks: np.ndarray, size: float) -> list[Phase]:
+def _rail_rings(lay: Layout, chunk: float, steps: int, label: str) -> Phase:
+    """NCCL's rings across nodes: one channel per member of a node (per NIC rail), each a ring over
+    every rank carrying 1/p of the data. Channel c goes through each node's members in turn, starting
+    where the previous node left off, so it leaves node j and enters node j+1 on the same rail, and
+    the channels leave each node on p different rails: every NIC carries one channel."""
+    n, p = lay.nodes, lay.per_node
+    node = np.arange(n)[:, None, None]
+    position = (np.arange(p)[None, :, None] + node * (p - 1) + np.arange(p)[None, None, :]) % p
+    rings = lay.by_node[node, position].transpose(1, 0, 2).reshape(p, n * p)  # channel -> ranks in ring order
+    return _phase(f"{label}, {p} channel(s) across {n} nodes", rings.ravel(), np.roll(rings, -1, axis=1).ravel(),
+                  chunk / p, steps)
+
+
+def _ring_phases(kind: str, ranks: np.ndarray, size: float, topo: Topology) -> list[Phase]:
     n = ranks.size
-    if kind == "reduce_scatter":
-        return [_ring(ranks, size / n, n - 1, "ring reduce-scatter")]
-    if kind == "all_gather":
-        return [_ring(ranks, size, n - 1, "ring all-gather")]
-    if kind == "all_reduce":
-        return [_ring(ranks, size / n, 2 * (n - 1), "ring reduce-scatter + all-gather")]
+    lay = layout(ranks, topo)
+    across = lay is not None and lay.nodes > 1 and kind != "broadcast"
+    traffic = {"reduce_scatter": (size / n, n - 1, "ring reduce-scatter"),
+               "all_gather": (size, n - 1, "ring all-gather"),
+               "all_reduce": (size / n, 2 * (n - 1), "ring reduce-scatter + all-gather")}
+    if kind in traffic:
+        chunk, steps, label = traffic[kind]
+        return [_rail_rings(lay, chunk, steps, label) if across and lay is not None else _ring(ranks, chunk, steps, label)]
     if kind == "broadcast":  # pipelined chain: every hop carries the whole buffer concurrently
         return [_phase("ring broadcast (pipelined chain)", ranks[:-1], ranks[1:], size, hops=n - 1)]
     raise InputError(f"no ring algorithm for {kind}", key="attrs.algorithm")
@@ -232,9 +252,8 @@ def choose_algorithm(kind: str, ranks: np.ndarray, topo: Topology) -> str:
     if kind == "all_to_all":
         return "direct"
     lay = layout(ranks, topo)
-    if lay is not None and lay.nodes > 1:
-        return "hierarchical"
-    if topo.system.fabric.kind == "all_to_all" and ranks.size <= MAX_DIRECT_RANKS and lay is not None:
+    if topo.system.fabric.kind == "all_to_all" and ranks.size <= MAX_DIRECT_RANKS and lay is not None \
+            and lay.nodes == 1:
         return "direct"
     return "ring"
 
@@ -280,7 +299,7 @@ def plan(kind: str, size: float, comm: Communicator, algorithm: str, topo: Topol
     if kind == "all_to_all" and algorithm != "direct":
         raise InputError("all_to_all runs as a direct exchange (algorithm: auto or direct)", key="attrs.algorithm")
     builders = {
-        "ring": lambda: _ring_phases(kind, ranks, size),
+        "ring": lambda: _ring_phases(kind, ranks, size, topo),
         "direct": lambda: _direct_phases(kind, ranks, size),
         "tree": lambda: _tree_phases(kind, ranks, size),
         "hierarchical": lambda: _hierarchical_phases(kind, ranks, size, topo),

@@ -48,8 +48,12 @@ class Fabric:
         if report.seconds == 0:
             return no_transfer(chip)
         g = self.system.gpus_per_node
-        nvls = report.algorithm == "in_switch" and len({rank // g for rank in comm.ranks()}) == 1
-        efficiency = self.system.fabric.in_switch_efficiency if nvls else None  # NVLink SHARP inside a node
+        nodes = len({rank // g for rank in comm.ranks()})
+        efficiency = None  # the chip's NCCL efficiency, unless the fabric states its own
+        if report.algorithm == "in_switch" and nodes == 1:
+            efficiency = self.system.fabric.in_switch_efficiency  # NVLink SHARP inside a node
+        elif nodes > 1 and self.system.scale_out is not None:
+            efficiency = self.system.scale_out.efficiency  # across nodes the NICs are the bottleneck
         return collective_cost(op, chip, report.bytes_sent / report.ranks, report.seconds - report.latency_s,
                                report.latency_s, f"{op.kind} {report.algorithm} over {comm.describe()} of "
-                                                 f"{self.system.name}: {report.method}", efficiency)
+                                                 f"{self.system.name}: {report.method}", efficiency, steps=sum(p[1] for p in report.phases))

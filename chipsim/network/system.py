@@ -47,6 +47,7 @@ class ScaleOut:
     rail_optimized: bool
     in_network_reduction: bool  # SHARP
     tiers: int = 2  # switch tiers of the fat tree: 2 (leaf, spine) or 3 (leaf, aggregation, core)
+    efficiency: float | None = None  # achieved fraction of NIC line rate by collectives across nodes (else the chip's)
 
 
 @dataclass(frozen=True, eq=False)  # identity equality: usable as a cache key (it holds a Chip of dicts)
@@ -108,6 +109,7 @@ def build_system(data: dict[str, Any], file: str | None = None) -> System:
             rail_optimized=so.boolean("rail_optimized", True),
             in_network_reduction=so.boolean("in_network_reduction", False),
             tiers=int(so.number("tiers", 2, minimum=2, maximum=3, integer=True)),
+            efficiency=so.number("efficiency", 1.0, positive=True, maximum=1.0) if so.has("efficiency") else None,
         )
         so.done()
         if scale_out.nics_per_node != gpus:
