@@ -260,14 +260,20 @@ def choose_algorithm(kind: str, ranks: np.ndarray, topo: Topology) -> str:
 
 def candidate_algorithms(kind: str, comm: Communicator, system: System) -> tuple[str, ...]:
     """The algorithms `auto` weighs for a group: inside one node the ring, NVLink SHARP where the switch
-    reduces, and the direct exchange on all-to-all links; across nodes what choose_algorithm picks."""
+    reduces, and the direct exchange on all-to-all links; across nodes NCCL's rings and the
+    hierarchical algorithm (one ring per level); otherwise what choose_algorithm picks."""
     topo = topology_of(system)
     ranks = np.asarray(comm.ranks(), np.int64)
     if kind in ("send_recv", "broadcast", "all_to_all") or comm.highest >= system.world:
         return ("auto",)
     lay = layout(ranks, topo)
-    if lay is None or lay.nodes > 1:
+    if lay is None:
         return ("auto",)
+    if lay.nodes > 1:
+        # NCCL's rings pay a step latency per rank (2(N-1) steps): at hundreds of nodes its tuner takes a
+        # two-level algorithm instead (the tree, NVLS-tree), which the hierarchical one stands for here
+        return ("ring", "hierarchical") if kind in ("all_reduce", "reduce_scatter", "all_gather") \
+            and lay.per_node > 1 else ("auto",)
     choices = ["ring"]
     if kind == "all_reduce" and system.fabric.in_switch_reduction and ranks.size > 2:
         # at two ranks a ring already moves each byte once each way, as the switch would: NCCL's tuner

@@ -203,7 +203,8 @@ def test_data_parallel_training_on_two_nodes(write) -> None:
     syncs = [r for r in result.records if r.kind == "all_reduce"]
     assert len(syncs) >= 2  # bucketed: several all-reduces during the backward
     assert all(r.stream == "comm" for r in syncs)
-    assert all("ring over 16 ranks of two_node" in r.mode for r in syncs)  # NCCL's rings across both nodes
+    assert all("over 16 ranks of two_node" in r.mode for r in syncs)  # across both nodes
+    assert all(r.mode.startswith(("all_reduce ring", "all_reduce hierarchical")) for r in syncs)
     (adamw,) = [r for r in result.records if r.kind == "optimizer"]
     assert adamw.start_s >= max(r.end_s for r in syncs)
     # gradient sync overlaps the backward: the first bucket starts before the backward's last compute op
