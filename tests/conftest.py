@@ -20,8 +20,8 @@ from chipsim.workload.graph import Workload, WorkloadBuilder
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RUN_CONFIGS = REPO_ROOT / "configs" / "runs"
-BUILTIN_CHIPS = ("a100_sxm", "b200", "dojo_int4", "gh200", "h100_dwb", "h100_pcie", "h100_sxm", "h200_sxm",
-                 "h800", "mi300x", "mi325x")
+BUILTIN_CHIPS = ("a100_sxm", "b200", "b300", "dojo_int4", "gb200", "gb300", "gh200", "h100_dwb", "h100_pcie",
+                 "h100_sxm", "h200_sxm", "h800", "mi300x", "mi325x")
 
 
 @pytest.fixture

@@ -423,7 +423,7 @@ def test_unknown_collective_and_algorithm() -> None:
 
 
 def test_unknown_system_name() -> None:
-    with pytest.raises(InputError, match="unknown system 'nope'; built-in systems: cluster_2048x_dgx_h100_ndr, cluster_256x_dgx_h100_ndr"):
+    with pytest.raises(InputError, match="unknown system 'nope'; built-in systems: cluster_128x_mi300x_roce, cluster_128x_mi325x"):
         load_system("nope")
 
 
