@@ -9,7 +9,7 @@ MI300X; 8 GPUs in a node and 32 across four) and the 2-GPU rows of ../shared/ref
 calibration.csv, by a grid search minimizing the mean over chips of each chip's median APE (each
 chip counts once, however many rows it has). Prints the grid's best points and the per-chip medians.
 The optimum is flat (0.058-0.060 over the best points); of those, (0.6, 2.5 us) is chosen because it
-keeps the H200 reference set's collective figures (median 8.2%, p90 19.9%), which a longer step
+keeps the H200 reference set's collective figures (median 8.3%, p90 20.0%), which a longer step
 latency degrades at 2 GPUs. The chosen values are the defaults in chipsim/hardware/chip.py.
 
     python3 validation/fit_protocols.py

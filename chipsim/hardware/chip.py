@@ -83,13 +83,10 @@ class Calibration:
     host_dispatch_s: dict[str, float]
     collective_latency_s: float
     collective_efficiency: dict[str, float]  # per collective kind: achieved fraction of link bandwidth
-    # NCCL/RCCL protocols: the low-latency one (LL/LL128) moves data at this fraction of the bulk
-    # protocol's (Simple's) bandwidth, and Simple pays `collective_step_latency_s` per sequential step.
-    # Fitted with validation/fit_protocols.py: collective rows of published/calibration.csv (A100, H100,
-    # H200, B200, MI300X; 2 to 32 GPUs) and the 2-GPU rows of h200/calibration.csv (the docstring
-    # there says which of the near-equal best points and why)
-    collective_low_latency_bandwidth: float = 0.6
-    collective_step_latency_s: float = 2.5e-6
+    # NCCL/RCCL protocols: the low-latency one (LL128) moves data at this fraction of the bulk
+    # protocol's (Simple's) bandwidth, and Simple pays `collective_step_latency_s` per sequential step
+    collective_low_latency_bandwidth: float
+    collective_step_latency_s: float
     source: str = ""
 
 
@@ -220,11 +217,11 @@ def _calibration(sec: Section) -> Calibration:
     coll_latency = coll.quantity("latency", "time")
     coll_efficiency = coll.mapping("efficiency", "number", keys=COLLECTIVE_KINDS, what="collective kind",
                                    positive=True, maximum=1.0)
-    protocol = {}
-    if coll.has("low_latency_bandwidth"):
-        protocol["collective_low_latency_bandwidth"] = coll.number("low_latency_bandwidth", positive=True, maximum=1.0)
-    if coll.has("step_latency"):
-        protocol["collective_step_latency_s"] = coll.quantity("step_latency", "time")
+    # the library's protocol parameters, the same for every chip unless its file says otherwise: fitted
+    # with validation/fit_protocols.py on the collective rows of published/calibration.csv (A100, H100,
+    # H200, B200, MI300X; 2 to 32 GPUs) and the 2-GPU rows of h200/calibration.csv
+    low_latency_bandwidth = coll.number("low_latency_bandwidth", 0.6, positive=True, maximum=1.0)
+    step_latency = coll.quantity("step_latency", "time", "2.5 us")
     coll.done()
     source = sec.string("source", "")
     sec.done()
@@ -236,7 +233,8 @@ def _calibration(sec: Section) -> Calibration:
         attention_split_kv=split_kv, attention_setup_keys=setup_keys, attention_fp32_efficiency=fp32_attention,
         attention_decode_fixed_s=decode_fixed, kernel_latency_s=kernel_latency,
         graph_launch_s=graph_launch, host_dispatch_s=dispatch, collective_latency_s=coll_latency,
-        collective_efficiency=coll_efficiency, source=source, **protocol,  # type: ignore[arg-type]
+        collective_efficiency=coll_efficiency, collective_low_latency_bandwidth=low_latency_bandwidth,
+        collective_step_latency_s=step_latency, source=source,
     )
 
 

@@ -97,14 +97,15 @@ def _rail_rings(lay: Layout, chunk: float, steps: int, label: str) -> Phase:
 
 def _ring_phases(kind: str, ranks: np.ndarray, size: float, topo: Topology) -> list[Phase]:
     n = ranks.size
-    lay = layout(ranks, topo)
-    across = lay is not None and lay.nodes > 1 and kind != "broadcast"
     traffic = {"reduce_scatter": (size / n, n - 1, "ring reduce-scatter"),
                "all_gather": (size, n - 1, "ring all-gather"),
                "all_reduce": (size / n, 2 * (n - 1), "ring reduce-scatter + all-gather")}
     if kind in traffic:
         chunk, steps, label = traffic[kind]
-        return [_rail_rings(lay, chunk, steps, label) if across and lay is not None else _ring(ranks, chunk, steps, label)]
+        lay = layout(ranks, topo)
+        if lay is not None and lay.nodes > 1:
+            return [_rail_rings(lay, chunk, steps, label)]
+        return [_ring(ranks, chunk, steps, label)]
     if kind == "broadcast":  # pipelined chain: every hop carries the whole buffer concurrently
         return [_phase("ring broadcast (pipelined chain)", ranks[:-1], ranks[1:], size, hops=n - 1)]
     raise InputError(f"no ring algorithm for {kind}", key="attrs.algorithm")
@@ -272,8 +273,7 @@ def candidate_algorithms(kind: str, comm: Communicator, system: System) -> tuple
     if lay.nodes > 1:
         # NCCL's rings pay a step latency per rank (2(N-1) steps): at hundreds of nodes its tuner takes a
         # two-level algorithm instead (the tree, NVLS-tree), which the hierarchical one stands for here
-        return ("ring", "hierarchical") if kind in ("all_reduce", "reduce_scatter", "all_gather") \
-            and lay.per_node > 1 else ("auto",)
+        return ("ring", "hierarchical") if lay.per_node > 1 else ("auto",)
     choices = ["ring"]
     if kind == "all_reduce" and system.fabric.in_switch_reduction and ranks.size > 2:
         # at two ranks a ring already moves each byte once each way, as the switch would: NCCL's tuner

@@ -56,4 +56,4 @@ class Fabric:
             efficiency = self.system.scale_out.efficiency  # across nodes the NICs are the bottleneck
         return collective_cost(op, chip, report.bytes_sent / report.ranks, report.seconds - report.latency_s,
                                report.latency_s, f"{op.kind} {report.algorithm} over {comm.describe()} of "
-                                                 f"{self.system.name}: {report.method}", efficiency, steps=sum(p[1] for p in report.phases))
+                                                 f"{self.system.name}: {report.method}", efficiency, report.steps)

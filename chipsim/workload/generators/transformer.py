@@ -10,6 +10,7 @@ from typing import Any, Literal
 import numpy as np
 
 from chipsim.errors import InputError
+from chipsim.models.zoo import load_model
 from chipsim.vocab import Algorithm, AttentionBackend
 from chipsim.workload.generators.registry import check_range, param, register_generator
 from chipsim.workload.graph import Workload, WorkloadBuilder
@@ -67,12 +68,21 @@ class ModelShape:
         return self.layers * self.block_params + 2 * self.vocab * self.d_model + self.d_model
 
 
+def _from_zoo(model_id: str) -> ModelShape:
+    """A dense Llama-style model of the zoo (chipsim/models/zoo.yaml, the one place official
+    architectures live) as the shape these generators build."""
+    m = load_model(model_id)
+    assert not m.is_moe and m.mla is None and m.activation == "swiglu" and m.head_dim * m.heads == m.d_model
+    return ModelShape(m.layers, m.d_model, m.heads, m.kv_heads, m.ffn, m.vocab)
+
+
 PRESETS = {
+    # this project's own measured shapes (reference/h200): not published models, so not in the zoo
     "llama-350m": ModelShape(24, 1024, 16, 16, 2816, 32000),
     "llama-1.3b": ModelShape(24, 2048, 16, 16, 5632, 32000),
-    "llama-2-7b": ModelShape(32, 4096, 32, 32, 11008, 32000),
-    "llama-3-8b": ModelShape(32, 4096, 32, 8, 14336, 128256),
-    "llama-2-70b": ModelShape(80, 8192, 64, 8, 28672, 32000),
+    "llama-2-7b": _from_zoo("llama2-7b"),
+    "llama-3-8b": _from_zoo("llama3-8b"),
+    "llama-2-70b": _from_zoo("llama2-70b"),
 }
 
 
