@@ -269,9 +269,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from chipsim.report import strict_json
+    from chipsim.study import training_validate as tv
     from chipsim.study import validate as v
 
-    frame = v.read_measurements(args.measurements)
+    table = v.read_table(args.measurements, "measurements", "measurements file not found")
+    training = tv.is_training_schema(table)
+    frame = table if training else v.read_measurements(args.measurements)
     chip = args.chip
     if chip is not None:
         from chipsim.hardware.registry import load_chip
@@ -295,6 +298,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         if not args.json and sys.stderr.isatty() and index % 100 == 0:
             _stderr(f"validating row {index + 1}/{total} ...")
 
+    if training:
+        return _validate_training(args, frame, chip, progress)
     predictions, skipped = v.validate(frame, chip, progress)
     summary = v.family_summary(predictions)
     power_frame = None
@@ -314,6 +319,39 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(strict_json.dumps(validation_json(predictions, skipped, summary, chip, power_frame)))
     else:
         print(validation_text(predictions, skipped, summary, chip, power_frame, str(power_path)))
+    return 0
+
+
+def _validate_training(args: argparse.Namespace, frame: Any, chip: str | None, progress: Any) -> int:
+    """`chipsim validate` on the training schema: each row one simulated training step."""
+    from chipsim.report import strict_json
+    from chipsim.study import training_validate as tv
+    from chipsim.study import validate as v
+
+    predictions, skipped = tv.validate_training(frame, chip, progress)
+    summary = tv.training_summary(predictions)
+    if args.out:
+        v.write_predictions(predictions, args.out)
+    if args.plot:
+        raise InputError("--plot is for the kernel schema; the training schema prints its table", key="--plot")
+    done = predictions[predictions["skipped_reason"] == ""]
+    overall = {"rows": len(predictions), "simulated": len(done), "median_ape": float(done["ape"].median()),
+               "p90_ape": float(done["ape"].quantile(0.9))} if len(done) else {"rows": len(predictions), "simulated": 0}
+    if args.json:
+        print(strict_json.dumps({**overall, "schema": "training", "families": summary.to_dict("records"),
+                                 "skipped": [{"row": int(i), "reason": r} for i, r in skipped["skipped_reason"].items()]}))
+        return 0
+    print(f"{len(done)} of {len(predictions)} training rows simulated (schema of published/training_calibration.csv)")
+    table = summary.assign(median_ape=summary["median_ape"].map("{:.1%}".format),
+                           p90_ape=summary["p90_ape"].map("{:.1%}".format))
+    print(table.rename(columns={"median_ape": "median APE", "p90_ape": "p90 APE"}).to_string(index=False))
+    if len(done):
+        print(f"all rows: median APE {overall['median_ape']:.1%}, p90 {overall['p90_ape']:.1%}")
+    assumed = done[done["assumed"] != ""]
+    if len(assumed):
+        print(f"{len(assumed)} rows left layout sizes empty; assumed: {', '.join(sorted(set('; '.join(assumed['assumed']).split('; '))))}")
+    for index, reason in skipped["skipped_reason"].items():
+        print(f"  row {index} not simulated: {reason}")
     return 0
 
 
@@ -422,8 +460,10 @@ def build_parser() -> argparse.ArgumentParser:
     swp.add_argument("--json", action="store_true", help="print one JSON summary and nothing else on stdout")
     swp.set_defaults(func=cmd_sweep)
 
-    val = sub.add_parser("validate", help="predict measured cases (calibration.csv schema) and report the error")
-    val.add_argument("measurements", help="CSV of measurements (schema of reference/h200/calibration.csv)")
+    val = sub.add_parser("validate", help="predict measured cases (calibration.csv or training schema) and report "
+                                          "the error")
+    val.add_argument("measurements", help="CSV of measurements: the schema of reference/h200/calibration.csv, or of "
+                                          "published/training_calibration.csv (detected by its columns)")
     val.add_argument("--chip", help="simulate every row on this chip (default: the row's device column)")
     val.add_argument("--out", help="write every input column plus predicted_us and ape to this CSV")
     val.add_argument("--plot", help="write predicted vs measured (log-log) to this PNG")

@@ -10,7 +10,7 @@ from typing import Any
 from chipsim.errors import InputError
 from chipsim.workload.kinds import DTYPE_BYTES, KINDS, check_attrs, check_shape
 
-STREAMS = ("compute", "copy", "comm")
+STREAMS = ("compute", "copy", "comm", "p2p")  # p2p: pipeline-parallel sends, on their own stream (Megatron)
 MAX_OPS = 2_000_000  # ops in one workload: about 3 GB of memory and minutes of simulation
 FORMAT = "chipsim.workload"
 FORMAT_VERSION = 1

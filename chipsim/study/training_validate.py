@@ -1,0 +1,142 @@
+"""`chipsim validate` on published training runs (the schema of reference/published/training_calibration.csv):
+each row's model, layout, precision and GPU count simulated as one training step
+(`chipsim.training.simulate_training`) on the built-in cluster of its GPU, and its figure predicted
+in the row's own metric (`tokens_per_s_per_gpu` or `step_time_s`)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pandas as pd
+
+from chipsim.errors import InputError
+from chipsim.study.validate import Unsupported, chip_name_for_device
+
+# the columns that identify the training schema
+TRAINING_COLUMNS = ("model_id", "gpu", "gpus", "precision", "tp", "pp", "global_batch", "seq_len", "metric_name",
+                    "metric_value")
+METRICS = ("tokens_per_s_per_gpu", "step_time_s")
+LAYOUT_COLUMNS = ("tp", "pp", "cp", "ep", "vp", "dp", "micro_batch")
+MODEL_COLUMNS = ("layers", "d_model", "heads", "kv_heads", "ffn", "vocab")
+
+
+def is_training_schema(frame: pd.DataFrame) -> bool:
+    return all(c in frame.columns for c in TRAINING_COLUMNS)
+
+
+def _present(row: Mapping[str, Any], key: str) -> bool:
+    value = row.get(key)
+    return value is not None and not (isinstance(value, float) and math.isnan(value)) and str(value).strip() != ""
+
+
+def precision_of(text: str) -> str:
+    """The simulated precision of a row's `precision` text: BF16, or FP8 in any of its recipes (delayed
+    or current scaling: Transformer Engine's fused casts either way)."""
+    upper = text.strip().upper()
+    if upper.startswith("BF16"):
+        return "bf16"
+    if upper.startswith("FP8"):
+        return "fp8"
+    raise Unsupported(f"precision {text!r} (known: BF16, FP8, FP8-CS)")
+
+
+def family_of(model_id: str) -> str:
+    """A model id's family: its name before the size (llama3-70b -> llama3)."""
+    return model_id.split("-")[0]
+
+
+def _model(row: Mapping[str, Any]) -> Any:
+    from chipsim.models import custom_model, known_models, load_model
+
+    model_id = str(row["model_id"])
+    if model_id == "gpt-custom":
+        dims = {k: int(row[k]) for k in MODEL_COLUMNS if _present(row, k)}
+        return custom_model(**dims)
+    if model_id not in known_models():
+        raise Unsupported(f"model_id {model_id!r} is not in the model zoo (chipsim/models/zoo.yaml)")
+    return load_model(model_id)
+
+
+def predict_row(row: Mapping[str, Any], cache: dict[tuple[Any, ...], Any], chip_override: str | None = None
+                ) -> tuple[float, str]:
+    """(predicted value in the row's metric, a note on what was assumed); `chip_override` runs the row
+    on that chip's cluster instead of its `gpu`'s."""
+    from chipsim.models import resolve_layout
+    from chipsim.network.system import system_for
+    from chipsim.training import simulate_training
+
+    metric = str(row["metric_name"])
+    if metric not in METRICS:
+        raise Unsupported(f"metric {metric!r} (known: {', '.join(METRICS)})")
+    chip = chip_override or chip_name_for_device(str(row["gpu"]))
+    if chip is None:
+        raise Unsupported(f"no built-in chip for gpu {row['gpu']!r}")
+    model = _model(row)
+    gpus = int(row["gpus"])
+    sizes = {k: int(row[k]) for k in LAYOUT_COLUMNS if _present(row, k)}
+    missing = [k for k in ("tp", "pp") if k not in sizes]
+    if missing:
+        raise Unsupported(f"the source gives no {' or '.join(missing)}; choosing a layout (chipsim plan) is not "
+                          "built yet")
+    notes = [f"{k} = 1 (not stated)" for k in ("cp", "ep", "vp", "micro_batch") if k not in sizes]
+    if "dp" not in sizes:
+        notes.append("dp = what remains")
+    if _present(row, "recompute"):
+        sizes["recompute"] = str(row["recompute"])  # type: ignore[assignment]
+    try:
+        layout = resolve_layout(model, gpus, global_batch=int(row["global_batch"]), seq=int(row["seq_len"]),
+                                zero=1, **sizes)  # NeMo/Megatron: the distributed optimizer (ZeRO-1)
+        system = system_for(chip, gpus)
+    except InputError as exc:
+        raise Unsupported(f"{exc.key}: {exc.message}" if exc.key else exc.message) from None
+    precision = precision_of(str(row["precision"]))
+    key = (model.model_id if model.model_id != "gpt-custom" else str(model), layout, precision, system.name,
+           system.world)
+    if key not in cache:
+        cache[key] = simulate_training(model, layout, system, precision)
+    result = cache[key]
+    value = result.tokens_per_s_per_gpu if metric == "tokens_per_s_per_gpu" else result.step_s
+    return value, "; ".join(notes)
+
+
+def validate_training(frame: pd.DataFrame, chip: str | None = None,
+                      progress: Callable[[int, int], None] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every input row plus predicted_value, ape, family, assumed and skipped_reason; and the skipped rows."""
+    cache: dict[tuple[Any, ...], Any] = {}
+    predicted, notes, reasons = [], [], []
+    records = frame.to_dict("records")
+    for index, row in enumerate(records):
+        if progress:
+            progress(index, len(records))
+        try:
+            value, note = predict_row(row, cache, chip)
+            predicted.append(value)
+            notes.append(note)
+            reasons.append("")
+        except Unsupported as exc:
+            predicted.append(float("nan"))
+            notes.append("")
+            reasons.append(str(exc))
+    out = frame.copy()
+    out["predicted_value"] = predicted
+    measured = pd.to_numeric(out["metric_value"], errors="coerce")
+    out["ape"] = (out["predicted_value"] - measured).abs() / measured
+    out["family"] = [family_of(str(m)) for m in out["model_id"]]
+    out["assumed"] = notes
+    out["skipped_reason"] = reasons
+    return out, out[out["skipped_reason"] != ""]
+
+
+def training_summary(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Median and p90 APE per model family and GPU, plus the worst row of each."""
+    done = predictions[predictions["skipped_reason"] == ""]
+    rows = []
+    for (family, gpu), part in done.groupby(["family", "gpu"], sort=True):
+        worst = part.loc[part["ape"].idxmax()]
+        rows.append({"family": family, "gpu": gpu, "rows": len(part), "median_ape": part["ape"].median(),
+                     "p90_ape": part["ape"].quantile(0.9),
+                     "worst": f"{worst['ape']:.0%} {worst['model_id']} {worst['precision']} {int(worst['gpus'])} GPUs "
+                              f"{worst['metric_name']}"})
+    return pd.DataFrame(rows, columns=["family", "gpu", "rows", "median_ape", "p90_ape", "worst"])

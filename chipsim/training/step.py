@@ -1,0 +1,519 @@
+"""One training step of a model under a Megatron-Core parallel layout, simulated in two levels.
+
+1. **Pieces.** For one representative GPU, the ops of one micro-batch through one layer (forward,
+   backward), through the embedding and through the LM head, and the optimizer step, are built kernel
+   by kernel and simulated on the system's fabric (`chipsim.engine.simulate`): the GEMMs are sharded
+   by `tp`, the attention by `tp` and `cp`, the experts by `ep`; the tensor-parallel all-gathers and
+   reduce-scatters (sequence parallelism), the context-parallel key/value exchange and the MoE
+   dispatch and combine all-to-alls are collectives over the ranks of their group, on the topology.
+   They are launched eagerly, as Megatron runs them, with the chip at its sustained clock. Every
+   layer of a kind (dense or MoE) is the same, so each kind is simulated once: the report says
+   what was folded.
+2. **Schedule.** Each pipeline stage is one device (every data-parallel and tensor-parallel replica of
+   a stage does the same work); the stage's forward and backward of each (model chunk, micro-batch)
+   are ops of the pieces' simulated duration, ordered as Megatron's 1F1B (interleaved when `vp` > 1)
+   schedule orders them, each waiting for its activation (or gradient) from the neighbouring stage as a
+   send/recv over the fabric. The data-parallel gradient reduce-scatter of each chunk starts when the
+   chunk's last backward ends (Megatron's overlapped grad reduce), the parameter all-gather of the
+   distributed optimizer precedes the chunk's first forward (overlapped param gather), and the
+   optimizer runs last. So the pipeline bubble and the exposed communication come out of the
+   simulation, not a formula.
+
+Rank order is Megatron's (tp fastest, then cp, dp, pp): a tensor-parallel group is `tp` consecutive
+ranks (inside a node when tp <= GPUs per node), a data-parallel group is strided by tp * cp, the next
+pipeline stage is tp * cp * dp ranks away, and an expert-parallel group is `ep` consecutive ranks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from chipsim.engine.sim import SimOptions, simulate
+from chipsim.errors import InputError
+from chipsim.hardware.chip import Chip
+from chipsim.models.layout import Layout
+from chipsim.models.memory import MemoryBreakdown, memory_per_gpu
+from chipsim.models.zoo import ModelConfig
+from chipsim.network.fabric import Fabric
+from chipsim.network.system import System
+from chipsim.workload.graph import WorkloadBuilder
+
+PRECISIONS = ("bf16", "fp8")
+# bytes of an activation or gradient value exchanged between ranks (bf16)
+ACT_BYTES = 2
+# Megatron's distributed optimizer reduces bf16 gradients (grad_reduce_in_fp32 off, NeMo's default)
+# and all-gathers bf16 parameters
+GRAD_BYTES = 2
+# an activation that the activation function reads: a gated MLP reads both halves
+ACTIVATION_OP = {"swiglu": "silu_mul", "geglu": "silu_mul", "gelu": "gelu", "relu2": "gelu"}
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A simulated piece of work of one GPU: its duration and energy (dynamic + idle over it)."""
+
+    name: str
+    seconds: float
+    energy_j: float
+    ops: int
+    comm_s: float  # communication busy time inside it (on the comm stream or blocking)
+
+
+@dataclass
+class TrainingResult:
+    model: str
+    system: str
+    gpus: int
+    layout: Layout
+    precision: str
+    step_s: float
+    tokens_per_s_per_gpu: float
+    mfu: float  # model FLOPs (ModelConfig.flops_per_token, causal) over the bf16 dense peak of every GPU
+    energy_j_per_gpu: float
+    avg_power_w: float
+    memory: MemoryBreakdown
+    breakdown: dict[str, float]  # seconds on the busiest stage: compute, pp_bubble, exposed_dp, optimizer
+    pieces: list[Piece] = field(default_factory=list)
+    folded: str = ""
+    schedule_ops: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        return {"model": self.model, "system": self.system, "gpus": self.gpus, "precision": self.precision,
+                "tp": self.layout.tp, "pp": self.layout.pp, "vp": self.layout.vp, "cp": self.layout.cp,
+                "dp": self.layout.dp, "ep": self.layout.ep, "micro_batch": self.layout.micro_batch,
+                "global_batch": self.layout.global_batch, "seq": self.layout.seq, "step_s": self.step_s,
+                "tokens_per_s_per_gpu": self.tokens_per_s_per_gpu, "mfu": self.mfu,
+                "avg_power_w": self.avg_power_w, "memory_gb": self.memory.total / 1e9,
+                **{f"{k}_s": v for k, v in self.breakdown.items()}}
+
+
+class _Ranks:
+    """Communicator attributes of the representative rank's groups (Megatron order tp-cp-dp-pp)."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+
+    def tp(self) -> dict[str, Any]:
+        return {"stride": 1}
+
+    def cp(self) -> dict[str, Any]:
+        return {"stride": self.layout.tp}
+
+    def ep(self) -> dict[str, Any]:
+        return {"stride": 1}
+
+    def dp(self) -> dict[str, Any]:  # dense gradients: dp * cp ranks (Megatron's DP group with CP)
+        return {"stride": self.layout.tp}
+
+    def stage_stride(self) -> int:
+        return self.layout.tp * self.layout.cp * self.layout.dp
+
+
+class _PieceBuilder:
+    """The ops of one micro-batch of one representative GPU."""
+
+    def __init__(self, model: ModelConfig, layout: Layout, precision: str, name: str) -> None:
+        self.m, self.lay, self.precision = model, layout, precision
+        self.b = WorkloadBuilder(name, "training_piece")
+        self.ranks = _Ranks(layout)
+        self.tokens = layout.micro_batch * layout.seq // layout.cp  # this rank's tokens (its CP slice)
+        self.sp_tokens = self.tokens // layout.tp if layout.sequence_parallel else self.tokens
+        self.gemm_dtype = "fp8" if precision == "fp8" else "bf16"
+
+    # -- building blocks ------------------------------------------------------------------------
+    def _collective(self, kind: str, name: str, nbytes: float, group: int, attrs: dict[str, Any],
+                    dep: int | None) -> int | None:
+        if group <= 1 or nbytes <= 0:
+            return dep
+        return self.b.add(kind, name, "bf16", [dep], stream="comm", bytes=nbytes, group=group, attrs=attrs)
+
+    def _gemm(self, name: str, dep: int | None, m: int, k: int, n: int, batch: int = 1) -> int:
+        deps = [dep]
+        if self.precision == "fp8":  # Transformer Engine: the input's fp8 cast (+ transpose), one fused kernel
+            deps.append(self.b.add("elementwise", f"{name}.cast_fp8", "bf16", [dep], numel=batch * m * k,
+                                   attrs={"op": "cast", "out_dtype": "fp8"}))
+        return self.b.add("gemm", name, self.gemm_dtype, deps, m=max(1, m), n=max(1, n), k=max(1, k), batch=batch)
+
+    def _linear(self, name: str, dep: int | None, k: int, n: int, *, gather: bool = False,
+                scatter: bool = False, backward: bool = False, tokens: int | None = None) -> int:
+        """A tensor-parallel linear on this rank's shard (k or n already divided by tp). Column
+        parallel (`gather`): the sequence-parallel input is all-gathered first; row parallel
+        (`scatter`): the output is reduce-scattered. The collective runs on the comm stream beside the
+        GEMM (Transformer Engine's TP communication overlap), and what follows waits for both. In the
+        backward the roles swap (the gradient of an all-gather is a reduce-scatter) and each GEMM is
+        two: data gradient and weight gradient."""
+        t = self.tokens if tokens is None else tokens
+        tp = self.lay.tp
+        full = t * (n if scatter != backward else k) * ACT_BYTES  # the unsharded activation of the collective
+        comm: int | None = None
+        if tp > 1 and self.lay.sequence_parallel and (gather or scatter):
+            kind = "all_gather" if gather != backward else "reduce_scatter"
+            nbytes = full / tp if kind == "all_gather" else full
+            comm = self._collective(kind, f"{name}.{kind}", nbytes, tp, self.ranks.tp(), dep)
+        elif tp > 1 and scatter != backward:  # no sequence parallelism: an all-reduce after row-parallel
+            comm = self._collective("all_reduce", f"{name}.all_reduce", full, tp, self.ranks.tp(), dep)
+        if backward:
+            dgrad = self._gemm(f"{name}.dgrad", dep, t, n, k)
+            wgrad = self._gemm(f"{name}.wgrad", dep, k, t, n)
+            out = [dgrad, wgrad]
+        else:
+            out = [self._gemm(f"{name}.fwd", dep, t, k, n)]
+        if comm is not None and comm != dep:
+            out.append(comm)
+        return self.b.add("elementwise", f"{name}.join", "bf16", out, numel=1, attrs={"op": "copy"}) \
+            if len(out) > 1 else out[0]
+
+    def _norm(self, name: str, dep: int | None, backward: bool) -> int:
+        kind = "rms_norm" if self.m.norm == "rmsnorm" else "layer_norm"
+        return self.b.add("norm", name, "bf16", [dep], rows=self.sp_tokens, cols=self.m.d_model,
+                          attrs={"type": kind, **({"pass": "bwd"} if backward else {})})
+
+    def _attention(self, p: str, dep: int | None, backward: bool) -> int:
+        m, lay = self.m, self.lay
+        heads = m.heads // lay.tp
+        kv_heads = max(1, m.kv_heads // lay.tp)
+        seq_q = lay.seq // lay.cp
+        # context parallel, load-balanced causal: each rank's queries see half the keys on average
+        seq_kv, causal = (lay.seq // 2, False) if lay.cp > 1 else (lay.seq, True)
+        if lay.cp > 1:  # keys and values of the other CP ranks (all-gathered; reduce-scattered back)
+            kv_bytes = self.tokens * kv_heads * (m.k_width + m.v_width) // max(1, m.kv_heads) * ACT_BYTES
+            kind = "reduce_scatter" if backward else "all_gather"
+            nbytes = kv_bytes * (lay.cp if backward else 1)
+            dep = self._collective(kind, f"{p}.cp_{kind}", nbytes, lay.cp, self.ranks.cp(), dep)
+        head_dim = m.q_width // m.heads
+        return self.b.add("attention", f"{p}.attn{'_bwd' if backward else ''}", "bf16", [dep],
+                          batch=lay.micro_batch, heads=heads, kv_heads=kv_heads, seq_q=seq_q, seq_kv=seq_kv,
+                          head_dim=head_dim, causal=causal, attrs={"backend": "cudnn"},
+                          shape={"pass": "bwd" if backward else "fwd"})
+
+    def _mlp(self, p: str, dep: int | None, ffn: int, backward: bool, tokens: int | None = None,
+             tensor_parallel: bool = True) -> int:
+        m = self.m
+        tp = self.lay.tp if tensor_parallel else 1
+        width = ffn // tp
+        up = 2 * width if m.gated else width
+        t = self.tokens if tokens is None else tokens
+        act = ACTIVATION_OP[m.activation]
+        if backward:
+            d = self._linear(f"{p}.fc2", dep, width, m.d_model, scatter=tensor_parallel, backward=True, tokens=t)
+            d = self.b.add("elementwise", f"{p}.act_bwd", "bf16", [d], numel=t * width, attrs={"op": f"{act}_bwd"})
+            return self._linear(f"{p}.fc1", d, m.d_model, up, gather=tensor_parallel, backward=True, tokens=t)
+        h = self._linear(f"{p}.fc1", dep, m.d_model, up, gather=tensor_parallel, tokens=t)
+        h = self.b.add("elementwise", f"{p}.act", "bf16", [h], numel=t * width, attrs={"op": act})
+        return self._linear(f"{p}.fc2", h, width, m.d_model, scatter=tensor_parallel, tokens=t)
+
+    def _moe(self, p: str, dep: int | None, backward: bool) -> int:
+        """Router, dispatch all-to-all over the EP group, grouped expert GEMMs (one kernel for the
+        rank's experts), combine all-to-all; shared experts as a dense MLP beside them."""
+        m, lay = self.m, self.lay
+        local_experts = m.experts // lay.ep
+        tokens = self.sp_tokens  # Megatron's MoE layer takes the sequence-parallel (scattered) tokens
+        routed = tokens * m.topk  # token copies this rank sends, and (balanced) receives
+        per_expert = max(1, routed // local_experts)
+        a2a = routed * m.d_model * ACT_BYTES
+        gate_up = 2 * m.expert_ffn if m.gated else m.expert_ffn
+        b = self.b
+        router = self._gemm(f"{p}.router{'_bwd' if backward else ''}", dep, tokens, m.d_model, m.experts)
+        first = "combine" if backward else "dispatch"
+        x = self._collective("all_to_all", f"{p}.{first}", a2a, lay.ep, self.ranks.ep(), router)
+        passes = 2 if backward else 1  # data and weight gradients
+        for _ in range(passes):
+            x = b.add("gemm", f"{p}.experts_fc1", self.gemm_dtype, [x], m=per_expert, n=gate_up, k=m.d_model,
+                      batch=local_experts)
+        x = b.add("elementwise", f"{p}.experts_act", "bf16", [x], numel=routed * m.expert_ffn,
+                  attrs={"op": ACTIVATION_OP[m.activation] + ("_bwd" if backward else "")})
+        for _ in range(passes):
+            x = b.add("gemm", f"{p}.experts_fc2", self.gemm_dtype, [x], m=per_expert, n=m.d_model, k=m.expert_ffn,
+                      batch=local_experts)
+        last = "dispatch" if backward else "combine"
+        combined = self._collective("all_to_all", f"{p}.{last}", a2a, lay.ep, self.ranks.ep(), x)
+        x = x if combined is None else combined
+        if m.shared_experts:
+            shared = self._mlp(f"{p}.shared", router, m.shared_experts * m.expert_ffn, backward, tokens=tokens,
+                               tensor_parallel=False)
+            x = b.add("elementwise", f"{p}.shared_add", "bf16", [x, shared], numel=tokens * m.d_model,
+                      attrs={"op": "add"})
+        return x
+
+    # -- pieces ---------------------------------------------------------------------------------
+    def layer(self, moe: bool, backward: bool) -> None:
+        m, b = self.m, self.b
+        d = m.d_model
+        qkv = (m.q_width + m.k_width + m.v_width) // self.lay.tp
+        attn_out = m.attn_out_width // self.lay.tp
+        res = self.sp_tokens * d
+        if not backward:
+            x = self._norm("attn_norm", None, False)
+            x = self._linear("qkv", x, d, qkv, gather=True)
+            x = self._attention("layer", x, False)
+            x = self._linear("attn_out", x, attn_out, d, scatter=True)
+            x = b.add("elementwise", "residual1", "bf16", [x], numel=res, attrs={"op": "add"})
+            x = self._norm("mlp_norm", x, False)
+            x = self._moe("moe", x, False) if moe else self._mlp("mlp", x, m.ffn, False)
+            b.add("elementwise", "residual2", "bf16", [x], numel=res, attrs={"op": "add"})
+            return
+        if self.lay.recompute == "full":  # the layer's forward again, from its saved input
+            self.layer(moe, False)
+        x = self._moe("moe", b.last, True) if moe else self._mlp("mlp", b.last, m.ffn, True)
+        x = self._norm("mlp_norm_bwd", x, True)
+        x = b.add("elementwise", "residual1_bwd", "bf16", [x], numel=res, attrs={"op": "add"})
+        x = self._linear("attn_out", x, attn_out, d, scatter=True, backward=True)
+        if self.lay.recompute == "selective":  # core attention recomputed (Megatron's selective recompute)
+            x = self._attention("layer_recompute", x, False)
+        x = self._attention("layer", x, True)
+        x = self._linear("qkv", x, d, qkv, gather=True, backward=True)
+        x = self._norm("attn_norm_bwd", x, True)
+        b.add("elementwise", "residual0_bwd", "bf16", [x], numel=res, attrs={"op": "add"})
+
+    def embedding(self, backward: bool) -> None:
+        self.b.add("elementwise", "embedding" + ("_bwd" if backward else ""), "bf16", [],
+                   numel=self.sp_tokens * self.m.d_model, attrs={"op": "embedding"})
+
+    def head(self, backward: bool) -> None:
+        """Final norm, the vocabulary-parallel LM head and the cross-entropy."""
+        m, b, tp = self.m, self.b, self.lay.tp
+        vocab = -(-m.vocab // tp)
+        if not backward:
+            x = self._norm("final_norm", None, False)
+            x = self._linear("lm_head", x, m.d_model, vocab, gather=True)
+            b.add("softmax", "cross_entropy", "fp32", [x], rows=self.tokens, cols=vocab)
+            return
+        x = b.add("elementwise", "cross_entropy_bwd", "bf16", [], numel=self.tokens * vocab, attrs={"op": "add"})
+        x = self._linear("lm_head", x, m.d_model, vocab, gather=True, backward=True)
+        self._norm("final_norm_bwd", x, True)
+
+    def optimizer(self, params: float) -> None:
+        self.b.add("optimizer", "adamw", "fp32", [], params=max(1.0, params),
+                   attrs={"algorithm": "adamw", "master_weights": True})
+
+
+def _simulate_piece(builder: _PieceBuilder, chip: Chip, fabric: Fabric) -> Piece:
+    workload = builder.b.build()
+    # launched eagerly, as Megatron/NeMo run (the host's dispatch shows where kernels are short)
+    result = simulate(workload, chip, SimOptions(launch="eager", sustained=True), network=fabric)
+    comm = sum(r.duration_s for r in result.records if r.stream == "comm")
+    return Piece(workload.name, result.latency_s, result.energy_j, len(workload.ops), comm)
+
+
+@dataclass(frozen=True)
+class _Stage:
+    """What one (stage, model chunk) runs per micro-batch."""
+
+    fwd_s: float
+    bwd_s: float
+    fwd_j: float
+    bwd_j: float
+    params: float  # this GPU's parameters of the chunk (for its gradient reduce-scatter)
+
+
+def _chunk_layers(model: ModelConfig, layout: Layout) -> list[list[int]]:
+    """Layer indices of each virtual chunk, in model order: chunk c of stage s is chunk s + c * pp."""
+    per_stage = layout.stage_layers(model.layers)
+    starts = [sum(per_stage[:i]) for i in range(layout.pp)]
+    chunks: list[list[int]] = []
+    for c in range(layout.vp):
+        for s in range(layout.pp):
+            n = per_stage[s] // layout.vp
+            first = starts[s] + c * n
+            chunks.append(list(range(first, first + n)))
+    return chunks  # index: c * pp + s
+
+
+def _schedule_order(pp: int, vp: int, microbatches: int, stage: int) -> list[tuple[str, int, int]]:
+    """Megatron's (interleaved) 1F1B order on one stage: ('F' or 'B', chunk, micro-batch)."""
+    total = microbatches * vp
+    warmup = min(total, pp - stage - 1) if vp == 1 else min(total, (pp - stage - 1) * 2 + (vp - 1) * pp)
+
+    def which(k: int, forward: bool) -> tuple[int, int]:
+        if vp == 1:
+            return 0, k
+        group = k // pp
+        chunk = group % vp
+        if not forward:
+            chunk = vp - 1 - chunk
+        return chunk, (group // vp) * pp + k % pp
+
+    order: list[tuple[str, int, int]] = [("F", *which(k, True)) for k in range(warmup)]
+    for k in range(total - warmup):
+        order.append(("F", *which(warmup + k, True)))
+        order.append(("B", *which(k, False)))
+    order += [("B", *which(k, False)) for k in range(total - warmup, total)]
+    return order
+
+
+def simulate_training(model: ModelConfig, layout: Layout, system: System, precision: str = "bf16") -> TrainingResult:
+    """One training step (see the module notes). `system` must hold the layout's GPUs."""
+    if precision not in PRECISIONS:
+        raise InputError(f"unknown training precision '{precision}'; expected one of {', '.join(PRECISIONS)}",
+                         key="precision")
+    if layout.gpus > system.world:
+        raise InputError(f"the layout needs {layout.gpus:,} GPUs; system '{system.name}' has {system.world:,}",
+                         key="gpus")
+    if layout.vp > 1 and layout.num_microbatches % layout.pp:
+        raise InputError(f"the interleaved schedule needs micro-batches ({layout.num_microbatches}) divisible by "
+                         f"pp ({layout.pp})", key="vp")
+    chip, fabric = system.chip, Fabric(system)
+    memory = memory_per_gpu(model, layout, precision, flash_attention=True)
+
+    pieces: dict[str, Piece] = {}
+
+    def piece(name: str, build: Any) -> Piece:
+        if name not in pieces:
+            builder = _PieceBuilder(model, layout, precision, name)
+            build(builder)
+            pieces[name] = _simulate_piece(builder, chip, fabric)
+        return pieces[name]
+
+    kinds = {"moe": model.is_moe, "dense": not model.is_moe or model.moe_layers < model.layers}
+    for kind, present in kinds.items():
+        if present:
+            piece(f"{kind}_layer_fwd", lambda b, k=kind: b.layer(k == "moe", False))
+            piece(f"{kind}_layer_bwd", lambda b, k=kind: b.layer(k == "moe", True))
+    emb_f = piece("embedding_fwd", lambda b: b.embedding(False))
+    emb_b = piece("embedding_bwd", lambda b: b.embedding(True))
+    head_f = piece("head_fwd", lambda b: b.head(False))
+    head_b = piece("head_bwd", lambda b: b.head(True))
+
+    pp, vp = layout.pp, layout.vp
+    chunks = _chunk_layers(model, layout)
+    stages: dict[tuple[int, int], _Stage] = {}
+    params_per_layer = [model.layer_params(i) for i in range(model.layers)]
+    for s in range(pp):
+        for c in range(vp):
+            layers = chunks[c * pp + s]
+            fwd = bwd = fwd_j = bwd_j = 0.0
+            params = 0.0
+            for i in layers:
+                kind = "moe" if model.is_moe_layer(i) else "dense"
+                f, b = pieces[f"{kind}_layer_fwd"], pieces[f"{kind}_layer_bwd"]
+                fwd, bwd, fwd_j, bwd_j = fwd + f.seconds, bwd + b.seconds, fwd_j + f.energy_j, bwd_j + b.energy_j
+                dense, expert = params_per_layer[i]
+                params += dense / layout.tp + expert / (layout.ep * layout.etp)
+            if s == 0 and c == 0:
+                fwd, bwd, fwd_j, bwd_j = fwd + emb_f.seconds, bwd + emb_b.seconds, fwd_j + emb_f.energy_j, \
+                    bwd_j + emb_b.energy_j
+                params += model.embedding_params() / layout.tp
+            if s == pp - 1 and c == vp - 1:
+                fwd, bwd, fwd_j, bwd_j = fwd + head_f.seconds, bwd + head_b.seconds, fwd_j + head_f.energy_j, \
+                    bwd_j + head_b.energy_j
+                params += model.head_params() / layout.tp
+            stages[(s, c)] = _Stage(fwd, bwd, fwd_j, bwd_j, params)
+
+    params_per_gpu = [sum(stages[(s, c)].params for c in range(vp)) for s in range(pp)]
+    shard = layout.dense_shard if layout.zero >= 1 else 1
+    optimizers = [piece(f"optimizer_stage{s}", lambda b, n=params_per_gpu[s] / shard: b.optimizer(n))
+                  for s in range(pp)]
+    step_s, ops, busy, last_bwd, opt_start = _schedule(layout, stages, optimizers, system)
+
+    # the busiest stage's time, split: its forward/backward work, the bubble, exposed DP, optimizer
+    worst = max(range(pp), key=lambda s: busy[s])
+    optimizer_s = optimizers[worst].seconds
+    breakdown = {"compute": busy[worst], "pp_bubble": max(0.0, last_bwd[worst] - busy[worst]),
+                 "exposed_dp": max(0.0, opt_start[worst] - last_bwd[worst]), "optimizer": optimizer_s}
+    tokens = layout.global_batch * layout.seq
+    micro = layout.num_microbatches
+    energy = 0.0
+    for s in range(pp):
+        work = sum(micro * (stages[(s, c)].fwd_j + stages[(s, c)].bwd_j) for c in range(vp)) + optimizers[s].energy_j
+        idle = max(0.0, step_s - busy[s] - optimizers[s].seconds)
+        energy += work + idle * chip.power.idle_w
+    energy_per_gpu = energy / pp
+    flops = model.flops_per_token(layout.seq) * tokens
+    kinds_simulated = [name for name in pieces if not name.startswith("optimizer")] + ["an optimizer per stage"]
+    folded = (f"{sum(p.ops for p in pieces.values()):,} kernels simulated once per piece "
+              f"({', '.join(kinds_simulated)}); {model.layers} layers folded onto {sum(kinds.values())} "
+              f"layer kind(s); {layout.gpus:,} GPUs folded onto {pp} pipeline stage(s) of one representative GPU each; "
+              f"schedule of {ops:,} ops over {micro} micro-batch(es)")
+    return TrainingResult(
+        model=model.model_id, system=system.name, gpus=layout.gpus, layout=layout, precision=precision,
+        step_s=step_s, tokens_per_s_per_gpu=tokens / step_s / layout.gpus,
+        mfu=flops / (step_s * layout.gpus * chip.peak("bf16")), energy_j_per_gpu=energy_per_gpu,
+        avg_power_w=energy_per_gpu / step_s, memory=memory, breakdown=breakdown,
+        pieces=list(pieces.values()), folded=folded, schedule_ops=ops)
+
+
+def _schedule(layout: Layout, stages: dict[tuple[int, int], _Stage], optimizers: list[Piece],
+              system: System) -> tuple[float, int, list[float], list[float], list[float]]:
+    """Simulate the pipeline schedule: (step seconds, ops, and per stage its busy seconds, its last
+    backward's end and its optimizer's start)."""
+    pp, vp, micro = layout.pp, layout.vp, layout.num_microbatches
+    ranks = _Ranks(layout)
+    b = WorkloadBuilder("pipeline_schedule", "training_schedule")
+    act_bytes = layout.micro_batch * layout.seq // layout.cp * ACT_BYTES
+    act_bytes = act_bytes // layout.tp if layout.sequence_parallel else act_bytes
+    orders = [_schedule_order(pp, vp, micro, s) for s in range(pp)]
+    stride = ranks.stage_stride()
+    dp_group = layout.dp * layout.cp
+
+    def opaque(name: str, device: int, seconds: float, deps: list[int | None], stream: str = "compute") -> int:
+        return b.add("opaque", name, "bf16", deps, device=device, stream=stream, duration_s=max(seconds, 1e-9),
+                     attrs={"scale": "none"})
+
+    def p2p(name: str, src: int, dst: int, dep: int) -> int:
+        return b.add("send_recv", name, "bf16", [dep], device=dst, stream="p2p", bytes=act_bytes * 1.0, group=2,
+                     attrs={"ranks": [src * stride, dst * stride] if src < dst else [dst * stride, src * stride]})
+
+    done: dict[tuple[str, int, int, int], int] = {}  # (F/B, stage, chunk, micro-batch) -> op id
+    gathers: dict[tuple[int, int], int | None] = {}
+    for s in range(pp):
+        for c in range(vp):
+            gathers[(s, c)] = None
+            if layout.zero >= 1 and dp_group > 1:  # the distributed optimizer's parameter all-gather
+                gathers[(s, c)] = b.add("all_gather", f"param_gather.s{s}c{c}", "bf16", [], device=s, stream="comm",
+                                        bytes=stages[(s, c)].params * GRAD_BYTES / dp_group, group=dp_group,
+                                        attrs=ranks.dp())
+    position = [0] * pp
+    last_of_chunk: dict[tuple[int, int], int] = {}
+    progress = True
+    while progress:
+        progress = False
+        for s in range(pp):
+            while position[s] < len(orders[s]):
+                what, c, mb = orders[s][position[s]]
+                st = stages[(s, c)]
+                if what == "F":
+                    prev = (s - 1, c) if s > 0 else ((pp - 1, c - 1) if c > 0 else None)
+                    deps: list[int | None] = [gathers[(s, c)]] if mb == 0 else []
+                    if prev is not None:
+                        key = ("F", prev[0], prev[1], mb)
+                        if key not in done:
+                            break
+                        deps.append(p2p(f"act.s{prev[0]}c{prev[1]}m{mb}", prev[0], s, done[key])
+                                    if prev[0] != s else done[key])
+                    op = opaque(f"F.s{s}c{c}m{mb}", s, st.fwd_s, deps)
+                else:
+                    nxt = (s + 1, c) if s < pp - 1 else ((0, c + 1) if c < vp - 1 else None)
+                    deps = [done[("F", s, c, mb)]]
+                    if nxt is not None:
+                        key = ("B", nxt[0], nxt[1], mb)
+                        if key not in done:
+                            break
+                        deps.append(p2p(f"grad.s{nxt[0]}c{nxt[1]}m{mb}", nxt[0], s, done[key])
+                                    if nxt[0] != s else done[key])
+                    op = opaque(f"B.s{s}c{c}m{mb}", s, st.bwd_s, deps)
+                    last_of_chunk[(s, c)] = op
+                done[(what, s, c, mb)] = op
+                position[s] += 1
+                progress = True
+    if any(position[s] < len(orders[s]) for s in range(pp)):  # pragma: no cover - Megatron's order is valid
+        raise RuntimeError("pipeline schedule deadlocked")
+    optimizer_ops = []
+    for s in range(pp):
+        syncs: list[int | None] = []
+        for c in range(vp):
+            if dp_group > 1:
+                kind = "reduce_scatter" if layout.zero >= 1 else "all_reduce"
+                syncs.append(b.add(kind, f"grad_sync.s{s}c{c}", "bf16", [last_of_chunk[(s, c)]], device=s, stream="comm",
+                                   bytes=stages[(s, c)].params * GRAD_BYTES, group=dp_group, attrs=ranks.dp()))
+        optimizer_ops.append(opaque(f"optimizer.s{s}", s, optimizers[s].seconds,
+                                    [last_of_chunk[(s, vp - 1 if s else 0)], *syncs]))
+    workload = b.build()
+    options = SimOptions(launch="graph", power_capping=False)
+    result = simulate(workload, system.chip, options, network=Fabric(system))
+    rec = {r.id: r for r in result.records}
+    busy = [sum(micro * (stages[(s, c)].fwd_s + stages[(s, c)].bwd_s) for c in range(vp)) for s in range(pp)]
+    last_bwd = [max(rec[last_of_chunk[(s, c)]].end_s for c in range(vp)) for s in range(pp)]
+    opt_start = [rec[op].start_s for op in optimizer_ops]
+    return result.latency_s, len(workload.ops), busy, last_bwd, opt_start
+

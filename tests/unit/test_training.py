@@ -1,0 +1,136 @@
+"""A training step under a parallel layout (chipsim.training): pieces, the pipeline schedule, and
+`chipsim validate` on the training schema."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from chipsim.errors import InputError
+from chipsim.models import custom_model, load_model, resolve_layout
+from chipsim.network.system import load_system, system_for
+from chipsim.training import simulate_training
+from chipsim.training.step import _schedule_order
+
+REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "published"
+SMALL = {"layers": 8, "d_model": 1024, "heads": 8, "kv_heads": 8, "ffn": 4096, "vocab": 32000}
+
+
+def small(**extra: int):  # type: ignore[no-untyped-def]
+    return custom_model(**{**SMALL, **extra})
+
+
+def step(model, gpus: int, precision: str = "bf16", system=None, **sizes):  # type: ignore[no-untyped-def]
+    layout = resolve_layout(model, gpus, zero=1, seq=2048, **sizes)
+    return simulate_training(model, layout, system or system_for("h100_sxm", gpus), precision)
+
+
+def test_a_data_parallel_step_is_its_micro_batches_plus_the_optimizer() -> None:
+    r = step(small(), 8, micro_batch=1, global_batch=32)
+    pieces = {p.name: p for p in r.pieces}
+    micro = 32 // 8
+    one = (8 * (pieces["dense_layer_fwd"].seconds + pieces["dense_layer_bwd"].seconds)
+           + sum(pieces[f"{n}_{d}"].seconds for n in ("embedding", "head") for d in ("fwd", "bwd")))
+    assert r.breakdown["compute"] == pytest.approx(micro * one, rel=1e-9)
+    # the step: the compute, the exposed gradient sync and the optimizer, and the parameter all-gather's wait
+    assert r.step_s == pytest.approx(sum(r.breakdown.values()), rel=0.02)
+    assert r.tokens_per_s_per_gpu * r.step_s * 8 == pytest.approx(32 * 2048, rel=1e-9)
+    assert 0.05 < r.mfu < 0.8
+
+
+def test_the_pipeline_bubble_comes_out_of_the_schedule() -> None:
+    """Stages of equal work under 1F1B idle (pp - 1) forward+backward times; more micro-batches amortize
+    it, interleaving (vp) shrinks it by vp."""
+    model = small(layers=16)
+    r4 = step(model, 4, pp=4, micro_batch=1, global_batch=8)
+    pieces = {p.name: p for p in r4.pieces}
+    chunk = 4 * (pieces["dense_layer_fwd"].seconds + pieces["dense_layer_bwd"].seconds)
+    bubble = r4.step_s - r4.breakdown["compute"] - r4.breakdown["optimizer"]
+    assert bubble == pytest.approx(3 * chunk, rel=0.25)  # plus the head, embedding and sends
+    r16 = step(model, 4, pp=4, micro_batch=1, global_batch=32)
+    assert r16.breakdown["compute"] / r16.step_s > r4.breakdown["compute"] / r4.step_s
+    interleaved = step(model, 4, pp=4, vp=2, micro_batch=1, global_batch=8)
+    assert interleaved.breakdown["pp_bubble"] < 0.7 * r4.breakdown["pp_bubble"]
+
+
+def test_megatrons_interleaved_order_runs_every_chunk_and_micro_batch_once() -> None:
+    order = _schedule_order(pp=4, vp=2, microbatches=8, stage=1)
+    assert sorted(o for o in order if o[0] == "F") == [("F", c, m) for c in range(2) for m in range(8)]
+    assert sorted(o for o in order if o[0] == "B") == [("B", c, m) for c in range(2) for m in range(8)]
+    warmup = (4 - 1 - 1) * 2 + (2 - 1) * 4
+    assert [o[0] for o in order[:warmup + 2]] == ["F"] * (warmup + 1) + ["B"]
+    assert _schedule_order(pp=4, vp=1, microbatches=4, stage=0)[:4] == [("F", 0, 0), ("F", 0, 1), ("F", 0, 2),
+                                                                          ("F", 0, 3)]
+
+
+def test_tensor_parallelism_runs_its_collectives_on_nvlink() -> None:
+    model = small(d_model=8192, heads=64, kv_heads=8, ffn=28672)  # a 70B-class layer: GEMMs outweigh latencies
+    one = step(model, 1, micro_batch=1, global_batch=1, system=load_system("hgx_h200"))
+    two = step(model, 2, tp=2, micro_batch=1, global_batch=1, system=load_system("hgx_h200"))
+    layer = {p.name: p for p in two.pieces}["dense_layer_fwd"]
+    assert layer.comm_s > 0  # the sequence-parallel all-gathers and reduce-scatters
+    f1 = {p.name: p for p in one.pieces}["dense_layer_fwd"].seconds
+    assert 0.4 * f1 < layer.seconds < 0.75 * f1  # half the GEMMs, their collectives beside them
+
+
+def test_a_moe_layer_dispatches_over_its_expert_group() -> None:
+    moe = small(experts=16, topk=2, expert_ffn=1024)
+    r = step(moe, 8, ep=8, micro_batch=1, global_batch=8)
+    layer = {p.name: p for p in r.pieces}["moe_layer_fwd"]
+    assert layer.comm_s > 0 and layer.ops > 10
+    # balanced routing gives every GPU the same token copies whatever ep is; a wider expert group sends
+    # more of them to other GPUs: (ep - 1) / ep
+    narrow = {p.name: p for p in step(moe, 8, ep=2, micro_batch=1, global_batch=8).pieces}["moe_layer_fwd"]
+    assert narrow.comm_s < layer.comm_s
+
+
+def test_fp8_is_faster_than_bf16_and_same_inputs_give_the_same_numbers() -> None:
+    model = small(d_model=4096, heads=32, kv_heads=8, ffn=14336)
+    bf16 = step(model, 8, micro_batch=1, global_batch=16)
+    fp8 = step(model, 8, "fp8", micro_batch=1, global_batch=16)
+    assert fp8.step_s < 0.9 * bf16.step_s
+    assert step(model, 8, micro_batch=1, global_batch=16).step_s == bf16.step_s
+
+
+def test_bad_inputs_are_refused_with_their_key() -> None:
+    model = small(layers=16)
+    layout = resolve_layout(model, 4, pp=4, vp=2, micro_batch=1, global_batch=6, seq=2048)
+    with pytest.raises(InputError) as info:
+        simulate_training(model, layout, system_for("h100_sxm", 4))
+    assert info.value.key == "vp"
+    with pytest.raises(InputError) as info:
+        simulate_training(model, resolve_layout(model, 4, micro_batch=1, global_batch=4, seq=2048),
+                          system_for("h100_sxm", 4), "fp16")
+    assert info.value.key == "precision"
+    with pytest.raises(InputError) as info:
+        simulate_training(model, resolve_layout(model, 16, micro_batch=1, global_batch=16, seq=2048),
+                          load_system("hgx_h200"))
+    assert info.value.key == "gpus"
+
+
+def test_a_405b_step_on_16k_gpus_folds_onto_its_pipeline_stages() -> None:
+    model = load_model("llama3.1-405b")
+    layout = resolve_layout(model, 16384, tp=8, pp=16, zero=1, first_stage_layers=7, last_stage_layers=7,
+                            micro_batch=1, global_batch=2048, seq=8192)
+    r = simulate_training(model, layout, load_system("cluster_2048x_dgx_h100_ndr"))
+    assert "16,384 GPUs folded onto 16 pipeline stage(s)" in r.folded
+    assert r.schedule_ops < 2000 and 0.1 < r.mfu < 0.6
+
+
+@pytest.mark.skipif(not (REFERENCE / "training_calibration.csv").is_file(), reason="reference data not present")
+def test_validate_predicts_published_training_rows(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    frame = pd.read_csv(REFERENCE / "training_calibration.csv")
+    rows = frame[(frame["model_id"] == "llama3-8b") & (frame["gpus"] == 8) & (frame["dp"] == 4)]
+    bad = rows.iloc[:1].assign(model_id="llama9-1t")
+    csv = tmp_path / "rows.csv"
+    pd.concat([rows, bad]).to_csv(csv, index=False)
+    out = tmp_path / "pred.csv"
+    code, stdout, _ = cli(["validate", str(csv), "--out", str(out)])
+    assert code == 0
+    assert f"{len(rows)} of {len(rows) + 1} training rows simulated" in stdout
+    assert "not in the model zoo" in stdout
+    pred = pd.read_csv(out)
+    assert pred["ape"].iloc[:len(rows)].max() < 0.15
+    assert pred["predicted_value"].iloc[:len(rows)].between(5, 20).all()  # step_time_s of 9-13 s
