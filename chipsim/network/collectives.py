@@ -82,14 +82,19 @@ def _ring(ranks: np.ndarray, chunk: float, steps: int, label: str) -> Phase:
     return _phase(label, ranks, np.roll(ranks, -1), chunk, steps)
 
 
-def _rail_rings(lay: Layout, chunk: float, steps: int, label: str) -> Phase:
+def _rail_rings(lay: Layout, chunk: float, steps: int, label: str, all_to_all: bool = False) -> Phase:
     """NCCL's rings across nodes: one channel per member of a node (per NIC rail), each a ring over
     every rank carrying 1/p of the data. Channel c goes through each node's members in turn, starting
     where the previous node left off, so it leaves node j and enters node j+1 on the same rail, and
-    the channels leave each node on p different rails: every NIC carries one channel."""
+    the channels leave each node on p different rails: every NIC carries one channel. On a switch
+    every channel steps to the next member; on point-to-point links (`all_to_all`: MI300X's xGMI) the
+    channels step by different strides coprime with p, as RCCL's rings do, so they spread over
+    different links instead of all crossing the same p - 1."""
     n, p = lay.nodes, lay.per_node
+    strides = [s for s in range(1, p) if math.gcd(s, p) == 1] if all_to_all and p > 2 else [1]
+    stride = np.array([strides[c % len(strides)] for c in range(p)])[None, :, None]
     node = np.arange(n)[:, None, None]
-    position = (np.arange(p)[None, :, None] + node * (p - 1) + np.arange(p)[None, None, :]) % p
+    position = (np.arange(p)[None, :, None] + (node * (p - 1) + np.arange(p)[None, None, :]) * stride) % p
     rings = lay.by_node[node, position].transpose(1, 0, 2).reshape(p, n * p)  # channel -> ranks in ring order
     return _phase(f"{label}, {p} channel(s) across {n} nodes", rings.ravel(), np.roll(rings, -1, axis=1).ravel(),
                   chunk / p, steps)
@@ -104,7 +109,7 @@ def _ring_phases(kind: str, ranks: np.ndarray, size: float, topo: Topology) -> l
         chunk, steps, label = traffic[kind]
         lay = layout(ranks, topo)
         if lay is not None and lay.nodes > 1:
-            return [_rail_rings(lay, chunk, steps, label)]
+            return [_rail_rings(lay, chunk, steps, label, topo.system.fabric.kind == "all_to_all")]
         return [_ring(ranks, chunk, steps, label)]
     if kind == "broadcast":  # pipelined chain: every hop carries the whole buffer concurrently
         return [_phase("ring broadcast (pipelined chain)", ranks[:-1], ranks[1:], size, hops=n - 1)]

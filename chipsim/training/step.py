@@ -215,8 +215,13 @@ class _PieceBuilder:
         gate_up = 2 * m.expert_ffn if m.gated else m.expert_ffn
         b = self.b
         router = self._gemm(f"{p}.router{'_bwd' if backward else ''}", dep, tokens, m.d_model, m.experts)
+        # the token permutation: each copy gathered into its expert's order (and back after the combine)
+        x = b.add("elementwise", f"{p}.permute", "bf16", [router], numel=routed * m.d_model, attrs={"op": "copy"})
         first = "combine" if backward else "dispatch"
-        x = self._collective("all_to_all", f"{p}.{first}", a2a, lay.ep, self.ranks.ep(), router)
+        # Megatron's all-to-all dispatcher copies the tokens-per-expert counts to the host to size the
+        # exchange: the host waits for the device there, once per MoE layer forward
+        sync = {} if backward else {"host_sync": True}
+        x = self._collective("all_to_all", f"{p}.{first}", a2a, lay.ep, {**self.ranks.ep(), **sync}, x)
         passes = 2 if backward else 1  # data and weight gradients
         for _ in range(passes):
             x = b.add("gemm", f"{p}.experts_fc1", self.gemm_dtype, [x], m=per_expert, n=gate_up, k=m.d_model,
@@ -228,7 +233,8 @@ class _PieceBuilder:
                       batch=local_experts)
         last = "dispatch" if backward else "combine"
         combined = self._collective("all_to_all", f"{p}.{last}", a2a, lay.ep, self.ranks.ep(), x)
-        x = x if combined is None else combined
+        x = b.add("elementwise", f"{p}.unpermute", "bf16", [x if combined is None else combined],
+                  numel=routed * m.d_model, attrs={"op": "copy"})
         if m.shared_experts:
             shared = self._mlp(f"{p}.shared", router, m.shared_experts * m.expert_ffn, backward, tokens=tokens,
                                tensor_parallel=False)
