@@ -66,6 +66,7 @@ class RunConfig:
     report: tuple[str, ...] = REPORTS
     file: Path | None = None
     systems: tuple[SystemRef, ...] = ()
+    parallelism: dict[str, Any] | None = None  # a training step under a layout (chipsim.training.run)
 
     @property
     def workload(self) -> WorkloadSpec:
@@ -137,13 +138,23 @@ def parse_run_config(data: dict[str, Any], file: Path | None = None) -> RunConfi
         raise top.error("chips", "required key is missing: give `chips` (names or paths) or `systems`")
     if not isinstance(chips_raw, list) or not all(isinstance(c, str) for c in chips_raw) or not (chips_raw or systems):
         raise top.error("chips", "expected a list of chip names or YAML paths, e.g. [h200_sxm, h100_sxm]")
-    raw_workload = top.raw("workload")
-    items = raw_workload if isinstance(raw_workload, list) else [raw_workload]
-    if not items:
-        raise top.error("workload", "expected a workload or a non-empty list of workloads")
-    key = "workload" if not isinstance(raw_workload, list) else None
-    workloads = tuple(_workload_spec(Section(item, fname, key or f"workload[{i}]"), file)
-                      for i, item in enumerate(items))
+    parallelism = top.raw("parallelism", None)
+    if parallelism is not None:
+        if not isinstance(parallelism, dict):
+            raise top.error("parallelism", "expected a mapping: model, gpus, layout sizes, global_batch, seq, precision")
+        if top.has("workload"):
+            raise top.error("workload", "give either `workload` or `parallelism` (a training step under a layout)")
+        if not systems:
+            raise top.error("parallelism", "a layout runs on a system: give `systems`")
+        workloads: tuple[WorkloadSpec, ...] = ()
+    else:
+        raw_workload = top.raw("workload")
+        items = raw_workload if isinstance(raw_workload, list) else [raw_workload]
+        if not items:
+            raise top.error("workload", "expected a workload or a non-empty list of workloads")
+        key = "workload" if not isinstance(raw_workload, list) else None
+        workloads = tuple(_workload_spec(Section(item, fname, key or f"workload[{i}]"), file)
+                          for i, item in enumerate(items))
     opts = top.section("options", {})
     launch = opts.string("launch", "eager", choices=LAUNCH_MODES)
     sustained_raw = opts.raw("sustained", False)
@@ -154,7 +165,8 @@ def parse_run_config(data: dict[str, Any], file: Path | None = None) -> RunConfi
     if not isinstance(report_raw, list) or any(r not in REPORTS for r in report_raw):
         raise top.error("report", f"expected a list drawn from {', '.join(REPORTS)}")
     top.done()
-    return RunConfig(name, tuple(chips_raw), workloads, launch, sustained_raw, tuple(report_raw), file, systems)
+    return RunConfig(name, tuple(chips_raw), workloads, launch, sustained_raw, tuple(report_raw), file, systems,
+                     dict(parallelism) if parallelism is not None else None)
 
 
 def load_run_config(path: str | Path) -> RunConfig:

@@ -186,6 +186,32 @@ def write_run_outputs(results: Sequence[Result], chips: Mapping[str, Chip], out_
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def write_training_outputs(results: Sequence[Any], out_dir: Path, reports: Sequence[str]) -> list[Path]:
+    """A training run's files (chipsim.training.TrainingResult), staged and swapped in as
+    `write_run_outputs` does: `summary.csv` (one row per system) and `timeline.json` (the pipeline
+    schedule, one track per simulated rank: a stage's compute, sends and data-parallel streams)."""
+    import pandas as pd
+
+    from chipsim.report.trace import chrome_trace
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(out_dir)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{STAGING_TAG}-{os.getpid()}-", dir=out_dir.parent))
+    try:
+        names: list[str] = []
+        if "csv" in reports:
+            pd.DataFrame([r.summary() for r in results]).to_csv(staging / "summary.csv", index=False)
+            names.append("summary.csv")
+        if "timeline" in reports:
+            (staging / "timeline.json").write_text(json.dumps(chrome_trace([r.schedule for r in results])))
+            names.append("timeline.json")
+        _install(staging, out_dir, names)
+        return [out_dir / name for name in names]
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 # ---------------------------------------------------------------- single files and signals
 
 

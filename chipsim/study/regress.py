@@ -44,6 +44,13 @@ def simulate_examples(configs_dir: Path, progress: Callable[[str], None] | None 
         config = load_run_config(path)
         if progress:
             progress(config.name)
+        if config.parallelism is not None:  # a training step under a layout, on each system
+            from chipsim.training.run import run_training
+
+            for trained in run_training(config):
+                rows.append({"case": path.stem, "chip": trained.system, "latency_s": trained.step_s,
+                             "energy_j": trained.energy_j_per_gpu, "status": "ok"})
+            continue
         for label, one, chips in _one_run_configs(config):
             spec = one.workloads[0]
             try:

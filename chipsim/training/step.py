@@ -37,6 +37,7 @@ from chipsim.models.memory import MemoryBreakdown, memory_per_gpu
 from chipsim.models.zoo import ModelConfig
 from chipsim.network.fabric import Fabric
 from chipsim.network.system import System
+from chipsim.report.result import Result
 from chipsim.workload.graph import WorkloadBuilder
 
 PRECISIONS = ("bf16", "fp8")
@@ -77,6 +78,7 @@ class TrainingResult:
     pieces: list[Piece] = field(default_factory=list)
     folded: str = ""
     schedule_ops: int = 0
+    schedule: Result | None = None  # the simulated pipeline schedule: one device per stage
 
     def summary(self) -> dict[str, Any]:
         return {"model": self.model, "system": self.system, "gpus": self.gpus, "precision": self.precision,
@@ -221,7 +223,8 @@ class _PieceBuilder:
         # Megatron's all-to-all dispatcher copies the tokens-per-expert counts to the host to size the
         # exchange: the host waits for the device there, once per MoE layer forward
         sync = {} if backward else {"host_sync": True}
-        x = self._collective("all_to_all", f"{p}.{first}", a2a, lay.ep, {**self.ranks.ep(), **sync}, x)
+        dispatched = self._collective("all_to_all", f"{p}.{first}", a2a, lay.ep, {**self.ranks.ep(), **sync}, x)
+        x = x if dispatched is None else dispatched
         passes = 2 if backward else 1  # data and weight gradients
         for _ in range(passes):
             x = b.add("gemm", f"{p}.experts_fc1", self.gemm_dtype, [x], m=per_expert, n=gate_up, k=m.d_model,
@@ -410,7 +413,8 @@ def simulate_training(model: ModelConfig, layout: Layout, system: System, precis
     shard = layout.dense_shard if layout.zero >= 1 else 1
     optimizers = [piece(f"optimizer_stage{s}", lambda b, n=params_per_gpu[s] / shard: b.optimizer(n))
                   for s in range(pp)]
-    step_s, ops, busy, last_bwd, opt_start = _schedule(layout, stages, optimizers, system)
+    schedule, busy, last_bwd, opt_start = _schedule(layout, stages, optimizers, system)
+    step_s, ops = schedule.latency_s, len(schedule.records)
 
     # the busiest stage's time, split: its forward/backward work, the bubble, exposed DP, optimizer
     worst = max(range(pp), key=lambda s: busy[s])
@@ -436,13 +440,13 @@ def simulate_training(model: ModelConfig, layout: Layout, system: System, precis
         step_s=step_s, tokens_per_s_per_gpu=tokens / step_s / layout.gpus,
         mfu=flops / (step_s * layout.gpus * chip.peak("bf16")), energy_j_per_gpu=energy_per_gpu,
         avg_power_w=energy_per_gpu / step_s, memory=memory, breakdown=breakdown,
-        pieces=list(pieces.values()), folded=folded, schedule_ops=ops)
+        pieces=list(pieces.values()), folded=folded, schedule_ops=ops, schedule=schedule)
 
 
 def _schedule(layout: Layout, stages: dict[tuple[int, int], _Stage], optimizers: list[Piece],
-              system: System) -> tuple[float, int, list[float], list[float], list[float]]:
-    """Simulate the pipeline schedule: (step seconds, ops, and per stage its busy seconds, its last
-    backward's end and its optimizer's start)."""
+              system: System) -> tuple[Result, list[float], list[float], list[float]]:
+    """Simulate the pipeline schedule: (its result, and per stage its busy seconds, its last backward's
+    end and its optimizer's start)."""
     pp, vp, micro = layout.pp, layout.vp, layout.num_microbatches
     ranks = _Ranks(layout)
     b = WorkloadBuilder("pipeline_schedule", "training_schedule")
@@ -521,5 +525,5 @@ def _schedule(layout: Layout, stages: dict[tuple[int, int], _Stage], optimizers:
     busy = [sum(micro * (stages[(s, c)].fwd_s + stages[(s, c)].bwd_s) for c in range(vp)) for s in range(pp)]
     last_bwd = [max(rec[last_of_chunk[(s, c)]].end_s for c in range(vp)) for s in range(pp)]
     opt_start = [rec[op].start_s for op in optimizer_ops]
-    return result.latency_s, len(workload.ops), busy, last_bwd, opt_start
+    return result, busy, last_bwd, opt_start
 

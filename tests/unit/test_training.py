@@ -134,3 +134,43 @@ def test_validate_predicts_published_training_rows(cli, tmp_path: Path) -> None:
     pred = pd.read_csv(out)
     assert pred["ape"].iloc[:len(rows)].max() < 0.15
     assert pred["predicted_value"].iloc[:len(rows)].between(5, 20).all()  # step_time_s of 9-13 s
+
+
+def _config(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "train.yaml"
+    path.write_text("name: t\nsystems: [{system: cluster_256x_dgx_h100_ndr, name: c, set: {nodes: 2}}]\n" + body)
+    return path
+
+
+LAYOUT = ("parallelism: {model: {layers: 8, d_model: 1024, heads: 8, kv_heads: 8, ffn: 4096, vocab: 32000}, "
+          "gpus: 16, tp: 2, pp: 2, global_batch: 32, seq: 2048")
+
+
+def test_a_run_config_with_parallelism_reports_the_step_and_writes_a_timeline(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    out = tmp_path / "out"
+    code, stdout, _ = cli(["run", str(_config(tmp_path, LAYOUT + "}\n")), "--out", str(out)])
+    assert code == 0
+    assert "tokens_per_s_per_gpu" in stdout and "16 GPUs folded onto 2 pipeline stage(s)" in stdout
+    summary = pd.read_csv(out / "summary.csv")
+    assert summary["tp"].iloc[0] == 2 and summary["step_s"].iloc[0] > 0
+    threads = {e["args"]["name"] for e in json.loads((out / "timeline.json").read_text())["traceEvents"]
+               if e.get("name") == "thread_name"}
+    assert {"dev0 compute", "dev1 compute"} <= threads  # one track per simulated rank (pipeline stage)
+
+
+@pytest.mark.parametrize("body, key, text", [
+    (LAYOUT.replace("tp: 2", "tp: 3") + "}\n", "parallelism.dp", "multiple of tp*pp*cp"),
+    (LAYOUT.replace("heads: 8, kv", "heads: 6, kv") + "}\n", "parallelism.model", "heads"),
+    (LAYOUT.replace("gpus: 16", "gpus: 64") + "}\n", "parallelism.gpus", "do not fit"),
+    (LAYOUT + ", precision: fp16}\n", "parallelism.precision", "bf16"),
+    ("parallelism: {model: llama9-1t, global_batch: 8, seq: 2048}\n", "parallelism.model", "unknown"),
+    ("parallelism: {model: llama3-70b, gpus: 8, global_batch: 8, seq: 8192}\n", "parallelism", "GB"),
+    (LAYOUT + "}\nworkload: {generator: all_reduce}\n", "workload", "either"),
+])
+def test_a_bad_training_config_names_its_key(cli, tmp_path: Path, body: str, key: str, text: str) -> None:  # type: ignore[no-untyped-def]
+    code, _, stderr = cli(["run", str(_config(tmp_path, body)), "--no-files"])
+    assert code == 2
+    assert key in stderr and text in stderr and "train.yaml" in stderr
+    assert len(stderr.strip().splitlines()) == 1
