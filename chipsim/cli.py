@@ -73,6 +73,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not args.json:
             _stderr(f"[{index + 1}/{total}] simulating {what} ...")
 
+    if config.parallelism is not None:
+        code = _run_training(args, config, out_dir, reports, progress)
+        restore_sigterm(previous_sigterm)
+        return code
     targets = api.load_targets(config, args.chip or None)
     results = api.run(config, args.chip or None, progress)
     if args.json:
@@ -84,6 +88,33 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not args.json:
             _stderr(f"wrote {len(written)} files to {out_dir}/")
     restore_sigterm(previous_sigterm)
+    return 0
+
+
+def _run_training(args: argparse.Namespace, config: Any, out_dir: Path, reports: list[str], progress: Any) -> int:
+    """`chipsim run` on a config with `parallelism:`: a training step on each system."""
+    import pandas as pd
+
+    from chipsim.report import strict_json
+    from chipsim.report.files import write_training_outputs
+    from chipsim.training.run import run_training
+
+    if args.chip:
+        raise InputError("--chip does not apply to a training run: the layout runs on the config's systems",
+                         key="--chip")
+    results = run_training(config, progress)
+    if args.json:
+        print(strict_json.dumps({"training": [r.summary() for r in results]}))
+    else:
+        table = pd.DataFrame([r.summary() for r in results]).drop(columns=["model"])
+        print(f"{results[0].model}, {results[0].precision}:")
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        for r in results:
+            print(f"  {r.system}: {r.folded}")
+    if reports and not args.no_files:
+        written = write_training_outputs(results, out_dir, reports)
+        if not args.json:
+            _stderr(f"wrote {len(written)} files to {out_dir}/")
     return 0
 
 
@@ -355,6 +386,109 @@ def _validate_training(args: argparse.Namespace, frame: Any, chip: str | None, p
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    """`chipsim plan`: every Megatron-Core layout of a model on N GPUs, ranked by simulated throughput."""
+    from chipsim.models.zoo import load_model
+    from chipsim.network.system import load_system
+    from chipsim.report import strict_json
+    from chipsim.training import plan as planner
+
+    for option, value in (("--gpus", args.gpus), ("--global-batch", args.global_batch), ("--seq", args.seq),
+                          ("--top", args.top), ("--workers", args.workers)):
+        if value is not None and value < 1:
+            raise InputError(f"expected a positive integer, got {value}", key=option)
+    try:
+        model = load_model(args.model)
+    except InputError as exc:
+        raise InputError(exc.message, key="MODEL") from None
+    try:
+        system = load_system(args.system)
+    except InputError as exc:
+        raise (exc if exc.file else InputError(exc.message, key="--system")) from None
+    per_node = system.gpus_per_node
+    if (args.gpus > per_node and args.gpus % per_node) or (args.gpus < per_node and per_node % args.gpus):
+        raise InputError(f"expected whole nodes of {per_node} GPUs (or a divisor of one node), got {args.gpus}",
+                         key="--gpus")
+    if args.gpus > system.world:
+        if system.scale_out is None:
+            raise InputError(f"system '{system.name}' has {system.world} GPUs and no scale-out network to grow",
+                             key="--gpus")
+        try:
+            system = load_system(args.system, overrides={"nodes": -(-args.gpus // per_node)})
+        except InputError as exc:
+            raise InputError(f"cannot grow '{system.name}' to {args.gpus:,} GPUs: {exc.message}", key="--gpus") from None
+    if args.executor == "dask":
+        import importlib.util
+
+        if importlib.util.find_spec("distributed") is None:
+            raise InputError("the dask executor needs dask[distributed]: pip install dask[distributed]",
+                             key="--executor")
+    if args.out:
+        from chipsim.atomic import check_destination
+
+        try:
+            check_destination(args.out)
+        except InputError as exc:
+            raise InputError(exc.message, file=exc.file, key="--out") from None
+    found = planner.candidate_layouts(model, args.gpus, args.global_batch, args.seq, per_node)
+    if not found.layouts:  # before any simulation
+        key, count = found.rejected.most_common(1)[0] if found.rejected else ("layout", 0)
+        if "global_batch" in found.rejected:
+            key = "global_batch"
+        option = {"global_batch": "--global-batch", "seq": "--seq"}.get(key, "--gpus")
+        raise InputError(f"no layout of {model.model_id} on {args.gpus} GPUs passes Megatron-Core's rules "
+                         f"({found.rejected[key]} of {found.total} rejected on {key}, e.g. {found.examples.get(key, '')})",
+                         key=option)
+    shown = [0]  # simulations done when progress was last shown
+
+    def progress(done: int, total: int) -> None:  # about every tenth (at most every 100 layouts)
+        if args.json or not total:
+            return
+        if done == 0:
+            _stderr(f"simulating the {total} layouts that fit in memory ...")
+        elif done == total or done - shown[0] >= max(1, min(100, total // 10)):
+            shown[0] = done
+            _stderr(f"simulated {done}/{total} layouts ...")
+
+    from chipsim.report.files import sigterm_as_interrupt
+
+    with sigterm_as_interrupt():  # SIGTERM stops the workers and exits like Ctrl-C
+        table = planner.plan_layouts(model, system, args.gpus, args.global_batch, args.seq, args.precision,
+                                     executor=args.executor, workers=args.workers, candidates=found,
+                                     progress=progress)
+    if args.out:
+        from chipsim.atomic import atomic_write
+
+        atomic_write(args.out, lambda tmp: table.to_csv(tmp, index=False))
+    feasible = table[table["fits"]]
+    best = feasible.iloc[0] if len(feasible) else None
+    if args.json:
+        print(strict_json.dumps({
+            "model": model.model_id, "system": system.name, "gpus": args.gpus, "global_batch": args.global_batch,
+            "seq": args.seq, "precision": args.precision, "candidates": table.attrs["candidates"],
+            "valid": len(table), "feasible": len(feasible), "infeasible": len(table) - len(feasible),
+            "rejected": table.attrs["rejected"], "failed": table.attrs["failed"],
+            "top": feasible.head(args.top).to_dict("records"),
+            "best": None if best is None else best.to_dict(), "out": args.out}))
+        return 0 if best is not None else 1
+    print(f"{model.model_id} on {args.gpus:,} GPUs of {system.name} ({system.chip.name}, "
+          f"{system.chip.hbm.capacity_bytes / 1e9:.0f} GB), global batch {args.global_batch}, seq {args.seq}, "
+          f"{args.precision}")
+    print("\n".join(planner.summary_lines(table)))
+    if best is None:
+        closest = table.iloc[0]
+        print(f"best: none fits in memory; closest: {planner.layout_label(closest)}: {closest['overflow']}")
+        return 1
+    print(f"top {min(args.top, len(feasible))} of {len(feasible)} feasible layouts, by tokens/s per GPU "
+          "(breakdown in seconds on the busiest stage):")
+    print(planner.format_table(table, args.top))
+    print(f"best: {planner.layout_label(best)}: {best['tokens_per_s_per_gpu']:,.0f} tokens/s/GPU, "
+          f"MFU {best['mfu']:.1%}, step {best['step_s']:.3f} s, {best['memory_gb']:.1f} GB per GPU")
+    if args.out:
+        _stderr(f"wrote {len(table)} layouts to {args.out}")
+    return 0
+
+
 # ---------------------------------------------------------------- chipsim regress
 
 
@@ -470,6 +604,23 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--power", help="power phases JSON (default: power.json beside the CSV, if present)")
     val.add_argument("--json", action="store_true", help="print one JSON summary and nothing else on stdout")
     val.set_defaults(func=cmd_validate)
+
+    pln = sub.add_parser("plan", help="rank the Megatron-Core layouts of a model on N GPUs by simulated training "
+                                      "throughput")
+    pln.add_argument("model", help="a model of the zoo (chipsim.models.known_models())")
+    pln.add_argument("--system", required=True, help="system name or YAML; grown to --gpus when it has a scale-out "
+                                                     "network")
+    pln.add_argument("--gpus", type=int, required=True, help="GPUs of the run (whole nodes)")
+    pln.add_argument("--global-batch", type=int, required=True, help="sequences per optimizer step")
+    pln.add_argument("--seq", type=int, required=True, help="sequence length in tokens")
+    pln.add_argument("--precision", choices=("bf16", "fp8"), default="bf16")
+    pln.add_argument("--top", type=int, default=10, help="feasible layouts to print (default 10)")
+    pln.add_argument("--out", help="write every layout (feasible or not) to this CSV")
+    pln.add_argument("--executor", choices=("local", "dask"), default="local",
+                     help="simulate in a local process pool or a Dask LocalCluster")
+    pln.add_argument("--workers", type=int, help="processes (local) or LocalCluster workers (dask)")
+    pln.add_argument("--json", action="store_true", help="print one JSON object and nothing else on stdout")
+    pln.set_defaults(func=cmd_plan)
 
     reg = sub.add_parser("regress", help="re-simulate every example config on every chip against the baselines")
     reg.add_argument("--update", action="store_true", help="rewrite the baselines")

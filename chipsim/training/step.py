@@ -90,35 +90,15 @@ class TrainingResult:
                 **{f"{k}_s": v for k, v in self.breakdown.items()}}
 
 
-class _Ranks:
-    """Communicator attributes of the representative rank's groups (Megatron order tp-cp-dp-pp)."""
-
-    def __init__(self, layout: Layout) -> None:
-        self.layout = layout
-
-    def tp(self) -> dict[str, Any]:
-        return {"stride": 1}
-
-    def cp(self) -> dict[str, Any]:
-        return {"stride": self.layout.tp}
-
-    def ep(self) -> dict[str, Any]:
-        return {"stride": 1}
-
-    def dp(self) -> dict[str, Any]:  # dense gradients: dp * cp ranks (Megatron's DP group with CP)
-        return {"stride": self.layout.tp}
-
-    def stage_stride(self) -> int:
-        return self.layout.tp * self.layout.cp * self.layout.dp
-
-
 class _PieceBuilder:
     """The ops of one micro-batch of one representative GPU."""
 
     def __init__(self, model: ModelConfig, layout: Layout, precision: str, name: str) -> None:
         self.m, self.lay, self.precision = model, layout, precision
         self.b = WorkloadBuilder(name, "training_piece")
-        self.ranks = _Ranks(layout)
+        # the representative rank's groups, in Megatron's rank order (tp fastest, then cp, dp, pp):
+        # a TP or EP group is consecutive ranks, a CP group is strided by tp
+        self.tp_group, self.ep_group, self.cp_group = {"stride": 1}, {"stride": 1}, {"stride": layout.tp}
         self.tokens = layout.micro_batch * layout.seq // layout.cp  # this rank's tokens (its CP slice)
         self.sp_tokens = self.tokens // layout.tp if layout.sequence_parallel else self.tokens
         self.gemm_dtype = "fp8" if precision == "fp8" else "bf16"
@@ -152,9 +132,9 @@ class _PieceBuilder:
         if tp > 1 and self.lay.sequence_parallel and (gather or scatter):
             kind = "all_gather" if gather != backward else "reduce_scatter"
             nbytes = full / tp if kind == "all_gather" else full
-            comm = self._collective(kind, f"{name}.{kind}", nbytes, tp, self.ranks.tp(), dep)
+            comm = self._collective(kind, f"{name}.{kind}", nbytes, tp, self.tp_group, dep)
         elif tp > 1 and scatter != backward:  # no sequence parallelism: an all-reduce after row-parallel
-            comm = self._collective("all_reduce", f"{name}.all_reduce", full, tp, self.ranks.tp(), dep)
+            comm = self._collective("all_reduce", f"{name}.all_reduce", full, tp, self.tp_group, dep)
         if backward:
             dgrad = self._gemm(f"{name}.dgrad", dep, t, n, k)
             wgrad = self._gemm(f"{name}.wgrad", dep, k, t, n)
@@ -182,7 +162,7 @@ class _PieceBuilder:
             kv_bytes = self.tokens * kv_heads * (m.k_width + m.v_width) // max(1, m.kv_heads) * ACT_BYTES
             kind = "reduce_scatter" if backward else "all_gather"
             nbytes = kv_bytes * (lay.cp if backward else 1)
-            dep = self._collective(kind, f"{p}.cp_{kind}", nbytes, lay.cp, self.ranks.cp(), dep)
+            dep = self._collective(kind, f"{p}.cp_{kind}", nbytes, lay.cp, self.cp_group, dep)
         head_dim = m.q_width // m.heads
         return self.b.add("attention", f"{p}.attn{'_bwd' if backward else ''}", "bf16", [dep],
                           batch=lay.micro_batch, heads=heads, kv_heads=kv_heads, seq_q=seq_q, seq_kv=seq_kv,
@@ -223,7 +203,7 @@ class _PieceBuilder:
         # Megatron's all-to-all dispatcher copies the tokens-per-expert counts to the host to size the
         # exchange: the host waits for the device there, once per MoE layer forward
         sync = {} if backward else {"host_sync": True}
-        dispatched = self._collective("all_to_all", f"{p}.{first}", a2a, lay.ep, {**self.ranks.ep(), **sync}, x)
+        dispatched = self._collective("all_to_all", f"{p}.{first}", a2a, lay.ep, {**self.ep_group, **sync}, x)
         x = x if dispatched is None else dispatched
         passes = 2 if backward else 1  # data and weight gradients
         for _ in range(passes):
@@ -235,7 +215,7 @@ class _PieceBuilder:
             x = b.add("gemm", f"{p}.experts_fc2", self.gemm_dtype, [x], m=per_expert, n=m.d_model, k=m.expert_ffn,
                       batch=local_experts)
         last = "dispatch" if backward else "combine"
-        combined = self._collective("all_to_all", f"{p}.{last}", a2a, lay.ep, self.ranks.ep(), x)
+        combined = self._collective("all_to_all", f"{p}.{last}", a2a, lay.ep, self.ep_group, x)
         x = b.add("elementwise", f"{p}.unpermute", "bf16", [x if combined is None else combined],
                   numel=routed * m.d_model, attrs={"op": "copy"})
         if m.shared_experts:
@@ -379,35 +359,30 @@ def simulate_training(model: ModelConfig, layout: Layout, system: System, precis
         if present:
             piece(f"{kind}_layer_fwd", lambda b, k=kind: b.layer(k == "moe", False))
             piece(f"{kind}_layer_bwd", lambda b, k=kind: b.layer(k == "moe", True))
-    emb_f = piece("embedding_fwd", lambda b: b.embedding(False))
-    emb_b = piece("embedding_bwd", lambda b: b.embedding(True))
-    head_f = piece("head_fwd", lambda b: b.head(False))
-    head_b = piece("head_bwd", lambda b: b.head(True))
+    for direction, backward in (("fwd", False), ("bwd", True)):
+        piece(f"embedding_{direction}", lambda b, back=backward: b.embedding(back))
+        piece(f"head_{direction}", lambda b, back=backward: b.head(back))
 
     pp, vp = layout.pp, layout.vp
     chunks = _chunk_layers(model, layout)
     stages: dict[tuple[int, int], _Stage] = {}
-    params_per_layer = [model.layer_params(i) for i in range(model.layers)]
     for s in range(pp):
         for c in range(vp):
-            layers = chunks[c * pp + s]
-            fwd = bwd = fwd_j = bwd_j = 0.0
-            params = 0.0
-            for i in layers:
-                kind = "moe" if model.is_moe_layer(i) else "dense"
-                f, b = pieces[f"{kind}_layer_fwd"], pieces[f"{kind}_layer_bwd"]
-                fwd, bwd, fwd_j, bwd_j = fwd + f.seconds, bwd + b.seconds, fwd_j + f.energy_j, bwd_j + b.energy_j
-                dense, expert = params_per_layer[i]
+            names, params = [], 0.0  # the pieces one micro-batch runs through this chunk, forward
+            for i in chunks[c * pp + s]:
+                names.append("moe_layer" if model.is_moe_layer(i) else "dense_layer")
+                dense, expert = model.layer_params(i)
                 params += dense / layout.tp + expert / (layout.ep * layout.etp)
             if s == 0 and c == 0:
-                fwd, bwd, fwd_j, bwd_j = fwd + emb_f.seconds, bwd + emb_b.seconds, fwd_j + emb_f.energy_j, \
-                    bwd_j + emb_b.energy_j
+                names.append("embedding")
                 params += model.embedding_params() / layout.tp
             if s == pp - 1 and c == vp - 1:
-                fwd, bwd, fwd_j, bwd_j = fwd + head_f.seconds, bwd + head_b.seconds, fwd_j + head_f.energy_j, \
-                    bwd_j + head_b.energy_j
+                names.append("head")
                 params += model.head_params() / layout.tp
-            stages[(s, c)] = _Stage(fwd, bwd, fwd_j, bwd_j, params)
+            fwd = [pieces[f"{n}_fwd"] for n in names]
+            bwd = [pieces[f"{n}_bwd"] for n in names]
+            stages[(s, c)] = _Stage(sum(p.seconds for p in fwd), sum(p.seconds for p in bwd),
+                                    sum(p.energy_j for p in fwd), sum(p.energy_j for p in bwd), params)
 
     params_per_gpu = [sum(stages[(s, c)].params for c in range(vp)) for s in range(pp)]
     shard = layout.dense_shard if layout.zero >= 1 else 1
@@ -448,13 +423,13 @@ def _schedule(layout: Layout, stages: dict[tuple[int, int], _Stage], optimizers:
     """Simulate the pipeline schedule: (its result, and per stage its busy seconds, its last backward's
     end and its optimizer's start)."""
     pp, vp, micro = layout.pp, layout.vp, layout.num_microbatches
-    ranks = _Ranks(layout)
     b = WorkloadBuilder("pipeline_schedule", "training_schedule")
     act_bytes = layout.micro_batch * layout.seq // layout.cp * ACT_BYTES
     act_bytes = act_bytes // layout.tp if layout.sequence_parallel else act_bytes
     orders = [_schedule_order(pp, vp, micro, s) for s in range(pp)]
-    stride = ranks.stage_stride()
-    dp_group = layout.dp * layout.cp
+    stride = layout.tp * layout.cp * layout.dp  # the same rank of the next pipeline stage
+    dp_group = layout.dp * layout.cp  # dense gradients: Megatron's data-parallel group with CP,
+    dp_attrs = {"stride": layout.tp}  # strided by tp
 
     def opaque(name: str, device: int, seconds: float, deps: list[int | None], stream: str = "compute") -> int:
         return b.add("opaque", name, "bf16", deps, device=device, stream=stream, duration_s=max(seconds, 1e-9),
@@ -472,7 +447,7 @@ def _schedule(layout: Layout, stages: dict[tuple[int, int], _Stage], optimizers:
             if layout.zero >= 1 and dp_group > 1:  # the distributed optimizer's parameter all-gather
                 gathers[(s, c)] = b.add("all_gather", f"param_gather.s{s}c{c}", "bf16", [], device=s, stream="comm",
                                         bytes=stages[(s, c)].params * GRAD_BYTES / dp_group, group=dp_group,
-                                        attrs=ranks.dp())
+                                        attrs=dp_attrs)
     position = [0] * pp
     last_of_chunk: dict[tuple[int, int], int] = {}
     progress = True
@@ -515,7 +490,7 @@ def _schedule(layout: Layout, stages: dict[tuple[int, int], _Stage], optimizers:
             if dp_group > 1:
                 kind = "reduce_scatter" if layout.zero >= 1 else "all_reduce"
                 syncs.append(b.add(kind, f"grad_sync.s{s}c{c}", "bf16", [last_of_chunk[(s, c)]], device=s, stream="comm",
-                                   bytes=stages[(s, c)].params * GRAD_BYTES, group=dp_group, attrs=ranks.dp()))
+                                   bytes=stages[(s, c)].params * GRAD_BYTES, group=dp_group, attrs=dp_attrs))
         optimizer_ops.append(opaque(f"optimizer.s{s}", s, optimizers[s].seconds,
                                     [last_of_chunk[(s, vp - 1 if s else 0)], *syncs]))
     workload = b.build()
