@@ -193,5 +193,8 @@ def system_for(chip: str, gpus: int, across_nodes: bool = False) -> System:
         where = "a node of" if not across_nodes else "a cluster of"
         raise InputError(f"no built-in system is {where} {gpus} {chip} GPUs (chipsim/systems/)")
     cluster = clusters[0]
-    count = -(-gpus // cluster.gpus_per_node)
-    return load_system(cluster.name, overrides={"nodes": max(count, 2 if across_nodes else 1)})
+    count = max(-(-gpus // cluster.gpus_per_node), 2 if across_nodes else 1)
+    try:
+        return load_system(cluster.name, overrides={"nodes": count})
+    except InputError:  # beyond what its two-tier tree holds: the same switches in three tiers
+        return load_system(cluster.name, overrides={"nodes": count, "scale_out": {"tiers": 3}})

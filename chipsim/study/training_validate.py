@@ -32,14 +32,16 @@ def _present(row: Mapping[str, Any], key: str) -> bool:
 
 
 def precision_of(text: str) -> str:
-    """The simulated precision of a row's `precision` text: BF16, or FP8 in any of its recipes (delayed
-    or current scaling: Transformer Engine's fused casts either way)."""
+    """The simulated precision of a row's `precision` text: BF16; FP8 in any of its recipes (delayed
+    or current scaling, MXFP8: Transformer Engine's fused casts either way); FP4 (NVFP4)."""
     upper = text.strip().upper()
     if upper.startswith("BF16"):
         return "bf16"
-    if upper.startswith("FP8"):
+    if upper.startswith(("FP8", "MXFP8")):  # Blackwell's MXFP8 runs at the fp8 rate
         return "fp8"
-    raise Unsupported(f"precision {text!r} (known: BF16, FP8, FP8-CS)")
+    if upper.startswith(("NVFP4", "FP4", "MXFP4")):
+        return "fp4"
+    raise Unsupported(f"precision {text!r} (known: BF16, FP8, FP8-CS, MXFP8, NVFP4)")
 
 
 def family_of(model_id: str) -> str:

@@ -40,7 +40,7 @@ from chipsim.network.system import System
 from chipsim.report.result import Result
 from chipsim.workload.graph import WorkloadBuilder
 
-PRECISIONS = ("bf16", "fp8")
+PRECISIONS = ("bf16", "fp8", "fp4")  # fp8 and fp4: the block linears in that format
 # bytes of an activation or gradient value exchanged between ranks (bf16)
 ACT_BYTES = 2
 # Megatron's distributed optimizer reduces bf16 gradients (grad_reduce_in_fp32 off, NeMo's default)
@@ -101,7 +101,7 @@ class _PieceBuilder:
         self.tp_group, self.ep_group, self.cp_group = {"stride": 1}, {"stride": 1}, {"stride": layout.tp}
         self.tokens = layout.micro_batch * layout.seq // layout.cp  # this rank's tokens (its CP slice)
         self.sp_tokens = self.tokens // layout.tp if layout.sequence_parallel else self.tokens
-        self.gemm_dtype = "fp8" if precision == "fp8" else "bf16"
+        self.gemm_dtype = precision if precision in ("fp8", "fp4") else "bf16"
 
     # -- building blocks ------------------------------------------------------------------------
     def _collective(self, kind: str, name: str, nbytes: float, group: int, attrs: dict[str, Any],
@@ -112,9 +112,9 @@ class _PieceBuilder:
 
     def _gemm(self, name: str, dep: int | None, m: int, k: int, n: int, batch: int = 1) -> int:
         deps = [dep]
-        if self.precision == "fp8":  # Transformer Engine: the input's fp8 cast (+ transpose), one fused kernel
-            deps.append(self.b.add("elementwise", f"{name}.cast_fp8", "bf16", [dep], numel=batch * m * k,
-                                   attrs={"op": "cast", "out_dtype": "fp8"}))
+        if self.gemm_dtype != "bf16":  # Transformer Engine: the input's cast (+ transpose), one fused kernel
+            deps.append(self.b.add("elementwise", f"{name}.cast_{self.gemm_dtype}", "bf16", [dep], numel=batch * m * k,
+                                   attrs={"op": "cast", "out_dtype": self.gemm_dtype}))
         return self.b.add("gemm", name, self.gemm_dtype, deps, m=max(1, m), n=max(1, n), k=max(1, k), batch=batch)
 
     def _linear(self, name: str, dep: int | None, k: int, n: int, *, gather: bool = False,
@@ -273,7 +273,7 @@ class _PieceBuilder:
         self._norm("final_norm_bwd", x, True)
 
     def optimizer(self, params: float) -> None:
-        self.b.add("optimizer", "adamw", "fp32", [], params=max(1.0, params),
+        self.b.add("optimizer", "adamw", "fp32", [], params=max(1, round(params)),
                    attrs={"algorithm": "adamw", "master_weights": True})
 
 

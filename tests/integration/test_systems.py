@@ -17,7 +17,7 @@ from chipsim.network.fabric import Fabric
 from chipsim.workload.generators import build_workload
 
 BUILTIN_SYSTEMS = ("cluster_128x_mi300x_roce", "cluster_128x_mi325x", "cluster_2048x_dgx_h100_ndr",
-                   "cluster_256x_dgx_h100_ndr", "cluster_256x_hgx_h800_ib", "cluster_64x_dgx_a100_hdr",
+                   "cluster_256x_dgx_h100_ndr", "cluster_256x_hgx_h200_ndr", "cluster_256x_hgx_h800_ib", "cluster_64x_dgx_a100_hdr",
                    "cluster_64x_hgx_b200_ndr", "cluster_8x_gb200_nvl72_ndr", "dgx_a100", "dgx_h100", "gb200_nvl72",
                    "gh200_nvl", "hgx_b200", "hgx_h200", "hgx_h800", "mi300x_8gpu", "mi325x_8gpu")
 

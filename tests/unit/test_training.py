@@ -174,3 +174,15 @@ def test_a_bad_training_config_names_its_key(cli, tmp_path: Path, body: str, key
     assert code == 2
     assert key in stderr and text in stderr and "train.yaml" in stderr
     assert len(stderr.strip().splitlines()) == 1
+
+
+def test_every_training_gpu_has_a_cluster_that_grows_to_the_run() -> None:
+    """Published runs on A100 reach 3,072 GPUs: past what a two-tier tree of HDR switches holds, the
+    cluster is rebuilt with three tiers rather than refused; H200 and B200 rows find their clusters."""
+    a100 = system_for("a100_sxm", 3072)
+    assert a100.world >= 3072 and a100.scale_out is not None and a100.scale_out.tiers == 3
+    assert system_for("h200_sxm", 64).name == "cluster_256x_hgx_h200_ndr"
+    model = small(d_model=2048, heads=16, kv_heads=16, ffn=8192)
+    fp4 = step(model, 8, "fp4", system=system_for("b200", 8), micro_batch=1, global_batch=8)
+    fp8 = step(model, 8, "fp8", system=system_for("b200", 8), micro_batch=1, global_batch=8)
+    assert fp4.step_s < fp8.step_s  # NVFP4 GEMMs at twice the fp8 rate
