@@ -45,7 +45,7 @@ CP_MIN_SEQ = 8192  # context parallelism is tried from this sequence length on
 CP_SIZES = (1, 2, 4)
 MICRO_BATCHES = (1, 2, 4)
 RECOMPUTE_ORDER = ("none", "selective", "full")
-BREAKDOWN = ("compute", "pp_bubble", "exposed_dp", "optimizer")
+BREAKDOWN = ("compute", "exposed_tp", "exposed_cp", "exposed_ep", "pp_bubble", "exposed_dp", "optimizer")
 COLUMNS = ["tp", "pp", "vp", "cp", "ep", "dp", "micro_batch", "recompute", "fits", "memory_gb", "overflow",
            "step_s", "tokens_per_s_per_gpu", "mfu", *(f"{k}_s" for k in BREAKDOWN)]
 SERIAL_BELOW = 24  # fewer layouts than this to simulate: no process pool (its start costs more)
@@ -290,7 +290,7 @@ def format_table(table: pd.DataFrame, top: int) -> str:
         "MFU": shown["mfu"].map("{:.1%}".format),
         "step": shown["step_s"].map("{:.3f} s".format),
         **{name: shown[f"{k}_s"].map("{:.3f}".format) for k, name in
-           zip(BREAKDOWN, ("compute", "bubble", "exp.DP", "optim"), strict=True)},
+           zip(BREAKDOWN, ("compute", "exp.TP", "exp.CP", "exp.EP", "bubble", "exp.DP", "optim"), strict=True)},
     })
     out.index = range(1, len(out) + 1)
     return out.to_string()

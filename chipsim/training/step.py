@@ -59,6 +59,13 @@ class Piece:
     energy_j: float
     ops: int
     comm_s: float  # communication busy time inside it (on the comm stream or blocking)
+    compute_s: float = 0.0  # its time less what its communication adds (see _simulate_piece)
+    comm_by: dict[str, float] = field(default_factory=dict)  # busy time per parallelism (tp, cp, ep)
+
+    def exposed(self) -> dict[str, float]:
+        """The time its communication adds (seconds - compute_s), split by each parallelism's busy time."""
+        extra, busy = max(0.0, self.seconds - self.compute_s), sum(self.comm_by.values())
+        return {kind: extra * t / busy for kind, t in self.comm_by.items()} if busy > 0 else {}
 
 
 @dataclass
@@ -74,7 +81,8 @@ class TrainingResult:
     energy_j_per_gpu: float
     avg_power_w: float
     memory: MemoryBreakdown
-    breakdown: dict[str, float]  # seconds on the busiest stage: compute, pp_bubble, exposed_dp, optimizer
+    # seconds on the busiest stage: compute, exposed_tp, exposed_cp, exposed_ep, pp_bubble, exposed_dp, optimizer
+    breakdown: dict[str, float]
     pieces: list[Piece] = field(default_factory=list)
     folded: str = ""
     schedule_ops: int = 0
@@ -93,8 +101,11 @@ class TrainingResult:
 class _PieceBuilder:
     """The ops of one micro-batch of one representative GPU."""
 
-    def __init__(self, model: ModelConfig, layout: Layout, precision: str, name: str) -> None:
+    def __init__(self, model: ModelConfig, layout: Layout, precision: str, name: str,
+                 communicate: bool = True) -> None:
         self.m, self.lay, self.precision = model, layout, precision
+        self.communicate = communicate  # False: the same kernels without the collectives (to measure what they add)
+        self.comm_kind: dict[int, str] = {}  # collective op id -> the parallelism it serves
         self.b = WorkloadBuilder(name, "training_piece")
         # the representative rank's groups, in Megatron's rank order (tp fastest, then cp, dp, pp):
         # a TP or EP group is consecutive ranks, a CP group is strided by tp
@@ -105,10 +116,12 @@ class _PieceBuilder:
 
     # -- building blocks ------------------------------------------------------------------------
     def _collective(self, kind: str, name: str, nbytes: float, group: int, attrs: dict[str, Any],
-                    dep: int | None) -> int | None:
-        if group <= 1 or nbytes <= 0:
+                    dep: int | None, parallelism: str) -> int | None:
+        if group <= 1 or nbytes <= 0 or not self.communicate:
             return dep
-        return self.b.add(kind, name, "bf16", [dep], stream="comm", bytes=nbytes, group=group, attrs=attrs)
+        op = self.b.add(kind, name, "bf16", [dep], stream="comm", bytes=nbytes, group=group, attrs=attrs)
+        self.comm_kind[op] = parallelism
+        return op
 
     def _gemm(self, name: str, dep: int | None, m: int, k: int, n: int, batch: int = 1) -> int:
         deps = [dep]
@@ -132,9 +145,9 @@ class _PieceBuilder:
         if tp > 1 and self.lay.sequence_parallel and (gather or scatter):
             kind = "all_gather" if gather != backward else "reduce_scatter"
             nbytes = full / tp if kind == "all_gather" else full
-            comm = self._collective(kind, f"{name}.{kind}", nbytes, tp, self.tp_group, dep)
+            comm = self._collective(kind, f"{name}.{kind}", nbytes, tp, self.tp_group, dep, "tp")
         elif tp > 1 and scatter != backward:  # no sequence parallelism: an all-reduce after row-parallel
-            comm = self._collective("all_reduce", f"{name}.all_reduce", full, tp, self.tp_group, dep)
+            comm = self._collective("all_reduce", f"{name}.all_reduce", full, tp, self.tp_group, dep, "tp")
         if backward:
             dgrad = self._gemm(f"{name}.dgrad", dep, t, n, k)
             wgrad = self._gemm(f"{name}.wgrad", dep, k, t, n)
@@ -162,7 +175,7 @@ class _PieceBuilder:
             kv_bytes = self.tokens * kv_heads * (m.k_width + m.v_width) // max(1, m.kv_heads) * ACT_BYTES
             kind = "reduce_scatter" if backward else "all_gather"
             nbytes = kv_bytes * (lay.cp if backward else 1)
-            dep = self._collective(kind, f"{p}.cp_{kind}", nbytes, lay.cp, self.cp_group, dep)
+            dep = self._collective(kind, f"{p}.cp_{kind}", nbytes, lay.cp, self.cp_group, dep, "cp")
         head_dim = m.q_width // m.heads
         return self.b.add("attention", f"{p}.attn{'_bwd' if backward else ''}", "bf16", [dep],
                           batch=lay.micro_batch, heads=heads, kv_heads=kv_heads, seq_q=seq_q, seq_kv=seq_kv,
@@ -203,7 +216,7 @@ class _PieceBuilder:
         # Megatron's all-to-all dispatcher copies the tokens-per-expert counts to the host to size the
         # exchange: the host waits for the device there, once per MoE layer forward
         sync = {} if backward else {"host_sync": True}
-        dispatched = self._collective("all_to_all", f"{p}.{first}", a2a, lay.ep, {**self.ep_group, **sync}, x)
+        dispatched = self._collective("all_to_all", f"{p}.{first}", a2a, lay.ep, {**self.ep_group, **sync}, x, "ep")
         x = x if dispatched is None else dispatched
         passes = 2 if backward else 1  # data and weight gradients
         for _ in range(passes):
@@ -215,7 +228,7 @@ class _PieceBuilder:
             x = b.add("gemm", f"{p}.experts_fc2", self.gemm_dtype, [x], m=per_expert, n=m.d_model, k=m.expert_ffn,
                       batch=local_experts)
         last = "dispatch" if backward else "combine"
-        combined = self._collective("all_to_all", f"{p}.{last}", a2a, lay.ep, self.ep_group, x)
+        combined = self._collective("all_to_all", f"{p}.{last}", a2a, lay.ep, self.ep_group, x, "ep")
         x = b.add("elementwise", f"{p}.unpermute", "bf16", [x if combined is None else combined],
                   numel=routed * m.d_model, attrs={"op": "copy"})
         if m.shared_experts:
@@ -277,12 +290,25 @@ class _PieceBuilder:
                    attrs={"algorithm": "adamw", "master_weights": True})
 
 
-def _simulate_piece(builder: _PieceBuilder, chip: Chip, fabric: Fabric) -> Piece:
-    workload = builder.b.build()
+def _simulate_piece(builder: _PieceBuilder, quiet: _PieceBuilder, chip: Chip, fabric: Fabric) -> Piece:
+    """The piece simulated as built, and `quiet` (the same piece without its collectives) for the time
+    the communication adds."""
     # launched eagerly, as Megatron/NeMo run (the host's dispatch shows where kernels are short)
-    result = simulate(workload, chip, SimOptions(launch="eager", sustained=True), network=fabric)
-    comm = sum(r.duration_s for r in result.records if r.stream == "comm")
-    return Piece(workload.name, result.latency_s, result.energy_j, len(workload.ops), comm)
+    options = SimOptions(launch="eager", sustained=True)
+    workload = builder.b.build()
+    result = simulate(workload, chip, options, network=fabric)
+    comm_by: dict[str, float] = {}
+    for r in result.records:
+        if r.id in builder.comm_kind:
+            comm_by[builder.comm_kind[r.id]] = comm_by.get(builder.comm_kind[r.id], 0.0) + r.duration_s
+    extra = 0.0
+    if comm_by:  # what the collectives add, both versions at one clock (the power model's sustained
+        # clock is estimated per workload, and the collectives would shift it)
+        fixed = SimOptions(launch="eager", power_capping=False)
+        extra = max(0.0, simulate(workload, chip, fixed, network=fabric).latency_s
+                    - simulate(quiet.b.build(), chip, fixed, network=fabric).latency_s)
+    return Piece(workload.name, result.latency_s, result.energy_j, len(workload.ops), sum(comm_by.values()),
+                 result.latency_s - extra, comm_by)
 
 
 @dataclass(frozen=True)
@@ -294,6 +320,7 @@ class _Stage:
     fwd_j: float
     bwd_j: float
     params: float  # this GPU's parameters of the chunk (for its gradient reduce-scatter)
+    exposed: dict[str, float]  # per micro-batch (forward and backward): what each parallelism's communication adds
 
 
 def _chunk_layers(model: ModelConfig, layout: Layout) -> list[list[int]]:
@@ -349,9 +376,10 @@ def simulate_training(model: ModelConfig, layout: Layout, system: System, precis
 
     def piece(name: str, build: Any) -> Piece:
         if name not in pieces:
-            builder = _PieceBuilder(model, layout, precision, name)
+            builder, quiet = (_PieceBuilder(model, layout, precision, name, communicate) for communicate in (True, False))
             build(builder)
-            pieces[name] = _simulate_piece(builder, chip, fabric)
+            build(quiet)
+            pieces[name] = _simulate_piece(builder, quiet, chip, fabric)
         return pieces[name]
 
     kinds = {"moe": model.is_moe, "dense": not model.is_moe or model.moe_layers < model.layers}
@@ -381,8 +409,12 @@ def simulate_training(model: ModelConfig, layout: Layout, system: System, precis
                 params += model.head_params() / layout.tp
             fwd = [pieces[f"{n}_fwd"] for n in names]
             bwd = [pieces[f"{n}_bwd"] for n in names]
+            exposed: dict[str, float] = {}
+            for p in fwd + bwd:
+                for kind, t in p.exposed().items():
+                    exposed[kind] = exposed.get(kind, 0.0) + t
             stages[(s, c)] = _Stage(sum(p.seconds for p in fwd), sum(p.seconds for p in bwd),
-                                    sum(p.energy_j for p in fwd), sum(p.energy_j for p in bwd), params)
+                                    sum(p.energy_j for p in fwd), sum(p.energy_j for p in bwd), params, exposed)
 
     params_per_gpu = [sum(stages[(s, c)].params for c in range(vp)) for s in range(pp)]
     shard = layout.dense_shard if layout.zero >= 1 else 1
@@ -391,13 +423,16 @@ def simulate_training(model: ModelConfig, layout: Layout, system: System, precis
     schedule, busy, last_bwd, opt_start = _schedule(layout, stages, optimizers, system)
     step_s, ops = schedule.latency_s, len(schedule.records)
 
-    # the busiest stage's time, split: its forward/backward work, the bubble, exposed DP, optimizer
+    # the busiest stage's time, split: its kernels, the communication its forwards and backwards
+    # expose (TP, CP, EP), the pipeline bubble, the exposed data-parallel sync and the optimizer
     worst = max(range(pp), key=lambda s: busy[s])
-    optimizer_s = optimizers[worst].seconds
-    breakdown = {"compute": busy[worst], "pp_bubble": max(0.0, last_bwd[worst] - busy[worst]),
-                 "exposed_dp": max(0.0, opt_start[worst] - last_bwd[worst]), "optimizer": optimizer_s}
-    tokens = layout.global_batch * layout.seq
     micro = layout.num_microbatches
+    exposed_comm = {f"exposed_{kind}": micro * sum(stages[(worst, c)].exposed.get(kind, 0.0) for c in range(vp))
+                    for kind in ("tp", "cp", "ep")}
+    breakdown = {"compute": busy[worst] - sum(exposed_comm.values()), **exposed_comm,
+                 "pp_bubble": max(0.0, last_bwd[worst] - busy[worst]),
+                 "exposed_dp": max(0.0, opt_start[worst] - last_bwd[worst]), "optimizer": optimizers[worst].seconds}
+    tokens = layout.global_batch * layout.seq
     energy = 0.0
     for s in range(pp):
         work = sum(micro * (stages[(s, c)].fwd_j + stages[(s, c)].bwd_j) for c in range(vp)) + optimizers[s].energy_j
