@@ -23,6 +23,7 @@ chunks); the layouts are spread over a local process pool or a Dask cluster.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections import Counter
@@ -85,29 +86,24 @@ def candidate_layouts(model: ModelConfig, gpus: int, global_batch: int, seq: int
     tps = [t for t in divisors(gpus_per_node) if t <= MAX_TP and gpus % t == 0]
     pps = [p for p in divisors(model.layers) if p <= MAX_PP and gpus % p == 0]
     cps = CP_SIZES if seq >= CP_MIN_SEQ else (1,)
-    for tp in tps:
-        for pp in pps:
-            vps = [1] if pp == 1 else [v for v in (1, 2, 4, 8) if v <= MAX_VP and (model.layers // pp) % v == 0]
-            for cp in cps:
-                if gpus % (tp * pp * cp):
-                    continue
-                dp = gpus // (tp * pp * cp)
-                eps = [e for e in divisors(model.experts) if (tp * cp * dp) % e == 0] if model.is_moe else [1]
-                for ep in eps:
-                    for vp in vps:
-                        for mb in MICRO_BATCHES:
-                            try:
-                                layout = resolve_layout(model, gpus, tp=tp, pp=pp, vp=vp, cp=cp, ep=ep, dp=dp,
-                                                        micro_batch=mb, global_batch=global_batch, seq=seq,
-                                                        zero=1, recompute="none")
-                            except InputError as exc:
-                                out.reject(exc.key or "layout", exc.message)
-                                continue
-                            if vp > 1 and layout.num_microbatches % pp:
-                                out.reject("vp", f"the interleaved schedule needs micro-batches "
-                                                 f"({layout.num_microbatches}) divisible by pp ({pp})")
-                                continue
-                            out.layouts.append(layout)
+    for tp, pp, cp in itertools.product(tps, pps, cps):
+        if gpus % (tp * pp * cp):
+            continue
+        dp = gpus // (tp * pp * cp)
+        eps = [e for e in divisors(model.experts) if (tp * cp * dp) % e == 0] if model.is_moe else [1]
+        vps = [1] if pp == 1 else [v for v in (1, 2, 4, 8) if v <= MAX_VP and (model.layers // pp) % v == 0]
+        for ep, vp, mb in itertools.product(eps, vps, MICRO_BATCHES):
+            try:
+                layout = resolve_layout(model, gpus, tp=tp, pp=pp, vp=vp, cp=cp, ep=ep, dp=dp, micro_batch=mb,
+                                        global_batch=global_batch, seq=seq, zero=1, recompute="none")
+            except InputError as exc:
+                out.reject(exc.key or "layout", exc.message)
+                continue
+            if vp > 1 and layout.num_microbatches % pp:
+                out.reject("vp", f"the interleaved schedule needs micro-batches ({layout.num_microbatches}) "
+                                 f"divisible by pp ({pp})")
+                continue
+            out.layouts.append(layout)
     return out
 
 
