@@ -429,6 +429,12 @@ def _stop_pool(pool: Any) -> None:
         if process.is_alive():
             process.kill()
             process.join(timeout=1)
+    # let the pool's manager thread see its workers gone and end here, not in the interpreter's exit
+    # (a thread still running at exit is joined by threading._shutdown, where a late signal's
+    # KeyboardInterrupt is printed as "Exception ignored" after chipsim's own one-line message)
+    manager = getattr(pool, "_executor_manager_thread", None)
+    if manager is not None:
+        manager.join(timeout=5)
 
 
 def _local(tasks: list[Task], workers: int | None) -> Generator[list[dict[str, Any]], None, None]:
