@@ -305,6 +305,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     table = v.read_table(args.measurements, "measurements", "measurements file not found")
     training = tv.is_training_schema(table)
+    if training and args.plot:  # before any work
+        raise InputError("--plot is for the kernel schema; the training schema prints its table", key="--plot")
     frame = table if training else v.read_measurements(args.measurements)
     chip = args.chip
     if chip is not None:
@@ -363,8 +365,6 @@ def _validate_training(args: argparse.Namespace, frame: Any, chip: str | None, p
     summary = tv.training_summary(predictions)
     if args.out:
         v.write_predictions(predictions, args.out)
-    if args.plot:
-        raise InputError("--plot is for the kernel schema; the training schema prints its table", key="--plot")
     done = predictions[predictions["skipped_reason"] == ""]
     overall = {"rows": len(predictions), "simulated": len(done), "median_ape": float(done["ape"].median()),
                "p90_ape": float(done["ape"].quantile(0.9))} if len(done) else {"rows": len(predictions), "simulated": 0}

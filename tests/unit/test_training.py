@@ -186,3 +186,9 @@ def test_every_training_gpu_has_a_cluster_that_grows_to_the_run() -> None:
     fp4 = step(model, 8, "fp4", system=system_for("b200", 8), micro_batch=1, global_batch=8)
     fp8 = step(model, 8, "fp8", system=system_for("b200", 8), micro_batch=1, global_batch=8)
     assert fp4.step_s < fp8.step_s  # NVFP4 GEMMs at twice the fp8 rate
+
+
+@pytest.mark.skipif(not (REFERENCE / "training_calibration.csv").is_file(), reason="reference data not present")
+def test_validate_refuses_a_plot_of_training_rows_before_any_work(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    code, _, stderr = cli(["validate", str(REFERENCE / "training_calibration.csv"), "--plot", str(tmp_path / "p.png")])
+    assert code == 2 and "--plot" in stderr and not (tmp_path / "p.png").exists()
