@@ -77,6 +77,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         code = _run_training(args, config, out_dir, reports, progress)
         restore_sigterm(previous_sigterm)
         return code
+    if config.serving is not None:
+        for option, given in (("--chip", args.chip), ("--workload", args.workload), ("--launch", args.launch),
+                              ("--sustained", args.sustained)):
+            if given:
+                raise InputError(f"{option} does not apply to a serving run: the `serving:` section says what runs",
+                                 key=option)
+        from chipsim.serving.config import resolve_serving
+
+        setup = resolve_serving(config)
+        code = _serve(setup, out_dir if reports and not args.no_files else None, reports, args.json)
+        restore_sigterm(previous_sigterm)
+        return code
     targets = api.load_targets(config, args.chip or None)
     results = api.run(config, args.chip or None, progress)
     if args.json:
@@ -116,6 +128,97 @@ def _run_training(args: argparse.Namespace, config: Any, out_dir: Path, reports:
         if not args.json:
             _stderr(f"wrote {len(written)} files to {out_dir}/")
     return 0
+
+
+# ---------------------------------------------------------------- chipsim serve
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from chipsim.config.runconfig import load_run_config
+    from chipsim.report.files import check_out_dir, sigterm_as_interrupt
+    from chipsim.serving.capacity import parse_slo
+    from chipsim.serving.config import resolve_serving
+
+    slo = parse_slo(args.slo) if args.slo is not None else None  # everything checked before any work
+    if args.find_capacity and slo is None:
+        raise InputError("--find-capacity needs the SLOs to meet, e.g. --slo ttft_p99=500ms,tpot_p99=50ms",
+                         key="--slo")
+    path = resolve_run_config(args.config)
+    config = load_run_config(path)
+    if config.serving is None:
+        raise InputError("this run config has no `serving:` section (chipsim run runs it)", file=str(path),
+                         key="serving")
+    setup = resolve_serving(config)
+    out_dir = Path(args.out) if args.out else None
+    reports = ["csv", "plots"] + (["timeline"] if "timeline" in config.report else [])
+    if out_dir is not None:
+        check_out_dir(out_dir, "--out")
+    with sigterm_as_interrupt():
+        return _serve(setup, out_dir, reports, args.json, slo, args.find_capacity)
+
+
+def _serve(setup: Any, out_dir: Path | None, reports: Sequence[str], as_json: bool,
+           slo: dict[str, float] | None = None, find: bool = False) -> int:
+    """Run a resolved serving setup (or find its capacity under `slo`), print the table or the JSON
+    object, and write `reports` into `out_dir` (none when None)."""
+    from chipsim.report import strict_json
+    from chipsim.report.files import write_staged
+    from chipsim.serving.capacity import find_capacity, violations
+    from chipsim.serving.report import output_writers, render_summary
+    from chipsim.serving.run import run_serving
+
+    tty = sys.stderr.isatty() and not as_json
+    payload: dict[str, Any] = {}
+    lines: list[str] = []
+    code = 0
+    if find:
+        assert slo is not None
+        capacity = find_capacity(setup, slo, _stderr if tty else None)
+        payload["capacity"] = capacity.to_json()
+        slo_text = ", ".join(f"{k} <= {v * 1e3:.4g} ms" for k, v in slo.items())
+        if capacity.run is None:
+            lines.append(f"capacity: no rate meets {slo_text}: even {capacity.probes[-1].rate:.4g} req/s misses "
+                         f"({'; '.join(capacity.probes[-1].missed)})")
+            code = 1
+        else:
+            bound = " (the engine's saturation rate: throughput-bound)" if capacity.throughput_bound else ""
+            lines.append(f"capacity: {capacity.rate:.4g} req/s{bound} meets {slo_text} "
+                         f"({len(capacity.probes)} runs; saturation {capacity.saturation_rate:.4g} req/s)")
+        run = capacity.run
+    else:
+        from tqdm import tqdm
+
+        bar = tqdm(total=setup.requests, desc=f"serving {setup.requests:,} requests", unit="req", file=sys.stderr,
+                   disable=not tty, leave=False)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(done - bar.n)
+
+        try:
+            run = run_serving(setup, progress)
+        finally:
+            bar.close()
+        if slo:
+            missed = violations(run.summary, slo)
+            payload["slo"] = {"slo_s": slo, "meets": not missed, "missed": missed}
+            lines.append("SLO: " + ("met" if not missed else "missed: " + "; ".join(missed)))
+            code = 0 if not missed else 1
+    if run is not None:
+        payload["serving"] = run.summary
+    if as_json:
+        print(strict_json.dumps(payload))
+    else:
+        if run is not None:
+            print(render_summary(run.summary))
+        if lines:
+            print("\n".join(lines))
+    if out_dir is not None and run is not None:
+        writers = output_writers(run, reports, slo)
+        if writers:
+            written = write_staged(out_dir, writers)
+            if not as_json:
+                _stderr(f"wrote {len(written)} files to {out_dir}/")
+    return code
 
 
 # ---------------------------------------------------------------- chipsim chips / workloads
@@ -300,14 +403,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from chipsim.report import strict_json
+    from chipsim.study import serving_validate as sv
     from chipsim.study import training_validate as tv
     from chipsim.study import validate as v
 
     table = v.read_table(args.measurements, "measurements", "measurements file not found")
     training = tv.is_training_schema(table)
-    if training and args.plot:  # before any work
-        raise InputError("--plot is for the kernel schema; the training schema prints its table", key="--plot")
-    frame = table if training else v.read_measurements(args.measurements)
+    serving = not training and sv.is_serving_schema(table)
+    if (training or serving) and args.plot:  # before any work
+        raise InputError(f"--plot is for the kernel schema; the {'training' if training else 'serving'} schema prints "
+                         "its table", key="--plot")
+    frame = table if training or serving else v.read_measurements(args.measurements)
     chip = args.chip
     if chip is not None:
         from chipsim.hardware.registry import load_chip
@@ -333,6 +439,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     if training:
         return _validate_training(args, frame, chip, progress)
+    if serving:
+        return _validate_serving(args, frame, chip, progress)
     predictions, skipped = v.validate(frame, chip, progress)
     summary = v.family_summary(predictions)
     power_frame = None
@@ -355,30 +463,46 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _validate_serving(args: argparse.Namespace, frame: Any, chip: str | None, progress: Any) -> int:
+    """`chipsim validate` on the serving schema: each row one simulated serving run."""
+    from chipsim.study import serving_validate as sv
+
+    predictions, skipped = sv.validate_serving(frame, chip, progress)
+    return _report_schema(args, "serving", "published/serving_calibration.csv", predictions, skipped,
+                          sv.serving_summary(predictions))
+
+
 def _validate_training(args: argparse.Namespace, frame: Any, chip: str | None, progress: Any) -> int:
     """`chipsim validate` on the training schema: each row one simulated training step."""
-    from chipsim.report import strict_json
     from chipsim.study import training_validate as tv
-    from chipsim.study import validate as v
 
     predictions, skipped = tv.validate_training(frame, chip, progress)
-    summary = tv.training_summary(predictions)
+    return _report_schema(args, "training", "published/training_calibration.csv", predictions, skipped,
+                          tv.training_summary(predictions))
+
+
+def _report_schema(args: argparse.Namespace, schema: str, example: str, predictions: Any, skipped: Any,
+                   summary: Any) -> int:
+    """Write `--out`, then print the per-family table (or `--json`) of a training or serving validation."""
+    from chipsim.report import strict_json
+    from chipsim.study import validate as v
+
     if args.out:
         v.write_predictions(predictions, args.out)
     done = predictions[predictions["skipped_reason"] == ""]
     overall = {"rows": len(predictions), "simulated": len(done), "median_ape": float(done["ape"].median()),
                "p90_ape": float(done["ape"].quantile(0.9))} if len(done) else {"rows": len(predictions), "simulated": 0}
     if args.json:
-        print(strict_json.dumps({**overall, "schema": "training", "families": summary.to_dict("records"),
+        print(strict_json.dumps({**overall, "schema": schema, "families": summary.to_dict("records"),
                                  "skipped": [{"row": int(i), "reason": r} for i, r in skipped["skipped_reason"].items()]}))
         return 0
-    print(f"{len(done)} of {len(predictions)} training rows simulated (schema of published/training_calibration.csv)")
+    print(f"{len(done)} of {len(predictions)} {schema} rows simulated (schema of {example})")
     table = summary.assign(median_ape=summary["median_ape"].map("{:.1%}".format),
                            p90_ape=summary["p90_ape"].map("{:.1%}".format))
     print(table.rename(columns={"median_ape": "median APE", "p90_ape": "p90 APE"}).to_string(index=False))
     if len(done):
         print(f"all rows: median APE {overall['median_ape']:.1%}, p90 {overall['p90_ape']:.1%}")
-    assumed = done[done["assumed"] != ""]
+    assumed = done[done["assumed"] != ""] if "assumed" in done else done.iloc[:0]
     if len(assumed):
         print(f"{len(assumed)} rows left layout sizes empty; assumed: {', '.join(sorted(set('; '.join(assumed['assumed']).split('; '))))}")
     for index, reason in skipped["skipped_reason"].items():
@@ -548,6 +672,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-files", action="store_true", help="write no files")
     run.set_defaults(func=cmd_run)
 
+    srv = sub.add_parser("serve", help="simulate LLM serving: a run config's `serving:` section (requests, engine, "
+                                       "model, chip), or the highest request rate that meets latency SLOs")
+    srv.add_argument("config", help="run config YAML with a `serving:` section, or the name of a shipped example")
+    srv.add_argument("--out", help="write summary.csv, requests.csv, latency.png (and timeline.json when the "
+                                   "config's report lists it) into this folder")
+    srv.add_argument("--json", action="store_true", help="print one JSON object and nothing else on stdout")
+    srv.add_argument("--find-capacity", action="store_true",
+                     help="bisect for the highest Poisson request rate whose run meets every --slo")
+    srv.add_argument("--slo", help="latency SLOs, name=value[ms|s] separated by commas, e.g. "
+                                   "ttft_p99=500ms,tpot_p99=50ms (names ttft/tpot/itl/e2e _mean/_p50/_p90/_p99); "
+                                   "without --find-capacity: exit 1 when the run misses one")
+    srv.set_defaults(func=cmd_serve)
+
     chips = sub.add_parser("chips", help="list built-in chips, or show one resolved in SI units")
     chips.add_argument("action", nargs="?", choices=("list", "show"), default="list")
     chips.add_argument("name", nargs="?")
@@ -596,8 +733,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     val = sub.add_parser("validate", help="predict measured cases (calibration.csv or training schema) and report "
                                           "the error")
-    val.add_argument("measurements", help="CSV of measurements: the schema of reference/h200/calibration.csv, or of "
-                                          "published/training_calibration.csv (detected by its columns)")
+    val.add_argument("measurements", help="CSV of measurements: the schema of reference/h200/calibration.csv, of "
+                                          "published/training_calibration.csv or of published/serving_calibration.csv "
+                                          "(detected by its columns)")
     val.add_argument("--chip", help="simulate every row on this chip (default: the row's device column)")
     val.add_argument("--out", help="write every input column plus predicted_us and ape to this CSV")
     val.add_argument("--plot", help="write predicted vs measured (log-log) to this PNG")
@@ -613,7 +751,7 @@ def build_parser() -> argparse.ArgumentParser:
     pln.add_argument("--gpus", type=int, required=True, help="GPUs of the run (whole nodes)")
     pln.add_argument("--global-batch", type=int, required=True, help="sequences per optimizer step")
     pln.add_argument("--seq", type=int, required=True, help="sequence length in tokens")
-    pln.add_argument("--precision", choices=("bf16", "fp8"), default="bf16")
+    pln.add_argument("--precision", choices=vocab.TRAINING_PRECISIONS, default="bf16")
     pln.add_argument("--top", type=int, default=10, help="feasible layouts to print (default 10)")
     pln.add_argument("--out", help="write every layout (feasible or not) to this CSV")
     pln.add_argument("--executor", choices=("local", "dask"), default="local",

@@ -19,6 +19,11 @@ INT4_MODES = ("weight_only", "native")
 AttentionBackend = Literal["flash", "cudnn", "efficient"]
 ATTENTION_BACKENDS: tuple[str, ...] = get_args(AttentionBackend)
 
+# Training precisions (the block linears' GEMM format; chipsim.training): bf16; fp8 with per-tensor
+# scales (Transformer Engine's delayed or current scaling; Blackwell's MXFP8 at the same rate);
+# fp8_block, DeepSeek-V3's fine-grained scales (1x128 activations, 128x128 weights); fp4 (NVFP4).
+TRAINING_PRECISIONS = ("bf16", "fp8", "fp8_block", "fp4")
+
 # How the host issues kernels: one Python call per op, or a CUDA-graph replay.
 LAUNCH_MODES = ("eager", "graph")
 
@@ -27,6 +32,7 @@ LAUNCH_MODES = ("eager", "graph")
 ELEMENTWISE_OP_NAMES = (
     "copy", "read", "write", "add", "mul", "cast", "gelu", "silu", "silu_mul", "rope", "reduce", "embedding",
     "dropout", "scale", "transpose", "abs", "clamp", "round", "silu_mul_bwd", "gelu_bwd", "silu_bwd", "mul_bwd",
+    "fused", "cast_transpose",
 )
 
 # Normalizations of the `norm` op kind (attrs.type).

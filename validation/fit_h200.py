@@ -10,7 +10,9 @@ on log(predicted / measured), so a handful of software outliers cannot drag the 
   collective  NCCL achieved link efficiency per kind, collective dispatch (the fixed latency is
               fitted on the published 8-GPU rows: validation/fit_published.py)
 Model steps (train / prefill / decode) and the dynamic-attention layer are NOT fitted: they are
-predicted from the op-level parameters, which is the check that the parameters transfer.
+predicted from the op-level parameters, which is the check that the parameters transfer. The
+exceptions are kernels no op-level row measures, each fitted to the one step row that does (fp32
+attention; the FP8 steps' transposes, compiled transposing casts and rowwise GEMM: STEP_FITS).
 Prints the fitted values (paste them into chipsim/chips/h200_sxm.yaml) and the per-family APE.
 """
 
@@ -36,6 +38,19 @@ HOLDOUT = ROOT / "validation" / "h200_holdout.csv"
 TRAIN_TRACE = ROOT.parent / "shared" / "reference" / "h200" / "traces" / "trace_train_llama-350m_b8_s2048.json.gz"
 # kernel classes no calibration row measures, fitted to the kernels of the reference training trace
 TRACE_CLASSES = ("silu", "silu_bwd", "mul", "cast", "copy", "rms_norm_bwd")
+# FP8 training-step kernels no kernel row measures, each fitted to the one step row that measures it
+# most directly: the 350M model's (d_model 1024: its FP8 casts weigh the most against its GEMMs, and
+# its GEMMs have the shortest k loops); the 7B-shaped rows of fp8_fused_calibration.csv are the check.
+# - transpose: eager `.t().contiguous()` of FP8 tensors (1-byte elements read with a row stride), the
+#   unfused FP8 step of calibration.csv;
+# - cast_transpose: torch.compile's casts that also write a column-major FP8 copy (torchao tensorwise);
+# - rowwise setup: the per-tile fixed cost of the rowwise-scaled GEMM (torchao rowwise).
+FP8_FUSED_CSV = DEFAULT_CSV.with_name("fp8_fused_calibration.csv")
+STEP_FITS = (  # (parameter, file, the row's variant and dtype, bounds), fitted in this order
+    ("kernel_bw_efficiency.transpose", DEFAULT_CSV.name, "llama-350m", "fp8_e4m3_linear", 0.005, 1.0),
+    ("kernel_bw_efficiency.cast_transpose", FP8_FUSED_CSV.name, "llama-350m", "fp8_tensorwise_compiled", 0.05, 1.0),
+    ("gemm_rowwise_setup_k", FP8_FUSED_CSV.name, "llama-350m", "fp8_rowwise_compiled", 0.0, 8192.0),
+)
 
 # stage -> (row filter on the 'op' column, [(parameter path, lower, upper)])
 STAGES = {
@@ -133,11 +148,30 @@ def render_calibration(chip: Chip) -> str:
                                   c.attention_decode_block_s, c.host_dispatch_s)
     fitted = {p for _, (_, params) in STAGES.items() for p, _, _ in params}
     fitted |= {f"kernel_bw_efficiency.{c}" for c in TRACE_CLASSES}
-    kernels = "\n".join(
-        f"      {name}: {value:.3g}" + (
-            ("  # fitted to the reference training trace's kernels" if name in TRACE_CLASSES else "")
-            if f"kernel_bw_efficiency.{name}" in fitted else "  # assumption: no measurement of this kernel class")
-        for name, value in sorted(kb.items()))
+    by_row = {p: f"  # fitted to {file} {variant} {dtype}" for p, file, variant, dtype, *_ in STEP_FITS}
+    notes = {"fused": "  # assumption: Inductor's Triton kernels stream like the copy (torchao's roofline: 92% of peak)"}
+
+    def kernel_note(name: str) -> str:
+        path = f"kernel_bw_efficiency.{name}"
+        if path in by_row:
+            return by_row[path]
+        if path in fitted:
+            return "  # fitted to the reference training trace's kernels" if name in TRACE_CLASSES else ""
+        return notes.get(name, "  # assumption: no measurement of this kernel class")
+
+    kernels = "\n".join(f"      {name}: {value:{'.4g' if f'kernel_bw_efficiency.{name}' in by_row else '.3g'}}"
+                         + kernel_note(name) for name, value in sorted(kb.items()))
+    rowwise = ""
+    if c.gemm_rowwise_menu is not None or c.gemm_rowwise_setup_k or c.gemm_rowwise_efficiency != 1.0:
+        rowwise = "\n    rowwise:                    # fp8 with fp32 scales per row of A / column of B (torchao's rowwise recipe)"
+        if c.gemm_rowwise_efficiency != 1.0:
+            rowwise += f"\n      efficiency: {c.gemm_rowwise_efficiency:.4g}  # of the fp8 efficiency"
+        if c.gemm_rowwise_menu is not None:
+            rowwise += (f"\n      tiles: {[list(t) for t in c.gemm_rowwise_menu.tiles]}  # PyTorch's rowwise kernel "
+                        "on sm90, no split-k (aten/src/ATen/native/cuda/RowwiseScaledMM.cu)"
+                        f"\n      max_split_k: {c.gemm_rowwise_menu.max_split_k}")
+        fit = by_row.get("gemm_rowwise_setup_k", "").replace("  # ", "; ", 1)
+        rowwise += f"\n      setup_k: {c.gemm_rowwise_setup_k:.0f}  # per-tile fixed cost in k steps{fit}"
     menus = "\n".join(f"      {d}: {{tiles: {[list(t) for t in m.tiles]}, max_split_k: {m.max_split_k}}}"
                        for d, m in c.gemm_menus.items())
     def trio(table: dict[str, float], fmt=lambda v: f"{v:.3g}") -> str:
@@ -152,7 +186,7 @@ def render_calibration(chip: Chip) -> str:
     kernels:                    # the library's CTA tiles and split-k, per dtype (torch._int_mm: no split-k)
 {menus}
     int4_weight_only_efficiency: {c.int4_weight_only_efficiency:.4g}  # tinygemm (dequantize + bf16 MMA), of bf16 peak
-    unaligned_efficiency: {c.gemm_unaligned_efficiency:.4g}  # n or k not 16-byte aligned; fitted to validation/h200_holdout.csv
+    unaligned_efficiency: {c.gemm_unaligned_efficiency:.4g}  # n or k not 16-byte aligned; fitted to validation/h200_holdout.csv{rowwise}
   memory:
     efficiency: {c.memory_efficiency:.4g}             # streaming copy, of HBM bandwidth
     kernels:                    # achieved / streaming bandwidth of each kernel class
@@ -228,6 +262,26 @@ def fit_trace_kernels(chip: Chip, trace: Path) -> Chip:
     return chip
 
 
+def fit_step_rows(chip: Chip, folder: Path) -> Chip:
+    """Each STEP_FITS parameter solved so that its row's predicted step time equals the measured one
+    (rows of files in `folder`; a parameter whose file is absent keeps its value)."""
+    from scipy.optimize import brentq
+
+    for param, file, variant, dtype, lo, hi in STEP_FITS:
+        if not (folder / file).is_file():
+            continue
+        frame = read_measurements(folder / file)
+        row = frame[(frame["op"] == "train_step") & (frame["variant"] == variant)
+                    & (frame["dtype"] == dtype)].reset_index(drop=True)
+
+        def error(x: float, row=row, param=param, base=chip) -> float:
+            pred, _ = validate(row, chip=None, chip_obj=put(base, param, x))
+            return float(np.log(pred["predicted_us"].iloc[0] / pred["measured_us"].iloc[0]))
+
+        chip = put(chip, param, float(brentq(error, lo, hi, xtol=1e-4 * hi)))
+    return chip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--csv", default=str(DEFAULT_CSV))
@@ -251,11 +305,14 @@ def main() -> None:
     if TRAIN_TRACE.is_file():
         chip = fit_trace_kernels(chip, TRAIN_TRACE)
         print("[trace kernels]", ", ".join(f"{c} {chip.calibration.kernel_bw_efficiency[c]:.3g}" for c in TRACE_CLASSES))
+    chip = fit_step_rows(chip, Path(args.csv).parent)
+    print("[fp8 steps]", ", ".join(f"{p} {get(chip, p):.4g}" for p, *_ in STEP_FITS))
     pred, _ = validate(frame, chip=None, chip_obj=chip)
     summary = family_summary(pred)
     print(summary.to_string(index=False))
     fitted_paths = [p for _, (_, params) in STAGES.items() for p, _, _ in params]
     fitted_paths += [f"kernel_bw_efficiency.{c}" for c in TRACE_CLASSES if c in chip.calibration.kernel_bw_efficiency]
+    fitted_paths += [p for p, *_ in STEP_FITS]
     result = {"fitted": {p: get(chip, p) for p in fitted_paths},
               "families": summary.to_dict("records")}
     Path(args.out).write_text(json.dumps(result, indent=1, default=lambda v: None if math.isnan(v) else v))

@@ -158,7 +158,8 @@ def fit_chip(name: str, frame: pd.DataFrame, log: Callable[[str], None]) -> tupl
             continue
         these = gemm_rows[gemm_rows["dtype"] == dtype_name].reset_index(drop=True)
         chip = fit_stage(chip, these, ("gemm",), [(f"gemm_efficiency.{dtype}", 0.2, 1.0)])
-        notes[f"gemm_efficiency.{dtype}"] = f"fitted: {len(these)} published {CHIPS[name]} {dtype_name} GEMM rows"
+        best = " best-shape (BEST_SHAPE_SPEEDUP)" if (these["variant"].astype(str) == "mamf_best").all() else ""
+        notes[f"gemm_efficiency.{dtype}"] = f"fitted: {len(these)} published {CHIPS[name]} {dtype_name}{best} GEMM rows"
     for stage, (ops, params) in STAGES.items():
         these = rows[rows["op"].isin(ops)].reset_index(drop=True)
         if stage == "collective":  # the chip's floor is a node property: across nodes the network adds its own

@@ -67,6 +67,7 @@ class RunConfig:
     file: Path | None = None
     systems: tuple[SystemRef, ...] = ()
     parallelism: dict[str, Any] | None = None  # a training step under a layout (chipsim.training.run)
+    serving: dict[str, Any] | None = None  # an LLM serving run (chipsim.serving.config)
 
     @property
     def workload(self) -> WorkloadSpec:
@@ -130,6 +131,19 @@ def parse_run_config(data: dict[str, Any], file: Path | None = None) -> RunConfi
     fname = str(file) if file else None
     top = Section(data, fname)
     name = check_name(top.raw("name"), fname) if top.has("name") else safe_name(file.stem if file else "run")
+    serving = top.raw("serving", None)
+    if serving is not None:  # the chip, model and engine are the section's own: nothing else applies
+        if not isinstance(serving, dict):
+            raise top.error("serving", "expected a mapping: model, chip or system, engine, arrival, lengths, ...")
+        for other in ("chips", "systems", "workload", "parallelism", "options"):
+            if top.has(other):
+                raise top.error(other, "a serving run takes its chip or system, model and engine from `serving:`; "
+                                       f"leave `{other}` out")
+        report_raw = top.raw("report", list(REPORTS))
+        if not isinstance(report_raw, list) or any(r not in REPORTS for r in report_raw):
+            raise top.error("report", f"expected a list drawn from {', '.join(REPORTS)}")
+        top.done()
+        return RunConfig(name, (), (), report=tuple(report_raw), file=file, serving=dict(serving))
     systems = _system_refs(top)
     chips_raw = top.raw("chips", None if not systems else [])
     if isinstance(chips_raw, str):

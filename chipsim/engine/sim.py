@@ -79,42 +79,55 @@ class _Replay:
         self.network = prepared.network
         self.env = simpy.Environment()
         self.costs = prepared.costs
-        # the port itself runs at peak; each op's own cap carries its achieved efficiency
-        hbm_rate = chip.hbm.bandwidth_bytes_per_s
-        self.hbm = FluidShare(self.env, hbm_rate, "hbm")
-        self.link = FluidShare(self.env, self.network.link_capacity_bytes_per_s, "link")
-        initial = 1.0
-        if options.sustained and options.power_capping:
-            initial = sustained_scale(chip.power, min(1.0, chip.power.min_clock_hz / chip.clock_hz), [
-                (c.fixed_s + max(c.mem_s, c.link_s), c.compute_s, c.compute_energy_j, c.memory_energy_j)
-                for c in self.costs])
-        self.power = PowerController(chip.power, chip.clock_hz, initial, options.sustained)
+        # each device (a GPU of a multi-device workload, e.g. a pipeline stage) has its own HBM port,
+        # link ports, power controller and host thread; the port itself runs at peak, each op's own
+        # cap carries its achieved efficiency
+        self.devices = sorted({op.device for op in workload.ops}) or [0]
+        self.hbm = {d: FluidShare(self.env, chip.hbm.bandwidth_bytes_per_s, "hbm") for d in self.devices}
+        self.link = {d: FluidShare(self.env, self.network.link_capacity_bytes_per_s, "link") for d in self.devices}
+        self.power = {d: PowerController(chip.power, chip.clock_hz, self._initial_scale(d), options.sustained)
+                      for d in self.devices}
         self.records: list[OpRecord | None] = [None] * len(workload.ops)
         self.power_steps: list[tuple[float, float]] = [(0.0, chip.power.idle_w)]
         self.done: list[simpy.Event] = [self.env.event() for _ in workload.ops]
         self._last_on_stream: dict[tuple[int, str], simpy.Event] = {}
 
+    def _initial_scale(self, device: int) -> float:
+        """The clock a device starts at: boost, or (sustained) where its ops' loop settles."""
+        chip, options = self.chip, self.options
+        if not (options.sustained and options.power_capping):
+            return 1.0
+        # an op on a side stream (communication, copies) runs beside the compute stream: its
+        # energy falls within the compute stream's time, so it adds power, not seconds
+        return sustained_scale(chip.power, min(1.0, chip.power.min_clock_hz / chip.clock_hz), [
+            (c.fixed_s + max(c.mem_s, c.link_s), c.compute_s, c.compute_energy_j, c.memory_energy_j)
+            if op.stream == "compute" else (0.0, 0.0, c.compute_energy_j, c.memory_energy_j)
+            for op, c in zip(self.workload.ops, self.costs, strict=True) if op.device == device])
+
     def run(self) -> Result:
         if any(op.attrs.get("host_sync") for op in self.workload.ops):
-            self.env.process(self._host_with_syncs())
-        else:  # the host never waits: issue times are a running sum
-            issue = 0.0
+            for device in self.devices:
+                self.env.process(self._host_with_syncs(device))
+        else:  # the host never waits: issue times are a running sum (one host thread per device)
+            issue = dict.fromkeys(self.devices, 0.0)
             for op in self.workload.ops:
                 if self.options.launch != "graph":
-                    issue += _dispatch_seconds(op, self.chip)
-                self._launch(op, issue)
+                    issue[op.device] += _dispatch_seconds(op, self.chip)
+                self._launch(op, issue[op.device])
         self.env.run()
         records = [r for r in self.records if r is not None]
         if len(records) != len(self.workload.ops):  # pragma: no cover - a DAG always completes
             raise RuntimeError("simulation ended with ops not run")
         return Result.build(self.workload, self.chip, self.options, records, self.power_steps, self.network.name)
 
-    def _host_with_syncs(self):  # type: ignore[no-untyped-def]
-        """The host issues ops in program order; an op marked `host_sync` (the host synchronized with
-        the device before launching it) is issued only once every earlier op has finished."""
-        for op in self.workload.ops:
-            if op.attrs.get("host_sync") and op.id:
-                yield simpy.AllOf(self.env, self.done[:op.id])
+    def _host_with_syncs(self, device: int):  # type: ignore[no-untyped-def]
+        """The device's host issues its ops in program order; an op marked `host_sync` (the host
+        synchronized with the device before launching it) is issued only once every earlier op of
+        the device has finished."""
+        ops = [op for op in self.workload.ops if op.device == device]
+        for index, op in enumerate(ops):
+            if op.attrs.get("host_sync") and index:
+                yield simpy.AllOf(self.env, [self.done[o.id] for o in ops[:index]])
             if self.options.launch != "graph":
                 yield self.env.timeout(_dispatch_seconds(op, self.chip))
             self._launch(op, self.env.now)
@@ -140,16 +153,17 @@ class _Replay:
         # the clock the power controller holds now (1.0: boost)
         body_alone = max(cost.compute_s, cost.mem_s, cost.link_s)
         duration_alone = fixed + body_alone
+        power = self.power[op.device]
         if self.options.power_capping:
-            self.power.advance(start)
-            scale = self.power.scale
+            power.advance(start)
+            scale = power.scale
         else:
             scale = 1.0
         compute_s = cost.compute_s / scale
         energy = cost.compute_energy_j * scale ** (self.chip.power.dvfs_exponent - 1) + cost.memory_energy_j
         body = max(compute_s, cost.mem_s, cost.link_s)
         watts = energy / (fixed + body) if fixed + body > 0 else 0.0
-        self.power.add(start, watts)
+        power.add(start, watts)
         self.power_steps.append((start, watts))
         if fixed > 0:
             yield env.timeout(fixed)
@@ -159,12 +173,12 @@ class _Replay:
             events.append(env.timeout(max(compute_s, cost.mem_s if cost.mem_bytes <= 0 else 0.0,
                                           cost.link_s if cost.link_bytes <= 0 else 0.0)))
             if cost.mem_bytes > 0 and cost.mem_s > 0:
-                events.append(self.hbm.transfer(cost.mem_bytes, cost.mem_bytes / body))
+                events.append(self.hbm[op.device].transfer(cost.mem_bytes, cost.mem_bytes / body))
             if cost.link_bytes > 0 and cost.link_s > 0:
-                events.append(self.link.transfer(cost.link_bytes, cost.link_bytes / body))
+                events.append(self.link[op.device].transfer(cost.link_bytes, cost.link_bytes / body))
             yield simpy.AllOf(env, events)
         end = env.now
-        self.power.remove(end, watts)
+        power.remove(end, watts)
         self.power_steps.append((end, -watts))
         self.records[op.id] = OpRecord(
             id=op.id, name=op.name, kind=op.kind, dtype=op.dtype, stream=op.stream, device=op.device,

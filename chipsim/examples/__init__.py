@@ -5,7 +5,8 @@
 - `workloads/`: op-graph JSON files the run configs replay;
 - `whatif/`: chip and system YAMLs of hypothetical hardware (notebook 06);
 - `measurements/h200/`: the H200 measurements the cost model was fitted to (a copy of the
-  reference set's `h200/calibration.csv` and `power.json`; `chipsim validate` reads both).
+  reference set's `h200/calibration.csv` and `power.json`; `chipsim validate` reads both), and
+  `parallel_calibration.csv` (grouped expert GEMMs, MLA attention, TP / pipeline / MoE training steps).
 
 `chipsim examples copy DIR` copies them out to edit; relative paths between them keep working.
 """

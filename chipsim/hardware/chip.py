@@ -88,6 +88,11 @@ class Calibration:
     collective_low_latency_bandwidth: float
     collective_step_latency_s: float
     source: str = ""
+    # FP8 GEMMs with rowwise scales (fp32 per row of A, per column of B): the kernel's efficiency as a
+    # fraction of the tensorwise fp8 one, and its tile menu (None: the fp8 menu)
+    gemm_rowwise_efficiency: float = 1.0
+    gemm_rowwise_menu: GemmMenu | None = None
+    gemm_rowwise_setup_k: float = 0.0  # per-tile prologue/epilogue, in k steps (scale loads not pipelined)
 
 
 @dataclass(frozen=True)
@@ -156,6 +161,16 @@ def _memory_level(sec: Section, name: str, *, with_area: bool = False) -> Memory
     return level
 
 
+def _gemm_menu(menu: Section) -> GemmMenu:
+    """A kernel library's tile menu: `tiles` ([rows, cols] CTA tiles) and `max_split_k`."""
+    tiles_raw = menu.raw("tiles")
+    if not (isinstance(tiles_raw, list) and tiles_raw and all(
+            isinstance(t, list) and len(t) == 2 and all(isinstance(x, int) and x > 0 for x in t)
+            for t in tiles_raw)):
+        raise menu.error("tiles", "expected a list of [rows, cols] CTA tile shapes, e.g. [[128, 256]]")
+    return GemmMenu(tuple((int(a), int(b)) for a, b in tiles_raw), menu.integer("max_split_k", 1, minimum=1))
+
+
 def _calibration(sec: Section) -> Calibration:
     gemm = sec.section("gemm")
     menus_sec = gemm.section("kernels")
@@ -164,13 +179,7 @@ def _calibration(sec: Section) -> Calibration:
         if dtype != "default" and dtype not in DTYPES:
             raise menus_sec.error(str(dtype), f"expected 'default' or a dtype ({', '.join(DTYPES)})")
         menu = menus_sec.section(dtype)
-        tiles_raw = menu.raw("tiles")
-        if not (isinstance(tiles_raw, list) and tiles_raw and all(
-                isinstance(t, list) and len(t) == 2 and all(isinstance(x, int) and x > 0 for x in t)
-                for t in tiles_raw)):
-            raise menu.error("tiles", "expected a list of [rows, cols] CTA tile shapes, e.g. [[128, 256]]")
-        menus[str(dtype)] = GemmMenu(tuple((int(a), int(b)) for a, b in tiles_raw),
-                                     menu.integer("max_split_k", 1, minimum=1))
+        menus[str(dtype)] = _gemm_menu(menu)
         menu.done()
     menus_sec.done()
     if "default" not in menus:
@@ -179,6 +188,12 @@ def _calibration(sec: Section) -> Calibration:
     gemm_efficiency = gemm.mapping("efficiency", "number", keys=DTYPES, what="dtype", positive=True, maximum=1.0)
     int4_efficiency = gemm.number("int4_weight_only_efficiency", 0.5, positive=True, maximum=1.0)
     unaligned = gemm.number("unaligned_efficiency", 1.0, positive=True, maximum=1.0)
+    # rowwise-scaled FP8 GEMMs: by default as fast as tensorwise ones, on the same tiles
+    rowwise = gemm.section("rowwise", {})
+    rowwise_efficiency = rowwise.number("efficiency", 1.0, positive=True, maximum=1.0)
+    rowwise_menu = _gemm_menu(rowwise) if rowwise.has("tiles") else None
+    rowwise_setup_k = rowwise.number("setup_k", 0.0)
+    rowwise.done()
     gemm.done()
     mem = sec.section("memory")
     memory_efficiency = mem.number("efficiency", positive=True, maximum=1.0)
@@ -235,6 +250,8 @@ def _calibration(sec: Section) -> Calibration:
         graph_launch_s=graph_launch, host_dispatch_s=dispatch, collective_latency_s=coll_latency,
         collective_efficiency=coll_efficiency, collective_low_latency_bandwidth=low_latency_bandwidth,
         collective_step_latency_s=step_latency, source=source,
+        gemm_rowwise_efficiency=rowwise_efficiency, gemm_rowwise_menu=rowwise_menu,
+        gemm_rowwise_setup_k=rowwise_setup_k,
     )
 
 

@@ -21,7 +21,7 @@ from chipsim.models.zoo import ModelConfig
 
 RECOMPUTE = ("none", "selective", "full")
 _SIZES = ("tp", "pp", "cp", "dp", "ep", "etp", "vp", "micro_batch", "global_batch", "seq", "zero", "recompute",
-          "sequence_parallel", "first_stage_layers", "last_stage_layers")
+          "sequence_parallel", "first_stage_layers", "last_stage_layers", "moe_imbalance")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,6 +43,12 @@ class Layout:
     sequence_parallel: bool = True
     first_stage_layers: int | None = None
     last_stage_layers: int | None = None
+    # layers that do not divide over pp*vp chunks (and no first/last stage sizes given): split as
+    # Megatron-Core does with account_for_embedding/loss_in_pipeline_split (see balanced_chunks)
+    balanced: bool = False
+    # MoE routing imbalance: the busiest expert-parallel rank's routed tokens over the mean (1.0: the
+    # force-balanced routing of benchmark runs; dropless training with an auxiliary loss runs ~1.1-1.3)
+    moe_imbalance: float = 1.0
 
     @property
     def gpus(self) -> int:
@@ -63,9 +69,19 @@ class Layout:
         """Expert data-parallel size: tp * cp * dp / (etp * ep)."""
         return self.tp * self.cp * self.dp // (self.etp * self.ep)
 
+    def chunk_layers(self, layers: int) -> list[int]:
+        """Transformer layers of each model chunk, in model order: chunk c of stage s is entry c*pp + s."""
+        if self.balanced:
+            return balanced_chunks(layers, self.pp * self.vp)
+        counts = self.stage_layers(layers)
+        return [counts[s] // self.vp for _ in range(self.vp) for s in range(self.pp)]
+
     def stage_layers(self, layers: int) -> list[int]:
         """Transformer layers on each pipeline stage (all vp chunks of that stage together)."""
         first, last = self.first_stage_layers, self.last_stage_layers
+        if self.balanced:
+            chunks = balanced_chunks(layers, self.pp * self.vp)
+            return [sum(chunks[c * self.pp + s] for c in range(self.vp)) for s in range(self.pp)]
         if first is None and last is None:
             return [layers // self.pp] * self.pp
         if self.pp == 1:
@@ -82,19 +98,28 @@ class Layout:
 
     def stage_range(self, layers: int, stage: int) -> list[int]:
         """Indices of the layers that live on ``stage`` (vp chunks round-robin over the stages)."""
-        counts = self.stage_layers(layers)
-        if self.vp == 1:
-            start = sum(counts[:stage])
-            return list(range(start, start + counts[stage]))
-        chunk = [c // self.vp for c in counts]
         out: list[int] = []
         start = 0
-        for _ in range(self.vp):
-            for s in range(self.pp):
-                if s == stage:
-                    out.extend(range(start, start + chunk[s]))
-                start += chunk[s]
+        for i, n in enumerate(self.chunk_layers(layers)):
+            if i % self.pp == stage:
+                out.extend(range(start, start + n))
+            start += n
         return out
+
+
+def balanced_chunks(layers: int, chunks: int) -> list[int]:
+    """Layers per model chunk (model order) when ``layers`` do not divide over ``chunks``, as
+    Megatron-Core's account_for_embedding_in_pipeline_split and account_for_loss_in_pipeline_split
+    place them: the embedding and the loss each take one layer's slot, in the first and last chunk,
+    and the ``layers + 2`` slots are spread as evenly as they go, the earlier chunks taking one more."""
+    slots = layers + 2
+    each, extra = divmod(slots, chunks)
+    sizes = [each + (1 if i < extra else 0) for i in range(chunks)]
+    sizes[0] -= 1  # the embedding's slot
+    sizes[-1] -= 1  # the loss's slot
+    if min(sizes) < 0:  # fewer slots than chunks: no balanced split
+        raise InputError(f"{layers} layers cannot fill {chunks} pipeline chunks", key="pp")
+    return sizes
 
 
 def _int(value: Any, key: str, minimum: int = 1) -> int:
@@ -116,7 +141,7 @@ def resolve_layout(model: ModelConfig, gpus: int, **sizes: Any) -> Layout:
     Sizes: tp, pp, cp, ep, etp, vp (default 1), dp (default: what remains, gpus / (tp*pp*cp)),
     micro_batch (1), global_batch (micro_batch * dp: one micro-batch per step), seq (model.max_seq),
     zero (0), recompute ('none'), sequence_parallel (True), first_stage_layers / last_stage_layers
-    (uneven pipelines). A bad layout raises InputError whose key is the offending size.
+    (uneven pipelines), moe_imbalance (1.0: the busiest EP rank's routed tokens over the mean). A bad layout raises InputError whose key is the offending size.
     """
     for key in sizes:
         if key not in _SIZES:
@@ -166,12 +191,12 @@ def resolve_layout(model: ModelConfig, gpus: int, **sizes: Any) -> Layout:
     last = None if last is None else _int(last, "last_stage_layers", 0)
     if vp > 1 and pp == 1:
         raise InputError("virtual pipeline stages need pp > 1", key="vp")
+    balanced = False
     if first is None and last is None:
-        if model.layers % pp:
-            raise InputError(f"layers ({model.layers}) must be divisible by pp ({pp}); "
-                             "or give first_stage_layers/last_stage_layers", key="pp")
-        if model.layers % (pp * vp):
-            raise InputError(f"layers ({model.layers}) must be divisible by pp*vp = {pp}*{vp} = {pp * vp}", key="vp")
+        # layers that do not divide: Megatron-Core's balanced split (embedding and loss as a layer each)
+        balanced = model.layers % (pp * vp) != 0
+        if balanced:
+            balanced_chunks(model.layers, pp * vp)
     else:
         key = "first_stage_layers" if first is not None else "last_stage_layers"
         if pp == 1:
@@ -193,6 +218,10 @@ def resolve_layout(model: ModelConfig, gpus: int, **sizes: Any) -> Layout:
     if cp > 1 and seq % (2 * cp):
         raise InputError(f"seq ({seq}) must be divisible by 2*cp = {2 * cp} (load-balanced causal chunks)", key="seq")
     sequence_parallel = bool(_get(sizes, "sequence_parallel", True))
+    imbalance = _get(sizes, "moe_imbalance", 1.0)
+    if isinstance(imbalance, bool) or not isinstance(imbalance, int | float) or not 1.0 <= imbalance <= 64:
+        raise InputError(f"expected a routing imbalance from 1.0 (balanced) to 64, got {imbalance!r}",
+                         key="moe_imbalance")
     if model.is_moe and tp > 1 and not sequence_parallel:
         raise InputError("Megatron-Core needs sequence parallelism for MoE with tp > 1", key="sequence_parallel")
     if sequence_parallel and tp > 1 and (seq // cp) % tp:
@@ -214,4 +243,5 @@ def resolve_layout(model: ModelConfig, gpus: int, **sizes: Any) -> Layout:
 
     return Layout(tp=tp, pp=pp, cp=cp, dp=dp, ep=ep, etp=etp, vp=vp, micro_batch=micro_batch,
                   global_batch=global_batch, seq=seq, zero=int(zero), recompute=recompute,
-                  sequence_parallel=sequence_parallel, first_stage_layers=first, last_stage_layers=last)
+                  sequence_parallel=sequence_parallel, first_stage_layers=first, last_stage_layers=last,
+                  balanced=balanced, moe_imbalance=float(imbalance))

@@ -33,7 +33,7 @@ from chipsim.models.layout import Layout
 from chipsim.models.zoo import ModelConfig
 
 GB = 1e9
-PRECISIONS = ("bf16", "fp16", "fp8", "fp4", "fp32")
+PRECISIONS = ("bf16", "fp16", "fp8", "fp8_block", "fp4", "fp32")
 # NCCL communicator buffers (channels x NCCL_BUFFSIZE per peer, several communicators) and the
 # cuBLAS/cuDNN workspaces: a flat allowance per GPU.
 COMM_CONSTANT_BYTES = 1.0 * 2**30

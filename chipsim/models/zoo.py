@@ -70,6 +70,7 @@ class ModelConfig:
     topk: int = 0
     expert_ffn: int = 0
     shared_experts: int = 0  # always-on experts of expert_ffn each, in every MoE layer
+    route_nodes: int = 0  # node-limited routing: a token's experts lie on at most this many nodes (0: any)
     first_dense_layers: int = 0  # leading layers with a dense MLP of `ffn`
     moe_every: int = 1  # after those, every n-th layer is MoE (the others dense)
     mla: MLAConfig | None = None
@@ -86,8 +87,8 @@ class ModelConfig:
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InputError(f"expected a positive integer, got {value!r}", key=key)
-        for key in ("experts", "topk", "expert_ffn", "shared_experts", "first_dense_layers", "mtp_depth",
-                    "sliding_window"):
+        for key in ("experts", "topk", "expert_ffn", "shared_experts", "route_nodes", "first_dense_layers",
+                    "mtp_depth", "sliding_window"):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise InputError(f"expected a non-negative integer, got {value!r}", key=key)

@@ -6,7 +6,7 @@ checks and helpers every output folder goes through.
   (`.<name>.chipsim-staging-<pid>-<random>/`) and swapped in with renames at the end, so the folder
   holds the previous run or the new one, never a mix.
 - chipsim owns the files a run writes, and only those: `summary.csv`, `ops.csv`, `timeline.json`,
-  `breakdown.png`, `power.png` and `roofline_*.png`. A run into a folder replaces every such file of
+  `breakdown.png`, `power.png` and `roofline_*.png` (and a serving run's `requests.csv` and `latency.png`). A run into a folder replaces every such file of
   the previous run (a roofline of a chip no longer simulated is removed); other files are left alone.
 - Staging folders left by a killed run (SIGKILL, a power cut) are removed by the next run into the
   same folder.
@@ -22,7 +22,7 @@ import shutil
 import signal
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +34,8 @@ if TYPE_CHECKING:
     from chipsim.report.result import Result
 
 STAGING_TAG = "chipsim-staging"
-RUN_OUTPUTS = re.compile(r"summary\.csv|ops\.csv|timeline\.json|breakdown\.png|power\.png|roofline_[\w.-]*\.png")
+RUN_OUTPUTS = re.compile(r"summary\.csv|ops\.csv|timeline\.json|breakdown\.png|power\.png|roofline_[\w.-]*\.png|"
+                         r"requests\.csv|latency\.png")
 
 
 # ---------------------------------------------------------------- output folders
@@ -208,6 +209,22 @@ def write_training_outputs(results: Sequence[Any], out_dir: Path, reports: Seque
             names.append("timeline.json")
         _install(staging, out_dir, names)
         return [out_dir / name for name in names]
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_staged(out_dir: Path, writers: Mapping[str, Callable[[Path], Any]]) -> list[Path]:
+    """Each `writers[name](path)` writes one file into a staging folder; then they are swapped in as
+    `write_run_outputs` does (all or nothing, the previous run's outputs replaced)."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(out_dir)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{STAGING_TAG}-{os.getpid()}-", dir=out_dir.parent))
+    try:
+        for name, write in writers.items():
+            write(staging / name)
+        _install(staging, out_dir, list(writers))
+        return [out_dir / name for name in writers]
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

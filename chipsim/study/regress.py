@@ -1,5 +1,7 @@
 """Regression baselines: the simulated latency and energy of every example run config on every
-built-in chip, kept in baselines/latencies.csv so that CI notices any change to the model."""
+built-in chip, kept in baselines/latencies.csv so that CI notices any change to the model. A
+serving example (`serving:`) is one case on its own chip: `latency_s` is its mean end-to-end request
+latency, `energy_j` the energy of the whole run on all its GPUs (so a throughput change shows too)."""
 
 from __future__ import annotations
 
@@ -44,6 +46,17 @@ def simulate_examples(configs_dir: Path, progress: Callable[[str], None] | None 
         config = load_run_config(path)
         if progress:
             progress(config.name)
+        if config.serving is not None:  # a serving run: its mean end-to-end latency and the run's energy
+            from chipsim.serving.config import resolve_serving
+            from chipsim.serving.run import run_serving
+
+            setup = resolve_serving(config)
+            served = run_serving(setup).summary
+            label = setup.chip.name if setup.tp == 1 else f"{setup.system.name if setup.system else setup.chip.name}" \
+                f" tp{setup.tp}"
+            rows.append({"case": path.stem, "chip": label, "latency_s": served["e2e_mean_s"],
+                         "energy_j": served["energy_j"], "status": "ok"})
+            continue
         if config.parallelism is not None:  # a training step under a layout, on each system
             from chipsim.training.run import run_training
 

@@ -32,16 +32,19 @@ def _present(row: Mapping[str, Any], key: str) -> bool:
 
 
 def precision_of(text: str) -> str:
-    """The simulated precision of a row's `precision` text: BF16; FP8 in any of its recipes (delayed
-    or current scaling, MXFP8: Transformer Engine's fused casts either way); FP4 (NVFP4)."""
+    """The simulated precision of a row's `precision` text: BF16; FP8 with per-tensor scales (delayed
+    or current scaling) or MXFP8 (Transformer Engine's fused casts either way); FP8 with block scales
+    (DeepSeek-V3's 1x128 / 128x128 recipe); FP4 (NVFP4)."""
     upper = text.strip().upper()
     if upper.startswith("BF16"):
         return "bf16"
+    if upper.startswith("FP8") and any(w in upper for w in ("BLOCK", "128X128", "1X128", "SUBCHANNEL", "DEEPSEEK")):
+        return "fp8_block"  # DeepSeek-V3's fine-grained scales
     if upper.startswith(("FP8", "MXFP8")):  # Blackwell's MXFP8 runs at the fp8 rate
         return "fp8"
     if upper.startswith(("NVFP4", "FP4", "MXFP4")):
         return "fp4"
-    raise Unsupported(f"precision {text!r} (known: BF16, FP8, FP8-CS, MXFP8, NVFP4)")
+    raise Unsupported(f"precision {text!r} (known: BF16, FP8, FP8-CS, FP8-blockwise, MXFP8, NVFP4)")
 
 
 def family_of(model_id: str) -> str:
@@ -78,22 +81,23 @@ def predict_row(row: Mapping[str, Any], cache: dict[tuple[Any, ...], Any], chip_
     model = _model(row)
     gpus = int(row["gpus"])
     sizes = {k: int(row[k]) for k in LAYOUT_COLUMNS if _present(row, k)}
-    missing = [k for k in ("tp", "pp") if k not in sizes]
-    if missing:
-        raise Unsupported(f"the source gives no {' or '.join(missing)}; choosing a layout (chipsim plan) is not "
-                          "built yet")
-    notes = [f"{k} = 1 (not stated)" for k in ("cp", "ep", "vp", "micro_batch") if k not in sizes]
-    if "dp" not in sizes:
-        notes.append("dp = what remains")
-    if _present(row, "recompute"):
-        sizes["recompute"] = str(row["recompute"])  # type: ignore[assignment]
+    precision = precision_of(str(row["precision"]))
+    global_batch, seq = int(row["global_batch"]), int(row["seq_len"])
     try:
-        layout = resolve_layout(model, gpus, global_batch=int(row["global_batch"]), seq=int(row["seq_len"]),
-                                zero=1, **sizes)  # NeMo/Megatron: the distributed optimizer (ZeRO-1)
         system = system_for(chip, gpus)
+        if any(k not in sizes for k in ("tp", "pp")):  # the source left the layout open: plan it
+            layout, note = _planned_layout(model, system, gpus, global_batch, seq, precision, sizes, cache)
+            notes = [note]
+        else:
+            notes = [f"{k} = 1 (not stated)" for k in ("cp", "ep", "vp", "micro_batch") if k not in sizes]
+            if "dp" not in sizes:
+                notes.append("dp = what remains")
+            if _present(row, "recompute"):
+                sizes["recompute"] = str(row["recompute"])  # type: ignore[assignment]
+            # NeMo/Megatron: the distributed optimizer (ZeRO-1)
+            layout = resolve_layout(model, gpus, global_batch=global_batch, seq=seq, zero=1, **sizes)
     except InputError as exc:
         raise Unsupported(f"{exc.key}: {exc.message}" if exc.key else exc.message) from None
-    precision = precision_of(str(row["precision"]))
     key = (model.model_id if model.model_id != "gpt-custom" else str(model), layout, precision, system.name,
            system.world)
     if key not in cache:
@@ -101,6 +105,35 @@ def predict_row(row: Mapping[str, Any], cache: dict[tuple[Any, ...], Any], chip_
     result = cache[key]
     value = result.tokens_per_s_per_gpu if metric == "tokens_per_s_per_gpu" else result.step_s
     return value, "; ".join(notes)
+
+
+def _planned_layout(model: Any, system: Any, gpus: int, global_batch: int, seq: int, precision: str,
+                    given: Mapping[str, int], cache: dict[tuple[Any, ...], Any]) -> tuple[Any, str]:
+    """The layout `chipsim plan` ranks first among those that keep the sizes the source gave, and a
+    note saying so. Raises InputError when no such layout fits."""
+    from chipsim.models import resolve_layout
+    from chipsim.training.plan import Candidates, candidate_layouts, plan_layouts
+
+    key = ("plan", model.model_id if model.model_id != "gpt-custom" else str(model), system.name, gpus,
+           global_batch, seq, precision, tuple(sorted(given.items())))
+    if key not in cache:
+        found = candidate_layouts(model, gpus, global_batch, seq, system.gpus_per_node)
+        kept = Candidates(layouts=[lay for lay in found.layouts
+                                   if all(getattr(lay, k) == v for k, v in given.items())])
+        table = plan_layouts(model, system, gpus, global_batch, seq, precision, workers=1, candidates=kept)
+        feasible = table[table["fits"]] if len(table) else table
+        if not len(feasible):
+            stated = ", ".join(f"{k}={v}" for k, v in given.items()) or "nothing"
+            raise InputError(f"no layout with {stated} fits {gpus} GPUs of {system.chip.name} "
+                             f"({len(kept.layouts)} candidates)", key="tp")
+        best = feasible.iloc[0]
+        sizes = {k: int(best[k]) for k in ("tp", "pp", "vp", "cp", "ep", "dp", "micro_batch")}
+        layout = resolve_layout(model, gpus, global_batch=global_batch, seq=seq, zero=1,
+                                recompute=str(best["recompute"]), **sizes)
+        picked = ", ".join(f"{k}={v}" for k, v in sizes.items() if k not in given)
+        cache[key] = (layout, f"{picked}, recompute={best['recompute']} picked by chipsim plan "
+                              f"(best of {len(feasible)} fitting layouts)")
+    return cache[key]  # type: ignore[no-any-return]
 
 
 def validate_training(frame: pd.DataFrame, chip: str | None = None,

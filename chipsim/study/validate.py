@@ -11,7 +11,9 @@ How rows are measured, and so how they are replayed:
 
 Collectives over `world` > 1 GPUs, and data-parallel training steps, run on the chip's system
 (`system_for`: its node, or its cluster for `*_internode` rows and notes that name several nodes),
-through that system's fabric; everything else on the lone chip.
+through that system's fabric; everything else on the lone chip. Parallel training rows (columns
+`tp, pp, dp, micro_batches`, `ep`) simulate one representative GPU per pipeline stage: tensor-parallel
+all-reduces, expert-parallel all-to-alls and the stages' send/recv go over the same fabric.
 """
 
 from __future__ import annotations
@@ -45,10 +47,22 @@ from chipsim.workload.kinds import COLLECTIVE_KINDS
 
 GEMM_DTYPES = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32", "tf32": "tf32", "fp8_e4m3": "fp8",
                "fp8_e4m3fn": "fp8", "fp8_e4m3fnuz": "fp8", "int8": "int8"}  # fnuz: AMD's fp8 encoding, same width
+# A maximum-achievable-matmul-FLOPS search (`mamf_best`) reports the fastest of thousands of shapes:
+# a shape where the library's kernel runs this much above the efficiency chipsim's GEMM model holds
+# for the shapes a workload has. Measured on the H200, whose GEMM efficiency is fitted to our own
+# shapes (its fp8 mamf_best row of reference/published/calibration.csv: 86.8 us against 108.7 us
+# predicted); the A100 agrees (bf16 best shape 0.876 of peak, fp16 on 61 typical shapes 0.717: 1.22).
+# So a chip known only from a best-shape row is not credited with the best shape's efficiency.
+BEST_SHAPE_SPEEDUP = 1.25
 GEMM_VARIANTS = ("square", "llm", "odd", "mamf_best", "maf")  # shape families: the stated shape, one GEMM
 BLOCK_SCALED = ("deepgemm_blockscaled", "deepgemm_grouped_contiguous")  # DeepGEMM: fp8 with block scales
 SCALE_BLOCK = 128  # DeepGEMM's scale granularity: 1 x 128 for A (per token), 128 x 128 for B
 # attention variant -> the backend whose calibration applies (math_pytorch: unfused ops instead)
+# SDPA at DeepSeek-V3's MLA shapes (q/k head dim 192, v head dim 128: different head dims): PyTorch
+# 2.11 runs cuDNN's fused kernel on Hopper (profiled on an H200: cudnn_generated_fort_native_sdpa_sm90_
+# flash_fprop_wgmma_f16_knob_7_64x128x192; FlashAttention-2 needs equal q/k/v head dims)
+MLA_ATTENTION = {"sdpa_mla_shape": "cudnn"}
+MLA_V_HEAD_DIM = 128  # DeepSeek-V3's v_head_dim, unless the note says otherwise ("v head dim N")
 ATTENTION_BACKENDS = {"flash": "flash", "cudnn": "cudnn", "efficient": "efficient",
                       "cudnn_prefill": "cudnn", "cudnn_decode": "cudnn",  # cuDNN frontend SDPA
                       "paged_decode": "flash", "prefill_chunk": "flash",  # FlashAttention over a paged KV cache
@@ -62,13 +76,25 @@ ELEMENTWISE_VARIANTS = ("add", "gelu", "silu_mul", "mul", "silu")
 COLLECTIVE_ALGORITHMS = {"nccl": "auto", "rccl": "auto", "nccl_ring": "ring", "rccl_ring": "ring",
                          "nccl_tree": "tree", "nccl_nvls": "in_switch"}
 INTERNODE = "_internode"
-STEP_PRECISION = {"bf16_autocast": "bf16", "bf16": "bf16", "fp32": "fp32", "fp8_e4m3_linear": "fp8"}
+# train_step dtype -> the training-step generator's precision parameters. `_compiled`: torch.compile
+# (Inductor fuses the elementwise chains); `fp8_*_compiled`: torchao float8 training of the block
+# linears (dynamic tensorwise or rowwise scales, casts fused by the compiler; LM head bf16)
+STEP_PRECISION: dict[str, dict[str, Any]] = {
+    "bf16_autocast": {"precision": "bf16"}, "bf16": {"precision": "bf16"}, "fp32": {"precision": "fp32"},
+    "fp8_e4m3_linear": {"precision": "fp8"},
+    "bf16_autocast_compiled": {"precision": "bf16", "compiled": True},
+    "fp8_tensorwise_compiled": {"precision": "fp8", "compiled": True, "fp8_scaling": "tensorwise"},
+    "fp8_rowwise_compiled": {"precision": "fp8", "compiled": True, "fp8_scaling": "rowwise"},
+}
 FAMILIES = {
     "gemm": "gemm", "memory": "memory", "elementwise": "elementwise", "attention": "attention",
     "all_reduce": "collective", "all_gather": "collective", "reduce_scatter": "collective",
     "compressed_all_reduce": "collective", "dynamic_attention": "layer",
     "train_step": "model_step", "prefill_step": "model_step", "decode_step": "model_step",
+    "grouped_gemm": "gemm", "moe_train_step": "model_step",
 }
+GROUPED_GEMM_VARIANTS = ("grouped_mm", "loop")  # torch._grouped_mm in one launch; one torch.matmul per expert
+STEP_OPS = ("train_step", "moe_train_step")  # run back to back at the power limit
 REQUIRED_COLUMNS = ("op", "variant", "dtype", "launch", "measured_us")
 MAX_CSV_BYTES = 256 * 2**20  # a measurements or baselines CSV
 MAX_POWER_BYTES = 16 * 2**20  # a power phases JSON
@@ -87,6 +113,7 @@ class Case:
     world: int = 1  # GPUs the row ran on: > 1 runs the collectives on the chip's system fabric
     across_nodes: bool = False  # spread over nodes (`*_internode`, or a note naming several nodes)
     per_node: int | None = None  # GPUs of each node the communicator uses (a note's "N node(s) x G")
+    best_of_search: bool = False  # the fastest of a shape search (`mamf_best`): see BEST_SHAPE_SPEEDUP
 
 
 def _number(row: Mapping[str, Any], key: str) -> float:
@@ -112,6 +139,11 @@ def _int(row: Mapping[str, Any], key: str) -> int:
 
 def _note_int(row: Mapping[str, Any], key: str) -> int | None:
     match = re.search(rf"{key}=(\d+)", str(row.get("note") or ""))
+    return int(match.group(1)) if match else None
+
+
+def _note_int_phrase(row: Mapping[str, Any], pattern: str) -> int | None:
+    match = re.search(pattern, str(row.get("note") or ""), re.IGNORECASE)
     return int(match.group(1)) if match else None
 
 
@@ -218,10 +250,13 @@ def _attention(row: Mapping[str, Any]) -> Workload:
     variant = str(row["variant"])
     if variant == "math_pytorch":
         return _math_attention(row, shape)
-    if variant not in ATTENTION_BACKENDS:
-        raise Unsupported(f"attention variant {variant!r} (known: {', '.join([*ATTENTION_BACKENDS, 'math_pytorch'])})")
+    if variant in MLA_ATTENTION:  # q/k head dim `head_dim`, v head dim from the note
+        shape["v_head_dim"] = _note_int_phrase(row, r"v head dim (\d+)") or MLA_V_HEAD_DIM
+    elif variant not in ATTENTION_BACKENDS:
+        raise Unsupported(f"attention variant {variant!r} (known: "
+                          f"{', '.join([*ATTENTION_BACKENDS, *MLA_ATTENTION, 'math_pytorch'])})")
     b = WorkloadBuilder("attention")
-    attrs = {"backend": ATTENTION_BACKENDS[variant]}
+    attrs = {"backend": MLA_ATTENTION.get(variant) or ATTENTION_BACKENDS[variant]}
     fwd = b.add("attention", "attention", str(row["dtype"]), [], attrs=attrs, shape=shape)
     if row.get("pass") == "fwd_bwd":
         b.add("attention", "attention_bwd", str(row["dtype"]), [fwd], attrs=attrs, shape={**shape, "pass": "bwd"})
@@ -281,7 +316,7 @@ def _dynamic_attention(row: Mapping[str, Any]) -> Workload:
 def _model_dims(row: Mapping[str, Any]) -> dict[str, Any]:
     dims = {"model": None, "layers": _int(row, "layers"), "d_model": _int(row, "d_model"),
             "heads": _int(row, "heads"), "kv_heads": _int(row, "kv_heads"), "ffn": _int(row, "ffn")}
-    vocab = _note_int(row, "vocab")
+    vocab = _int(row, "vocab") if _present(row, "vocab") else _note_int(row, "vocab")
     if vocab:
         dims["vocab"] = vocab
     return dims
@@ -295,11 +330,69 @@ def _train_step(row: Mapping[str, Any]) -> Workload:
     precision = STEP_PRECISION.get(str(row["dtype"]))
     if precision is None:
         raise Unsupported(f"train_step dtype {row['dtype']!r}")
-    params = {**_model_dims(row), "batch": _int(row, "batch"), "seq": _int(row, "seq_q"), "precision": precision}
+    params = {**_model_dims(row), "batch": _int(row, "batch"), "seq": _int(row, "seq_q"), **precision}
     world = _world(row)
+    layout = _parallel_layout(row, world)
+    if layout:  # tensor / pipeline parallel, gradient accumulation or blocks only
+        return build_workload("parallel_train_step", {**params, **layout})
     if world > 1:  # data parallel: each rank's step, gradients all-reduced in buckets over the fabric
         return build_workload("data_parallel_train_step", {**params, "ranks": world})
     return build_workload("transformer_train_step", params)
+
+
+def _layout_int(row: Mapping[str, Any], key: str) -> int:
+    value = _int(row, key) if _present(row, key) else 1
+    if value < 1:
+        raise Unsupported(f"column '{key}': expected a whole number >= 1, got {brief(row.get(key))}")
+    return value
+
+
+def _parallel_layout(row: Mapping[str, Any], world: int) -> dict[str, Any]:
+    """The parallel_train_step parameters of a train_step row with a parallel layout (columns tp, pp,
+    dp, micro_batches; a `tp_` variant or a note saying "blocks only" runs no embedding or LM head),
+    or {} for a plain (data-parallel) step."""
+    tp, pp, dp, micro = (_layout_int(row, k) for k in ("tp", "pp", "dp", "micro_batches"))
+    blocks_only = str(row["variant"]).startswith("tp_") or "blocks only" in str(row.get("note") or "").lower()
+    if tp == pp == micro == 1 and not blocks_only:
+        return {}
+    if world % (tp * pp):
+        raise Unsupported(f"world ({world}) is not a multiple of tp x pp ({tp} x {pp})")
+    if _present(row, "dp") and tp * pp * dp != world:
+        raise Unsupported(f"tp x pp x dp ({tp} x {pp} x {dp}) is not the world ({world})")
+    return {"tp": tp, "pp": pp, "dp": world // (tp * pp), "micro_batches": micro, "blocks_only": blocks_only}
+
+
+def _grouped_gemm(row: Mapping[str, Any]) -> Workload:
+    """`experts` GEMMs, each (m/experts x k) @ (k x n): `grouped_mm` as one torch._grouped_mm launch (the
+    gemm op's `grouped` kernel), `loop` as one torch.matmul per expert, each launched eagerly."""
+    m, n, k, experts = _int(row, "m"), _int(row, "n"), _int(row, "k"), _int(row, "experts")
+    variant, dtype = str(row["variant"]), str(row["dtype"])
+    if variant not in GROUPED_GEMM_VARIANTS:
+        raise Unsupported(f"grouped_gemm variant {variant!r} (known: {', '.join(GROUPED_GEMM_VARIANTS)})")
+    if GEMM_DTYPES.get(dtype) != "bf16":
+        raise Unsupported(f"grouped_gemm dtype {dtype!r} (known: bf16)")
+    if experts < 1 or m % experts:
+        raise Unsupported(f"m ({m}) must be a multiple of experts ({experts})")
+    b = WorkloadBuilder(f"grouped_gemm_{variant}")
+    if variant == "grouped_mm":
+        b.add("gemm", "grouped_mm", "bf16", [], m=m // experts, n=n, k=k, batch=experts, attrs={"grouped": True})
+    else:
+        for e in range(experts):
+            b.add("gemm", f"expert{e}", "bf16", [], m=m // experts, n=n, k=k)
+    return b.build()
+
+
+def _moe_train_step(row: Mapping[str, Any]) -> Workload:
+    if str(row["dtype"]) not in ("bf16_autocast", "bf16"):
+        raise Unsupported(f"moe_train_step dtype {row['dtype']!r} (known: bf16_autocast)")
+    ep = _layout_int(row, "ep")
+    world = _world(row)
+    if world % ep:
+        raise Unsupported(f"world ({world}) is not a multiple of ep ({ep})")
+    return build_workload("moe_train_step", {
+        "layers": _int(row, "layers"), "d_model": _int(row, "d_model"), "experts": _int(row, "experts"),
+        "topk": _int(row, "topk"), "expert_ffn": _int(row, "expert_ffn"), "batch": _int(row, "batch"),
+        "seq": _int(row, "seq_q"), "ep": ep, "dp": world // ep})
 
 
 def _inference_step(row: Mapping[str, Any]) -> Workload:
@@ -316,6 +409,7 @@ BUILDERS: dict[str, Callable[[Mapping[str, Any]], Workload]] = {
     "all_reduce": _collective, "all_gather": _collective, "reduce_scatter": _collective,
     "compressed_all_reduce": _compressed, "dynamic_attention": _dynamic_attention,
     "train_step": _train_step, "prefill_step": _inference_step, "decode_step": _inference_step,
+    "grouped_gemm": _grouped_gemm, "moe_train_step": _moe_train_step,
 }
 
 
@@ -340,8 +434,9 @@ def case_for_row(row: Mapping[str, Any]) -> Case:
         placed = NODES_NOTE.search(str(row.get("note") or ""))
         if placed and int(placed.group(1)) > 1 and int(placed.group(1)) * int(placed.group(2)) == world:
             across, per_node = True, int(placed.group(2))  # the note says how the ranks were spread
-    return Case(workload, repeats, sustained=row["op"] == "train_step" or str(row["variant"]) in SUSTAINED_VARIANTS,
-                world=world, across_nodes=across, per_node=per_node)
+    return Case(workload, repeats, sustained=row["op"] in STEP_OPS or str(row["variant"]) in SUSTAINED_VARIANTS,
+                world=world, across_nodes=across, per_node=per_node,
+                best_of_search=row["op"] == "gemm" and str(row["variant"]) == "mamf_best")
 
 
 def repeat(workload: Workload, times: int) -> tuple[Workload, list[int]]:
@@ -395,15 +490,18 @@ def network_for(case: Case, chip_name: str) -> tuple[Network | None, Case]:
 
 
 def predict(case: Case, chip: Chip, launch: str, network: Network | None = None) -> tuple[float, float]:
-    """Steady-state (seconds, joules) of one iteration of the case, as the measurement loop saw it;
-    collectives on `network` (a system's Fabric), else on the chip's own link."""
+    """Steady-state (seconds, joules per GPU) of one iteration of the case, as the measurement loop saw
+    it; collectives on `network` (a system's Fabric), else on the chip's own link."""
     looped, ends = repeat(case.workload, case.repeats)
     result = simulate(looped, chip, SimOptions(launch=launch, sustained=case.sustained), network=network)
     n = len(case.workload.ops)
     end_of = [max(r.end_s for r in result.records[e + 1 - n:e + 1]) for e in ends]
     seconds = (end_of[-1] - end_of[0]) / (len(end_of) - 1)
     last = result.records[ends[-1] + 1 - n:ends[-1] + 1]
-    joules = sum(r.energy_j for r in last) + chip.power.idle_w * seconds
+    devices = len({r.device for r in last}) or 1  # a pipeline's stages: the energy of one GPU, on average
+    joules = sum(r.energy_j for r in last) / devices + chip.power.idle_w * seconds
+    if case.best_of_search:  # the same work, done faster
+        seconds /= BEST_SHAPE_SPEEDUP
     return seconds, joules
 
 

@@ -9,9 +9,10 @@ feasible layouts by tokens per second per GPU.
 Search space (Megatron-Core, ``zero=1``, sequence parallelism on, even pipeline stages):
 
 * tp: divisors of the GPUs per node up to 8 (tensor parallelism stays inside a node);
-* pp: divisors of the layer count (and of the GPUs) up to 64; vp (interleaving): 1, 2, 4, 8 dividing
-  layers/pp, when pp > 1, and only with micro-batches divisible by pp (Megatron's interleaved
-  schedule needs it);
+* pp: divisors of the GPUs up to 64 (and the layer count); vp (interleaving): 1, 2, 4, 8 while every
+  chunk keeps a layer, when pp > 1, and only with micro-batches divisible by pp (Megatron's
+  interleaved schedule needs it); layers that do not divide over the chunks are split as
+  Megatron-Core balances them (`Layout.balanced`);
 * cp: 1, or 1, 2, 4 when seq >= 8192; ep (MoE models): divisors of the expert count that divide
   tp*cp*dp; micro_batch: 1, 2, 4; dp: what remains;
 * recompute: 'none'; when that does not fit, 'selective', then 'full'. A layout that fits with none
@@ -84,14 +85,15 @@ def candidate_layouts(model: ModelConfig, gpus: int, global_batch: int, seq: int
     do not divide by pp) are counted by reason, not returned."""
     out = Candidates()
     tps = [t for t in divisors(gpus_per_node) if t <= MAX_TP and gpus % t == 0]
-    pps = [p for p in divisors(model.layers) if p <= MAX_PP and gpus % p == 0]
+    # layers that do not divide over the stages split as Megatron-Core balances them (Layout.balanced)
+    pps = [p for p in divisors(gpus) if p <= min(MAX_PP, model.layers)]
     cps = CP_SIZES if seq >= CP_MIN_SEQ else (1,)
     for tp, pp, cp in itertools.product(tps, pps, cps):
         if gpus % (tp * pp * cp):
             continue
         dp = gpus // (tp * pp * cp)
         eps = [e for e in divisors(model.experts) if (tp * cp * dp) % e == 0] if model.is_moe else [1]
-        vps = [1] if pp == 1 else [v for v in (1, 2, 4, 8) if v <= MAX_VP and (model.layers // pp) % v == 0]
+        vps = [1] if pp == 1 else [v for v in (1, 2, 4, 8) if v <= MAX_VP and pp * v <= model.layers]
         for ep, vp, mb in itertools.product(eps, vps, MICRO_BATCHES):
             try:
                 layout = resolve_layout(model, gpus, tp=tp, pp=pp, vp=vp, cp=cp, ep=ep, dp=dp, micro_batch=mb,

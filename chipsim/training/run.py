@@ -67,6 +67,8 @@ def resolve_cases(config: RunConfig) -> list[TrainingCase]:
     precision = sec.string("precision", "bf16", choices=PRECISIONS)
     recompute = sec.string("recompute", "none", choices=("none", "selective", "full"))
     sequence_parallel = sec.boolean("sequence_parallel", True)
+    if sec.has("moe_imbalance"):
+        sizes["moe_imbalance"] = float(sec.number("moe_imbalance", minimum=1, maximum=64))
     sec.done()
     cases = []
     for index, ref in enumerate(config.systems):

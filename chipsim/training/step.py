@@ -38,9 +38,12 @@ from chipsim.models.zoo import ModelConfig
 from chipsim.network.fabric import Fabric
 from chipsim.network.system import System
 from chipsim.report.result import Result
+from chipsim.vocab import TRAINING_PRECISIONS
 from chipsim.workload.graph import WorkloadBuilder
 
-PRECISIONS = ("bf16", "fp8", "fp4")  # fp8 and fp4: the block linears in that format
+PRECISIONS = TRAINING_PRECISIONS  # the block linears' GEMM format (see chipsim.vocab)
+# fp8_block: one fp32 scale per 128 values, written by the cast beside its fp8 data
+BLOCK_SCALE_VALUES = 128
 # bytes of an activation or gradient value exchanged between ranks (bf16)
 ACT_BYTES = 2
 # Megatron's distributed optimizer reduces bf16 gradients (grad_reduce_in_fp32 off, NeMo's default)
@@ -48,6 +51,15 @@ ACT_BYTES = 2
 GRAD_BYTES = 2
 # an activation that the activation function reads: a gated MLP reads both halves
 ACTIVATION_OP = {"swiglu": "silu_mul", "geglu": "silu_mul", "gelu": "gelu", "relu2": "gelu"}
+# Framework calls (host work that launches no kernel of its own, each at the chip's
+# `calibration.host.dispatch.call`, 14.5 us on the H200's host) of one Megatron-Core MoE layer per
+# micro-batch, forward and backward: the router's top-k and load-balancing bookkeeping, the token
+# dispatcher's permutation maps, split sizes and host copies, Transformer Engine's grouped linears
+# (quantizers and splits per expert). They put a floor under a MoE layer's time that a faster GPU
+# does not lower: NeMo's Qwen3-30B-A3B at micro-batch 1 runs at ~9,000 tokens/s/GPU on H100 and on
+# B200 alike (Megatron-Bridge performance summary, 25.11: B200 EP8 9,299). Fitted to the five H100
+# Qwen3-30B-A3B micro-batch-1 rows of reference/published/training_calibration.csv.
+MOE_HOST_CALLS = {"fwd": 240, "bwd": 240}
 
 
 @dataclass(frozen=True)
@@ -102,8 +114,9 @@ class _PieceBuilder:
     """The ops of one micro-batch of one representative GPU."""
 
     def __init__(self, model: ModelConfig, layout: Layout, precision: str, name: str,
-                 communicate: bool = True) -> None:
+                 communicate: bool = True, gpus_per_node: int = 8) -> None:
         self.m, self.lay, self.precision = model, layout, precision
+        self.gpus_per_node = gpus_per_node
         self.communicate = communicate  # False: the same kernels without the collectives (to measure what they add)
         self.comm_kind: dict[int, str] = {}  # collective op id -> the parallelism it serves
         self.b = WorkloadBuilder(name, "training_piece")
@@ -112,7 +125,9 @@ class _PieceBuilder:
         self.tp_group, self.ep_group, self.cp_group = {"stride": 1}, {"stride": 1}, {"stride": layout.tp}
         self.tokens = layout.micro_batch * layout.seq // layout.cp  # this rank's tokens (its CP slice)
         self.sp_tokens = self.tokens // layout.tp if layout.sequence_parallel else self.tokens
-        self.gemm_dtype = precision if precision in ("fp8", "fp4") else "bf16"
+        self.gemm_dtype = {"fp8": "fp8", "fp8_block": "fp8", "fp4": "fp4"}.get(precision, "bf16")
+        # values a cast writes per value cast: its fp8 data, plus fine-grained scales (fp32 per 128)
+        self.cast_extra = 4 / BLOCK_SCALE_VALUES if precision == "fp8_block" else 0.0
 
     # -- building blocks ------------------------------------------------------------------------
     def _collective(self, kind: str, name: str, nbytes: float, group: int, attrs: dict[str, Any],
@@ -123,12 +138,15 @@ class _PieceBuilder:
         self.comm_kind[op] = parallelism
         return op
 
-    def _gemm(self, name: str, dep: int | None, m: int, k: int, n: int, batch: int = 1) -> int:
+    def _gemm(self, name: str, dep: int | None, m: int, k: int, n: int, batch: int = 1, host_calls: int = 0) -> int:
         deps = [dep]
         if self.gemm_dtype != "bf16":  # Transformer Engine: the input's cast (+ transpose), one fused kernel
-            deps.append(self.b.add("elementwise", f"{name}.cast_{self.gemm_dtype}", "bf16", [dep], numel=batch * m * k,
+            numel = batch * m * k * (1 + self.cast_extra)
+            deps.append(self.b.add("elementwise", f"{name}.cast_{self.gemm_dtype}", "bf16", [dep], numel=numel,
                                    attrs={"op": "cast", "out_dtype": self.gemm_dtype}))
-        return self.b.add("gemm", name, self.gemm_dtype, deps, m=max(1, m), n=max(1, n), k=max(1, k), batch=batch)
+        attrs = {"host_calls": host_calls} if host_calls else {}
+        return self.b.add("gemm", name, self.gemm_dtype, deps, m=max(1, m), n=max(1, n), k=max(1, k), batch=batch,
+                          attrs=attrs)
 
     def _linear(self, name: str, dep: int | None, k: int, n: int, *, gather: bool = False,
                 scatter: bool = False, backward: bool = False, tokens: int | None = None) -> int:
@@ -180,7 +198,9 @@ class _PieceBuilder:
         return self.b.add("attention", f"{p}.attn{'_bwd' if backward else ''}", "bf16", [dep],
                           batch=lay.micro_batch, heads=heads, kv_heads=kv_heads, seq_q=seq_q, seq_kv=seq_kv,
                           head_dim=head_dim, causal=causal, attrs={"backend": "cudnn"},
-                          shape={"pass": "bwd" if backward else "fwd"})
+                          shape={"pass": "bwd" if backward else "fwd",
+                                 # MLA: values narrower than queries and keys (192 / 128 for DeepSeek-V3)
+                                 **({"v_head_dim": m.mla.v_head_dim} if m.mla else {})})
 
     def _mlp(self, p: str, dep: int | None, ffn: int, backward: bool, tokens: int | None = None,
              tensor_parallel: bool = True) -> int:
@@ -200,37 +220,43 @@ class _PieceBuilder:
 
     def _moe(self, p: str, dep: int | None, backward: bool) -> int:
         """Router, dispatch all-to-all over the EP group, grouped expert GEMMs (one kernel for the
-        rank's experts), combine all-to-all; shared experts as a dense MLP beside them."""
+        rank's experts), combine all-to-all; shared experts as a dense MLP beside them. The layer's
+        framework calls (MOE_HOST_CALLS) are spread over its eight routed-path ops, so the host's
+        issue runs ahead of the GPU where it can and holds it back after the dispatcher's sync."""
         m, lay = self.m, self.lay
         local_experts = m.experts // lay.ep
         tokens = self.sp_tokens  # Megatron's MoE layer takes the sequence-parallel (scattered) tokens
-        routed = tokens * m.topk  # token copies this rank sends, and (balanced) receives
+        # token copies this rank sends, and receives: the busiest rank of the EP group (routing
+        # imbalance) receives moe_imbalance times the mean, and the rest wait for it
+        routed = round(tokens * m.topk * lay.moe_imbalance)
         per_expert = max(1, routed // local_experts)
-        a2a = routed * m.d_model * ACT_BYTES
         gate_up = 2 * m.expert_ffn if m.gated else m.expert_ffn
+        calls = {"host_calls": MOE_HOST_CALLS["bwd" if backward else "fwd"] // 8}
         b = self.b
-        router = self._gemm(f"{p}.router{'_bwd' if backward else ''}", dep, tokens, m.d_model, m.experts)
+        router = self._gemm(f"{p}.router{'_bwd' if backward else ''}", dep, tokens, m.d_model, m.experts,
+                            host_calls=calls["host_calls"])
         # the token permutation: each copy gathered into its expert's order (and back after the combine)
-        x = b.add("elementwise", f"{p}.permute", "bf16", [router], numel=routed * m.d_model, attrs={"op": "copy"})
+        x = b.add("elementwise", f"{p}.permute", "bf16", [router], numel=routed * m.d_model,
+                  attrs={"op": "copy", **calls})
         first = "combine" if backward else "dispatch"
         # Megatron's all-to-all dispatcher copies the tokens-per-expert counts to the host to size the
         # exchange: the host waits for the device there, once per MoE layer forward
         sync = {} if backward else {"host_sync": True}
-        dispatched = self._collective("all_to_all", f"{p}.{first}", a2a, lay.ep, {**self.ep_group, **sync}, x, "ep")
+        dispatched = self._ep_exchange(f"{p}.{first}", x, tokens, {**sync, **calls}, to_experts=not backward)
         x = x if dispatched is None else dispatched
         passes = 2 if backward else 1  # data and weight gradients
-        for _ in range(passes):
+        for i in range(passes):
             x = b.add("gemm", f"{p}.experts_fc1", self.gemm_dtype, [x], m=per_expert, n=gate_up, k=m.d_model,
-                      batch=local_experts)
+                      batch=local_experts, attrs=calls if i == 0 else {})
         x = b.add("elementwise", f"{p}.experts_act", "bf16", [x], numel=routed * m.expert_ffn,
-                  attrs={"op": ACTIVATION_OP[m.activation] + ("_bwd" if backward else "")})
-        for _ in range(passes):
+                  attrs={"op": ACTIVATION_OP[m.activation] + ("_bwd" if backward else ""), **calls})
+        for i in range(passes):
             x = b.add("gemm", f"{p}.experts_fc2", self.gemm_dtype, [x], m=per_expert, n=m.d_model, k=m.expert_ffn,
-                      batch=local_experts)
+                      batch=local_experts, attrs=calls if i == 0 else {})
         last = "dispatch" if backward else "combine"
-        combined = self._collective("all_to_all", f"{p}.{last}", a2a, lay.ep, self.ep_group, x, "ep")
+        combined = self._ep_exchange(f"{p}.{last}", x, tokens, calls, to_experts=backward)
         x = b.add("elementwise", f"{p}.unpermute", "bf16", [x if combined is None else combined],
-                  numel=routed * m.d_model, attrs={"op": "copy"})
+                  numel=routed * m.d_model, attrs={"op": "copy", **calls})
         if m.shared_experts:
             shared = self._mlp(f"{p}.shared", router, m.shared_experts * m.expert_ffn, backward, tokens=tokens,
                                tensor_parallel=False)
@@ -238,16 +264,67 @@ class _PieceBuilder:
                       attrs={"op": "add"})
         return x
 
+    def _ep_exchange(self, name: str, dep: int | None, tokens: int, attrs: dict[str, Any], *,
+                     to_experts: bool) -> int | None:
+        """One all-to-all of the MoE layer: tokens to their experts (`to_experts`: the forward's
+        dispatch, the backward's combine) or back. Inside a node, each token copy goes to its expert's
+        GPU (Megatron's all-to-all dispatcher). An EP group over several nodes exchanges as DeepEP
+        (Megatron's flex dispatcher, which NVIDIA's cross-node MoE recipes run) does: a token crosses
+        the network once per node holding any of its experts, to the GPU of the same local rank there
+        (rail peers), and is forwarded over NVLink to its experts' GPUs. With the DeepSeek-V3 recipe
+        (`fp8_block`) the dispatch moves fp8 values (with their 1x128 scales), the combine bf16."""
+        m, lay = self.m, self.lay
+        fp8 = self.precision == "fp8_block" and to_experts
+        width = m.d_model * ((1 + 4 / BLOCK_SCALE_VALUES) if fp8 else ACT_BYTES)
+        gpn = self.gpus_per_node
+        copies = tokens * m.topk * width * lay.moe_imbalance
+        if lay.ep <= gpn or lay.ep % gpn:
+            return self._collective("all_to_all", name, copies, lay.ep, {**self.ep_group, **attrs}, dep, "ep")
+        nodes = lay.ep // gpn
+        reach = min(nodes, m.route_nodes or nodes)
+        per_token = reach * (1 - (1 - 1 / reach) ** m.topk)  # expected nodes a token's experts lie on
+        network = tokens * per_token * width * lay.moe_imbalance
+        inter = ("all_to_all", f"{name}.rdma", network, nodes, {"stride": gpn, **attrs})
+        intra = ("all_to_all", f"{name}.nvlink", copies, gpn, {"stride": 1})
+        for kind, label, nbytes, group, group_attrs in ((inter, intra) if to_experts else (intra, inter)):
+            dep = self._collective(kind, label, nbytes, group, group_attrs, dep, "ep")
+        return dep
+
+    def _qkv(self, dep: int | None, backward: bool) -> int:
+        """The attention's input projections: one column-parallel QKV linear; or MLA's (DeepSeek-V2/V3)
+        low-rank ones, as Megatron-Core runs them: the down-projections of queries and of keys/values
+        (with the shared rope key) on the all-gathered input, replicated over TP, a norm on each
+        latent, then the column-parallel up-projections to every head's query and key/value."""
+        m, tp, d = self.m, self.lay.tp, self.m.d_model
+        if m.mla is None:
+            return self._linear("qkv", dep, d, (m.q_width + m.k_width + m.v_width) // tp, gather=True,
+                                backward=backward)
+        a = m.mla
+        heads = m.heads // tp
+        q_rank = a.q_lora_rank or d
+        steps = [("q_down", d, q_rank, True), ("kv_down", d, a.kv_lora_rank + a.qk_rope_head_dim, False),
+                 ("q_up", q_rank, heads * a.qk_head_dim, False),
+                 ("kv_up", a.kv_lora_rank, heads * (a.qk_nope_head_dim + a.v_head_dim), False)]
+        if not a.q_lora_rank:  # queries projected directly
+            steps = [("q", d, heads * a.qk_head_dim, True), steps[1], steps[3]]
+        x = dep
+        for name, k, n, gather in (reversed(steps) if backward else steps):
+            out = self._linear(f"mla.{name}", x, k, n, gather=gather, backward=backward)
+            if name.endswith("down"):  # RMSNorm on the latent
+                out = self.b.add("norm", f"mla.{name}_norm", "bf16", [out], rows=self.tokens, cols=n,
+                                 attrs={"type": "rms_norm", **({"pass": "bwd"} if backward else {})})
+            x = out
+        return out
+
     # -- pieces ---------------------------------------------------------------------------------
     def layer(self, moe: bool, backward: bool) -> None:
         m, b = self.m, self.b
         d = m.d_model
-        qkv = (m.q_width + m.k_width + m.v_width) // self.lay.tp
         attn_out = m.attn_out_width // self.lay.tp
         res = self.sp_tokens * d
         if not backward:
             x = self._norm("attn_norm", None, False)
-            x = self._linear("qkv", x, d, qkv, gather=True)
+            x = self._qkv(x, False)
             x = self._attention("layer", x, False)
             x = self._linear("attn_out", x, attn_out, d, scatter=True)
             x = b.add("elementwise", "residual1", "bf16", [x], numel=res, attrs={"op": "add"})
@@ -264,7 +341,7 @@ class _PieceBuilder:
         if self.lay.recompute == "selective":  # core attention recomputed (Megatron's selective recompute)
             x = self._attention("layer_recompute", x, False)
         x = self._attention("layer", x, True)
-        x = self._linear("qkv", x, d, qkv, gather=True, backward=True)
+        x = self._qkv(x, True)
         x = self._norm("attn_norm_bwd", x, True)
         b.add("elementwise", "residual0_bwd", "bf16", [x], numel=res, attrs={"op": "add"})
 
@@ -284,6 +361,23 @@ class _PieceBuilder:
         x = b.add("elementwise", "cross_entropy_bwd", "bf16", [], numel=self.tokens * vocab, attrs={"op": "add"})
         x = self._linear("lm_head", x, m.d_model, vocab, gather=True, backward=True)
         self._norm("final_norm_bwd", x, True)
+
+    def mtp(self, backward: bool) -> None:
+        """One multi-token-prediction depth (DeepSeek-V3; Megatron-Core's MTP block on the last
+        stage): the norms of the hidden state and of the next token's embedding, their 2d -> d
+        projection, one transformer layer like the model's last, and the shared LM head with its loss."""
+        m, tp = self.m, self.lay.tp
+        moe = m.is_moe_layer(m.layers - 1)
+        if not backward:
+            x = self._norm("mtp.norms", None, False)
+            self._linear("mtp.proj", x, 2 * m.d_model, m.d_model // tp, gather=True)
+            self.layer(moe, False)
+            self.head(False)
+            return
+        self.head(True)
+        self.layer(moe, True)
+        x = self._linear("mtp.proj", self.b.last, 2 * m.d_model, m.d_model // tp, gather=True, backward=True)
+        self._norm("mtp.norms_bwd", x, True)
 
     def optimizer(self, params: float) -> None:
         self.b.add("optimizer", "adamw", "fp32", [], params=max(1, round(params)),
@@ -325,14 +419,11 @@ class _Stage:
 
 def _chunk_layers(model: ModelConfig, layout: Layout) -> list[list[int]]:
     """Layer indices of each virtual chunk, in model order: chunk c of stage s is chunk s + c * pp."""
-    per_stage = layout.stage_layers(model.layers)
-    starts = [sum(per_stage[:i]) for i in range(layout.pp)]
     chunks: list[list[int]] = []
-    for c in range(layout.vp):
-        for s in range(layout.pp):
-            n = per_stage[s] // layout.vp
-            first = starts[s] + c * n
-            chunks.append(list(range(first, first + n)))
+    start = 0
+    for n in layout.chunk_layers(model.layers):
+        chunks.append(list(range(start, start + n)))
+        start += n
     return chunks  # index: c * pp + s
 
 
@@ -376,7 +467,8 @@ def simulate_training(model: ModelConfig, layout: Layout, system: System, precis
 
     def piece(name: str, build: Any) -> Piece:
         if name not in pieces:
-            builder, quiet = (_PieceBuilder(model, layout, precision, name, communicate) for communicate in (True, False))
+            builder, quiet = (_PieceBuilder(model, layout, precision, name, communicate, system.gpus_per_node)
+                              for communicate in (True, False))
             build(builder)
             build(quiet)
             pieces[name] = _simulate_piece(builder, quiet, chip, fabric)
@@ -390,6 +482,8 @@ def simulate_training(model: ModelConfig, layout: Layout, system: System, precis
     for direction, backward in (("fwd", False), ("bwd", True)):
         piece(f"embedding_{direction}", lambda b, back=backward: b.embedding(back))
         piece(f"head_{direction}", lambda b, back=backward: b.head(back))
+        if model.mtp_depth:
+            piece(f"mtp_{direction}", lambda b, back=backward: b.mtp(back))
 
     pp, vp = layout.pp, layout.vp
     chunks = _chunk_layers(model, layout)
@@ -407,6 +501,10 @@ def simulate_training(model: ModelConfig, layout: Layout, system: System, precis
             if s == pp - 1 and c == vp - 1:
                 names.append("head")
                 params += model.head_params() / layout.tp
+                names += ["mtp"] * model.mtp_depth  # the MTP modules follow the main model's head
+                if model.mtp_depth:  # its layer's experts split over EP, the rest over TP
+                    expert = model.mtp_depth * model.layer_params(model.layers - 1)[1]
+                    params += (model.params_mtp() - expert) / layout.tp + expert / (layout.ep * layout.etp)
             fwd = [pieces[f"{n}_fwd"] for n in names]
             bwd = [pieces[f"{n}_bwd"] for n in names]
             exposed: dict[str, float] = {}

@@ -31,6 +31,11 @@ ELEMENTWISE_OPS = {
     "reduce": (1, 0, 1), "embedding": (1, 1, 0), "dropout": (1, 1, 2), "scale": (1, 1, 1),
     "transpose": (1, 1, 0), "abs": (1, 1, 1), "clamp": (1, 1, 2), "round": (1, 1, 1),
     "silu_mul_bwd": (3, 2, 10), "gelu_bwd": (2, 1, 10), "silu_bwd": (2, 1, 6), "mul_bwd": (3, 2, 2),
+    # a compiler-generated kernel (torch.compile / Inductor) fusing a chain of pointwise and reduction
+    # ops: its traffic is `attrs.bytes` (each unique input read once, each output written once)
+    "fused": (1, 1, 4),
+    # a generated cast kernel that also writes a transposed (column-major) copy (FP8 GEMM operands)
+    "cast_transpose": (1, 2, 2),
 }
 REDUCTION_OPS = ("reduce", "read")  # elementwise ops the framework dispatches as reductions
 OPAQUE_SCALES = ("none", "memory", "compute")
@@ -130,7 +135,7 @@ def _gemm_work(s: Shape, dtype: str, attrs: Attrs) -> tuple[float, float]:
 def attention_flops(s: Shape) -> float:
     """Forward FLOPs of QK^T and PV; causal masks skip the upper triangle (diagonal kept)."""
     sq, skv = s["seq_q"], s["seq_kv"]
-    full = 4.0 * s["batch"] * s["heads"] * sq * skv * s["head_dim"]
+    full = 2.0 * s["batch"] * s["heads"] * sq * skv * (s["head_dim"] + v_head_dim(s))
     if s["causal"] and sq > 1:
         # rows i (aligned to the end of the KV) see skv - sq + i + 1 keys
         visible = sq * (skv - sq) + sq * (sq + 1) / 2
@@ -138,21 +143,30 @@ def attention_flops(s: Shape) -> float:
     return full
 
 
+def v_head_dim(s: Shape) -> float:
+    """The value (and output) head dim: `v_head_dim`, or `head_dim` when it is 0 (the usual case; MLA
+    after its up-projection has q/k head dim 192 and v head dim 128)."""
+    return s.get("v_head_dim") or s["head_dim"]
+
+
 def _attention_work(s: Shape, dtype: str, attrs: Attrs) -> tuple[float, float]:
     e = _nbytes(dtype)
-    q = s["batch"] * s["heads"] * s["seq_q"] * s["head_dim"] * e
-    kv = 2 * s["batch"] * s["kv_heads"] * s["seq_kv"] * s["head_dim"] * e
+    rows_q, rows_kv = s["batch"] * s["heads"] * s["seq_q"] * e, s["batch"] * s["kv_heads"] * s["seq_kv"] * e
+    q, o = rows_q * s["head_dim"], rows_q * v_head_dim(s)
+    kv = rows_kv * (s["head_dim"] + v_head_dim(s))
     fwd = attention_flops(s)
     if s["pass"] == "fwd":
-        return fwd, q + kv + q  # read q, k, v; write o
+        return fwd, q + kv + o  # read q, k, v; write o
     # backward: recompute QK^T, then dV, dP, dQ, dK: 2.5x the forward FLOPs;
     # read q, k, v, o, do (+ logsumexp), write dq, dk, dv
-    return 2.5 * fwd, 3 * q + 2 * kv + kv
+    return 2.5 * fwd, 1.5 * (q + o) + 3 * kv
 
 
 def _elementwise_work(s: Shape, dtype: str, attrs: Attrs) -> tuple[float, float]:
     reads, writes, fpe = ELEMENTWISE_OPS[attrs.get("op", "add")]
     numel = s["numel"]
+    if "bytes" in attrs:  # a fused kernel states its own traffic
+        return numel * fpe, float(attrs["bytes"])
     out_dtype = attrs.get("out_dtype", dtype)
     return numel * fpe, numel * (reads * _nbytes(dtype) + writes * _nbytes(out_dtype))
 
@@ -286,24 +300,35 @@ register(OpKind(
      "out is 4 bytes for fp32/tf32/int8, else 2"),
     attrs={"weight_dtype": Attr(_dtype, "format of the B (weight) operand when it differs from `dtype` (int4/int8: "
                                         "weight-only quantization; int4 on `int4: native` chips uses the INT4 MACs)"),
-           "group_size": Attr(_positive_int, "quantization group size along k for int4/int8 weights")},
+           "group_size": Attr(_positive_int, "quantization group size along k for int4/int8 weights"),
+           "scaling": Attr(_one_of("fp8 scaling", "tensorwise", "rowwise"),
+                           "fp8 operand scales of `torch._scaled_mm`: tensorwise (default; cuBLAS) or rowwise "
+                           "(fp32 per row of A and per column of B: `calibration.gemm.rowwise`)"),
+           "grouped": Attr(_boolean, "the `batch` groups run as one grouped-GEMM kernel (torch._grouped_mm: "
+                                     "its own tile choice, no split-k) rather than a batched cuBLAS GEMM"),
+           "kernel": Attr(_one_of("weight-only kernel", "tinygemm", "marlin"),
+                          "int4/int8 weight-only kernel class: tinygemm (default; torchao's, measured on H200) or "
+                          "marlin (dequantizes in registers, bf16 MMA at the GEMM's full rate; vLLM/SGLang/TRT-LLM)")},
     check=_at_least_one("m", "n", "k", "batch"), integer_keys=("m", "n", "k", "batch")))
 register(OpKind(
     "attention", {"batch": None, "heads": None, "kv_heads": None, "seq_q": None, "seq_kv": None, "head_dim": None,
-                  "causal": False, "pass": "fwd"}, "attention", _attention_work,
-    "scaled dot-product attention; `pass` is `fwd` or `bwd`; GQA when `kv_heads < heads`; decode when seq_q <= 16",
-    ("fwd 4 · batch · heads · seq_q · seq_kv · head_dim (visible keys only when causal); bwd 2.5x", "fwd q+k+v+o; "
-     "bwd 3·q + 3·(k+v)"),
+                  "causal": False, "pass": "fwd", "v_head_dim": 0}, "attention", _attention_work,
+    "scaled dot-product attention; `pass` is `fwd` or `bwd`; GQA when `kv_heads < heads`; decode when seq_q <= 16; "
+    "`v_head_dim` (0: = head_dim) is the value/output head dim when it differs (MLA)",
+    ("fwd 2 · batch · heads · seq_q · seq_kv · (head_dim + v_head_dim) (visible keys only when causal); bwd 2.5x",
+     "fwd q+k+v+o; bwd 1.5·(q+o) + 3·(k+v)"),
     attrs={"backend": Attr(_one_of("attention backend", *ATTENTION_BACKENDS), f"{', '.join(ATTENTION_BACKENDS)} (default flash): which "
                                                          "`calibration.attention` efficiencies apply")},
-    check=_attention_check, integer_keys=("batch", "heads", "kv_heads", "seq_q", "seq_kv", "head_dim")))
+    check=_attention_check, integer_keys=("batch", "heads", "kv_heads", "seq_q", "seq_kv", "head_dim", "v_head_dim")))
 register(OpKind(
     "elementwise", {"numel": None}, "elementwise", _elementwise_work,
     "a pointwise op over `numel` elements; which one is `attrs.op`",
-    ("numel · (FLOPs per element of `op`)", "numel · (reads · e(dtype) + writes · e(`out_dtype`))"),
+    ("numel · (FLOPs per element of `op`)", "numel · (reads · e(dtype) + writes · e(`out_dtype`)), or `attrs.bytes`"),
     attrs={"op": Attr(_one_of("elementwise op", *ELEMENTWISE_OPS), "which pointwise op (default add); also the kernel class of "
                                                  "`calibration.memory.kernels`"),
-           "out_dtype": Attr(_dtype, "the output format when it differs from `dtype` (a cast)")},
+           "out_dtype": Attr(_dtype, "the output format when it differs from `dtype` (a cast)"),
+           "bytes": Attr(_number, "the kernel's HBM traffic, replacing the per-element count (a `fused` kernel: "
+                                  "its unique inputs read once and outputs written once)")},
     integer_keys=("numel",)))
 register(OpKind(
     "norm", {"rows": None, "cols": None}, "elementwise", _norm_work,

@@ -178,7 +178,7 @@ def test_chips_show_prints_the_resolved_chip_as_json(cli: Callable) -> None:
     data = _strict_json(out)
     assert data["name"] == "h200_sxm"
     assert data["hbm"]["bandwidth_bytes_per_s"] == 4.8e12
-    assert data["hbm"]["capacity_bytes"] == 141e9
+    assert data["hbm"]["capacity_bytes"] == 150109880320
     assert data["peak_flops_per_s"]["bf16"] == pytest.approx(989.4e12)
     assert data["power"]["limit_w"] == 700.0
 

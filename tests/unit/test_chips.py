@@ -39,13 +39,13 @@ def test_every_builtin_chip_loads_with_sane_si_numbers(name: str) -> None:
 def test_datasheet_numbers_of_h200_and_h100() -> None:
     h200, h100 = load_chip("h200_sxm"), load_chip("h100_sxm")
     assert h200.hbm.bandwidth_bytes_per_s == pytest.approx(4.8e12)
-    assert h200.hbm.capacity_bytes == pytest.approx(141e9)
+    assert h200.hbm.capacity_bytes == pytest.approx(150109880320)
     assert h200.peak("bf16") == pytest.approx(989.4e12)
     assert h200.peak("fp8") == pytest.approx(2 * h200.peak("bf16"), rel=1e-3)
     assert h200.power.limit_w == 700.0
     assert h200.clock_hz == pytest.approx(1.98e9)
     assert h100.hbm.bandwidth_bytes_per_s == pytest.approx(3.35e12)
-    assert h100.hbm.capacity_bytes == pytest.approx(80e9)
+    assert h100.hbm.capacity_bytes == 81559 * 2**20  # what nvidia-smi reports of the "80 GB"
     # same GH100 compute
     assert h100.peak_flops_per_s == h200.peak_flops_per_s
 
@@ -87,7 +87,7 @@ def test_chip_without_a_dtype_rate_raises_input_error() -> None:
 # the H100 PCIe): name -> (bf16 dense FLOP/s, HBM bytes/s, HBM bytes, power limit W, link B/s per direction)
 NEW_CHIPS = {
     "a100_sxm": (312e12, 2.039e12, 80e9, 400.0, 300e9),
-    "h800": (989.4e12, 3.35e12, 80e9, 700.0, 200e9),
+    "h800": (989.4e12, 3.35e12, 81559 * 2**20, 700.0, 200e9),  # inherits the H100 SXM's 80 GB as reported
     "b200": (2250e12, 7.7e12, 180e9, 1000.0, 900e9),
     "mi325x": (1307.4e12, 6.0e12, 256e9, 1000.0, 448e9),
     "h100_pcie": (756e12, 2.0e12, 80e9, 350.0, 64e9),

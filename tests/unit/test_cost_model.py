@@ -169,7 +169,8 @@ def test_doubling_hbm_bandwidth_never_makes_an_op_slower(h200, double_bw) -> Non
     for op in ops:
         base, fast = cost_of(op, h200), cost_of(op, double_bw)
         assert fast.seconds <= base.seconds * (1 + 1e-12), op.name
-        assert fast.compute_s == base.compute_s, op.name
+        # a GEMM's compute part carries its stalls on memory near the ridge (the knee): never longer
+        assert fast.compute_s <= base.compute_s * (1 + 1e-12), op.name
 
 
 def test_doubling_hbm_bandwidth_speeds_up_memory_bound_ops(h200, double_bw) -> None:
@@ -179,8 +180,8 @@ def test_doubling_hbm_bandwidth_speeds_up_memory_bound_ops(h200, double_bw) -> N
         assert fast.mem_s == pytest.approx(base.mem_s / 2, rel=1e-9)
         assert fast.seconds < 0.6 * base.seconds
     # and not compute-bound ones
-    big = gemm(16384, 16384, 16384)
-    assert cost_of(big, double_bw).seconds == pytest.approx(cost_of(big, h200).seconds, rel=1e-9)
+    big = gemm(16384, 16384, 16384)  # (the knee between compute and memory moves it by < 1e-5)
+    assert cost_of(big, double_bw).seconds == pytest.approx(cost_of(big, h200).seconds, rel=1e-5)
 
 
 def test_doubling_hbm_bandwidth_never_slows_a_whole_simulation(h200, double_bw) -> None:

@@ -32,7 +32,7 @@ def test_the_zoo_covers_the_calibration_vocabulary() -> None:
     assert set(known_models()) == {
         "llama2-7b", "llama2-13b", "llama2-70b", "llama3-8b", "llama3-70b", "llama3.1-405b", "gpt3-175b",
         "nemotron4-15b", "nemotron4-340b", "mixtral-8x7b", "mixtral-8x22b", "grok-1-314b", "deepseek-v3",
-        "qwen3-30b-a3b", "qwen3-235b-a22b", "gpt-oss-120b", "gpt-custom"}
+        "qwen3-30b-a3b", "qwen3-235b-a22b", "gpt-oss-120b", "gptj-6b", "gpt-custom"}
     assert all(load_model(m).source for m in ZOO)
 
 
@@ -162,8 +162,7 @@ def test_dp_is_what_remains_and_microbatches_follow() -> None:
     ("llama3-8b", 12, {"tp": 8}, "dp", "multiple of tp*pp*cp"),
     ("llama2-13b", 16, {"tp": 16}, "tp", "heads (40)"),
     ("nemotron4-15b", 12, {"tp": 12}, "tp", "kv_heads (8)"),
-    ("llama2-7b", 3, {"pp": 3}, "pp", "layers (32) must be divisible by pp (3)"),
-    ("llama2-7b", 4, {"pp": 4, "vp": 3}, "vp", "pp*vp = 4*3 = 12"),
+    ("llama2-7b", 64, {"pp": 64}, "pp", "32 layers cannot fill 64 pipeline chunks"),
     ("llama2-7b", 4, {"vp": 2}, "vp", "pp > 1"),
     ("mixtral-8x7b", 6, {"ep": 3}, "ep", "experts (8) must be divisible by ep (3)"),
     ("qwen3-30b-a3b", 8, {"ep": 16}, "ep", "must divide tp*cp*dp"),
@@ -174,7 +173,6 @@ def test_dp_is_what_remains_and_microbatches_follow() -> None:
     ("llama2-7b", 8, {"recompute": "some"}, "recompute", "selective"),
     ("llama2-7b", 8, {"tpp": 2}, "tpp", "unknown layout size"),
     ("mixtral-8x7b", 8, {"tp": 2, "sequence_parallel": False}, "sequence_parallel", "MoE"),
-    ("llama3.1-405b", 128, {"tp": 8, "pp": 16}, "pp", "first_stage_layers"),
     ("llama3.1-405b", 128, {"tp": 8, "pp": 16, "first_stage_layers": 7}, "first_stage_layers", "15 stages"),
 ])
 def test_bad_layouts_name_the_offending_size(model_id: str, gpus: int, sizes: dict[str, object], key: str,
@@ -338,3 +336,17 @@ def test_precision_and_fit_checks() -> None:
                               "chip's 80.0 GB; largest component: activations 70.0 GB (try recompute, a smaller "
                               "micro_batch, or more tp/cp)")
     assert math.isclose(small.total, 106e9)
+
+
+def test_layers_that_do_not_divide_split_as_megatron_balances_them() -> None:
+    # DeepSeek-V3's 61 layers over pp=8, vp=4 (NeMo's H100 recipe): 63 slots (embedding and loss
+    # count as a layer each) over 32 chunks: every chunk two slots but the last, one
+    layout = resolve_layout(load_model("deepseek-v3"), 1024, tp=2, pp=8, vp=4, ep=64, global_batch=8192, seq=4096)
+    chunks = layout.chunk_layers(61)
+    assert layout.balanced and sum(chunks) == 61 and len(chunks) == 32
+    assert chunks[0] == 1 and chunks[-1] == 0 and set(chunks[1:-1]) == {2}
+    assert layout.stage_layers(61) == [7, 8, 8, 8, 8, 8, 8, 6]
+    assert sorted(i for s in range(8) for i in layout.stage_range(61, s)) == list(range(61))
+    # Llama-3.1-405B's 126 layers over pp=8: 128 slots, 16 per stage, the ends 15
+    even = resolve_layout(load_model("llama3.1-405b"), 1024, tp=8, pp=8, cp=2, global_batch=512, seq=8192)
+    assert even.stage_layers(126) == [15, 16, 16, 16, 16, 16, 16, 15]

@@ -154,7 +154,7 @@ def test_cudnn_attention_forward_is_gqa_causal_attention(tmp_path: Path) -> None
     op = wl.ops[0]
     assert (op.kind, op.dtype) == ("attention", "bf16")
     assert dict(op.shape) == {"batch": 2, "heads": 16, "kv_heads": 4, "seq_q": 1024, "seq_kv": 1024,
-                              "head_dim": 64, "causal": True, "pass": "fwd"}
+                              "head_dim": 64, "causal": True, "pass": "fwd", "v_head_dim": 0}
     assert op.attrs["backend"] == "cudnn"
 
 

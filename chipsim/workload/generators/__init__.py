@@ -7,6 +7,7 @@ unknown or mistyped parameter is a clear error.
 
 # importing the modules registers them
 from chipsim.workload.generators import all_reduce, dynamic_attention, quantized_inference, transformer  # noqa: E402,F401,I001
+from chipsim.workload.generators import moe, parallel  # noqa: E402,F401,I001
 from chipsim.workload.generators.registry import GENERATORS, build_workload, describe_generators
 
 __all__ = ["GENERATORS", "build_workload", "describe_generators"]

@@ -12,6 +12,7 @@ import numpy as np
 from chipsim.errors import InputError
 from chipsim.models.zoo import load_model
 from chipsim.vocab import Algorithm, AttentionBackend
+from chipsim.workload.generators import inductor
 from chipsim.workload.generators.registry import check_range, param, register_generator
 from chipsim.workload.graph import Workload, WorkloadBuilder
 from chipsim.workload.kinds import DTYPE_BYTES
@@ -107,21 +108,31 @@ class Linears:
     """Emits the ops of one linear layer (forward, backward) at a given precision."""
 
     def __init__(self, b: WorkloadBuilder, precision: str, tokens: int, *, weight_dtype: str | None = None,
-                 group_size: int = 128, master_fp32: bool = False) -> None:
+                 group_size: int = 128, master_fp32: bool = False, compiled: bool = False,
+                 fp8_scaling: str = "tensorwise") -> None:
         self.b = b
         self.precision = precision
         self.tokens = tokens
         self.weight_dtype = weight_dtype
         self.group_size = group_size
         self.master_fp32 = master_fp32
+        # torch.compile: elementwise chains fused into their neighbours (chipsim.workload.generators.inductor);
+        # fp8 then means torchao's float8 training with `fp8_scaling` (tensorwise | rowwise) dynamic scales
+        self.compiled = compiled
+        self.fp8_scaling = fp8_scaling
 
     def _act_dtype(self) -> str:
         return "fp32" if self.precision == "fp32" else "bf16"
 
-    def forward(self, name: str, dep: int | None, k: int, n: int, *, input_dtype: str | None = None) -> int:
+    def forward(self, name: str, dep: int | None, k: int, n: int, *, input_dtype: str | None = None,
+                fused_input: bool = True) -> int:
         """A linear's forward. Under autocast (`master_fp32`), the fp32 weight is cast to bf16 and so
-        is an fp32 input, as separate kernels (what torch.autocast launches)."""
+        is an fp32 input, as separate kernels (what torch.autocast launches). Compiled, the input
+        comes from a fused kernel that already wrote it in the form the GEMM reads (`fused_input`:
+        False when its producer is a library kernel, e.g. SDPA)."""
         b, m = self.b, self.tokens
+        if self.compiled:
+            return self._compiled_forward(name, dep, k, n, fused_input)
         if self.precision == "fp8":
             cast_x = self._fp8_cast(f"{name}.x", input_dtype or "bf16", m * k, dep)
             cast_w = self._fp8_cast(f"{name}.w", "fp32", k * n, dep)
@@ -150,9 +161,44 @@ class Linears:
         clamp = b.add("elementwise", f"{name}.clamp", "fp32", [mul], numel=numel, attrs={"op": "clamp"})
         return b.add("quantize", f"{name}.to_fp8", "fp32", [clamp], numel=numel, attrs={"narrow_dtype": "fp8"})
 
+    def _compiled_forward(self, name: str, dep: int | None, k: int, n: int, fused_input: bool) -> int:
+        b, m = self.b, self.tokens
+        if self.precision == "fp8":
+            cast_x = inductor.fp8_activation_cast(self, f"{name}.x", dep, m * k, fused_input)
+            cast_w = inductor.fp8_weight_cast(self, f"{name}.w", dep, k * n, backward=False)
+            return b.add("gemm", f"{name}.fwd", "fp8", [cast_x, cast_w], m=m, n=n, k=k, attrs=self._scaling())
+        deps = [dep]
+        if self.master_fp32 and self.precision == "bf16":  # the weight cast stays a kernel of its own
+            deps.append(b.add("elementwise", f"{name}.cast_w", "fp32", [dep], numel=k * n,
+                              attrs={"op": "cast", "out_dtype": "bf16"}))
+        return b.add("gemm", f"{name}.fwd", self._act_dtype(), deps, m=m, n=n, k=k)
+
+    def _scaling(self) -> dict[str, Any]:
+        return {"scaling": self.fp8_scaling} if self.fp8_scaling != "tensorwise" else {}
+
+    def _compiled_backward(self, name: str, dep: int, k: int, n: int) -> tuple[int, int]:
+        """The incoming gradient was written by a fused kernel in the form the GEMMs read (bf16, or
+        FP8's first cast kernel); the weight gradient is cast to the fp32 .grad by a kernel."""
+        b, m = self.b, self.tokens
+        if self.precision == "fp8":
+            cast_g = inductor.fp8_activation_cast(self, f"{name}.dy", dep, m * n, fused_with_producer=True)
+            cast_w = inductor.fp8_weight_cast(self, f"{name}.w_t", cast_g, k * n, backward=True)
+            dgrad = b.add("gemm", f"{name}.dgrad", "fp8", [cast_g, cast_w], m=m, n=k, k=n, attrs=self._scaling())
+            wgrad = b.add("gemm", f"{name}.wgrad", "fp8", [cast_g], m=k, n=n, k=m, attrs=self._scaling())
+        else:
+            dt = self._act_dtype()
+            dgrad = b.add("gemm", f"{name}.dgrad", dt, [dep], m=m, n=k, k=n)
+            wgrad = b.add("gemm", f"{name}.wgrad", dt, [dep], m=k, n=n, k=m)
+        if self.master_fp32 or self.precision == "fp8":
+            wgrad = b.add("elementwise", f"{name}.grad_to_fp32", "bf16", [wgrad], numel=k * n,
+                          attrs={"op": "cast", "out_dtype": "fp32"})
+        return dgrad, wgrad
+
     def backward(self, name: str, dep: int, k: int, n: int, dy_dtype: str = "bf16") -> tuple[int, int]:
         """Returns (dgrad op, wgrad op)."""
         b, m = self.b, self.tokens
+        if self.compiled:
+            return self._compiled_backward(name, dep, k, n)
         if self.precision == "fp8":
             cast_g = self._fp8_cast(f"{name}.dy", dy_dtype, m * n, dep)
             t_w = b.add("elementwise", f"{name}.transpose_w", "fp8", [cast_g], numel=k * n, attrs={"op": "transpose"})
@@ -194,6 +240,8 @@ def _residual_dtype(lin: Linears) -> str:
 def block_forward(b: WorkloadBuilder, lin: Linears, shape: ModelShape, args: BlockArgs, layer: int,
                   x: int | None) -> int:
     """One Llama block forward, kernel by kernel as PyTorch launches it; returns the output op."""
+    if lin.compiled:
+        return inductor.block_forward(b, lin, shape, args, layer, x)
     t = args.batch * args.seq_q
     d, hd = shape.d_model, shape.head_dim
     act = lin._act_dtype()
@@ -219,6 +267,8 @@ def block_forward(b: WorkloadBuilder, lin: Linears, shape: ModelShape, args: Blo
 
 def block_backward(b: WorkloadBuilder, lin: Linears, shape: ModelShape, args: BlockArgs, layer: int,
                    dy: int, wgrads: list[int]) -> int:
+    if lin.compiled:
+        return inductor.block_backward(b, lin, shape, args, layer, dy, wgrads)
     t = args.batch * args.seq_q
     d, hd = shape.d_model, shape.head_dim
     act = lin._act_dtype()
@@ -263,7 +313,7 @@ class TrainStepParams:
     seq: int = param(2048, "tokens per sequence")
     precision: Literal["fp32", "bf16", "fp8"] = param(
         "bf16", "fp32 (tf32 off); bf16 (autocast: fp32 master weights, bf16 math); fp8 (block linears in "
-        "FP8 with per-tensor amax scaling, unfused casts and transposes)")
+        "FP8 with per-tensor amax scaling, unfused casts and transposes; with `compiled`, torchao's float8)")
     overflow_probability: float = param(
         0.0, "fp8 only: chance a step overflows and re-runs in bf16 (the article's dynamic fallback)")
     steps: int = param(1, "training steps in the graph")
@@ -271,6 +321,12 @@ class TrainStepParams:
     attention_backend: AttentionBackend = param(
         "cudnn", "SDPA backend (PyTorch 2.11 picks cuDNN on Hopper)")
     rope: bool = param(False, "apply rotary embeddings as separate kernels (the reference model has none)")
+    compiled: bool = param(
+        False, "torch.compile (Inductor): elementwise chains fused into single kernels between the GEMMs and "
+        "SDPA; with fp8, torchao float8 training (dynamic scales, casts fused by the compiler)")
+    fp8_scaling: Literal["tensorwise", "rowwise"] = param(
+        "tensorwise", "fp8 and compiled: torchao's recipe, one scale per tensor (cuBLAS) or per row (each "
+        "tensor cast along both axes; rowwise-scaled GEMMs)")
 
     def __post_init__(self) -> None:
         check_range(self, "batch", "seq")
@@ -278,6 +334,9 @@ class TrainStepParams:
         if self.overflow_probability > 1:
             raise InputError(f"expected a probability in [0, 1], got {self.overflow_probability}",
                              key="overflow_probability")
+        if self.fp8_scaling == "rowwise" and not (self.precision == "fp8" and self.compiled):
+            raise InputError("rowwise scaling is torchao's compiled fp8 recipe: it needs precision fp8 and "
+                             "compiled true", key="fp8_scaling")
 
 
 def training_memory(shape: ModelShape, batch: int, seq: int, precision: str) -> dict[str, float]:
@@ -340,7 +399,7 @@ def emit_train_step(b: WorkloadBuilder, shape: ModelShape, p: TrainStepParams, p
     """One training step; with `grads` (a GradientBuckets) the gradients are synchronized in buckets."""
     t = p.batch * p.seq
     d = shape.d_model
-    lin = Linears(b, precision, t, master_fp32=precision == "bf16")
+    lin = Linears(b, precision, t, master_fp32=precision == "bf16", compiled=p.compiled, fp8_scaling=p.fp8_scaling)
     act = lin._act_dtype()
     args = BlockArgs(p.batch, p.seq, p.seq, True, p.attention_backend if precision != "fp32" else "efficient",
                      p.rope)
@@ -350,16 +409,27 @@ def emit_train_step(b: WorkloadBuilder, shape: ModelShape, p: TrainStepParams, p
     for layer in range(shape.layers):
         x = block_forward(b, lin, shape, args, layer, x)
     res = _residual_dtype(lin)
-    fn = b.add("norm", f"{s}final_norm", res, [x], rows=t, cols=d, attrs={"type": "rms_norm"})
-    head = Linears(b, "bf16" if precision == "fp8" else precision, t, master_fp32=precision != "fp32")
-    logits = head.forward(f"{s}lm_head", fn, d, shape.vocab, input_dtype=res)
-    loss = b.add("softmax", f"{s}cross_entropy", "fp32", [logits], rows=t, cols=shape.vocab)
-    dlogits = b.add("elementwise", f"{s}cross_entropy_bwd", act, [loss], numel=t * shape.vocab, attrs={"op": "add"})
+    head = Linears(b, "bf16" if precision == "fp8" else precision, t, master_fp32=precision != "fp32",
+                   compiled=p.compiled)
     wgrads: list[int] = grads if grads is not None else []
-    dg, wg = head.backward(f"{s}lm_head", dlogits, d, shape.vocab)
-    wgrads.append(wg)
-    dy = b.add("norm", f"{s}final_norm_bwd", res, [dg], rows=t, cols=d, attrs={"type": "rms_norm", "pass": "bwd"})
-    record_grad(wgrads, dy, d)
+    if p.compiled:  # the last block's residual add fused into the final norm; the loss in two kernels
+        fn = inductor.norm_forward(b, head, f"{s}final_norm", x, t, d, res, add=True)
+        logits = head.forward(f"{s}lm_head", fn, d, shape.vocab, input_dtype=act)
+        _, dlogits = inductor.loss(b, s, logits, t, shape.vocab, act)
+        dg, wg = head.backward(f"{s}lm_head", dlogits, d, shape.vocab)
+        wgrads.append(wg)
+        dy = inductor.norm_backward(b, lin, f"{s}final_norm_bwd", dg, t, d, res, True, wgrads, residual_in=False,
+                                    consumer=head)
+    else:
+        fn = b.add("norm", f"{s}final_norm", res, [x], rows=t, cols=d, attrs={"type": "rms_norm"})
+        logits = head.forward(f"{s}lm_head", fn, d, shape.vocab, input_dtype=res)
+        loss = b.add("softmax", f"{s}cross_entropy", "fp32", [logits], rows=t, cols=shape.vocab)
+        dlogits = b.add("elementwise", f"{s}cross_entropy_bwd", act, [loss], numel=t * shape.vocab,
+                        attrs={"op": "add"})
+        dg, wg = head.backward(f"{s}lm_head", dlogits, d, shape.vocab)
+        wgrads.append(wg)
+        dy = b.add("norm", f"{s}final_norm_bwd", res, [dg], rows=t, cols=d, attrs={"type": "rms_norm", "pass": "bwd"})
+        record_grad(wgrads, dy, d)
     for layer in reversed(range(shape.layers)):
         dy = block_backward(b, lin, shape, args, layer, dy, wgrads)
     emb_bwd = b.add("elementwise", f"{s}embedding_bwd", "fp32", [dy], numel=t * d, attrs={"op": "embedding"})

@@ -1,0 +1,460 @@
+"""The `serving:` section of a run config: a model served by an inference engine on a chip (or a
+tensor-parallel group of a system's node), under a stream of requests.
+
+Everything is resolved and checked before any simulation: the model, chip, system, engine and its
+settings, quantization, KV-cache format, the arrival process, the request lengths (sampled here, so
+that they can be checked against the model's context and the KV cache), and every file named. An
+error names the config file and `serving.<key>`. The same config gives the same requests, number for
+number: arrival times and sampled lengths come from numpy Generators seeded by `seed`.
+
+```yaml
+serving:
+  model: llama3-8b            # a zoo id, or {layers, d_model, heads, kv_heads, ffn, vocab, max_seq, ...}
+  chip: h100_sxm              # or system: NAME (tp > 1 defaults to the chip's node)
+  tp: 1
+  engine: trtllm              # trtllm, vllm, sglang, eager
+  engine_settings: {max_batch: 256}
+  quantization: none          # none, fp8, int8_weight, int4_awq, int4_tinygemm, nvfp4, mxfp4
+  kv_cache_dtype: bf16        # bf16 or fp8
+  requests: 1000
+  seed: 0
+  arrival: {process: poisson, rate: 10}
+  lengths: {input: {dist: normal, mean: 1024, std: 128}, output: 128}
+```
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from chipsim.config.loader import brief
+from chipsim.config.reader import Section
+from chipsim.config.runconfig import RunConfig, load_run_config
+from chipsim.errors import InputError
+from chipsim.hardware.chip import Chip
+from chipsim.models.zoo import ModelConfig
+from chipsim.network.system import System
+from chipsim.serving.engine import Arrivals, poisson_times
+from chipsim.serving.iteration import IterationModel
+from chipsim.serving.profiles import OVERRIDABLE, PROFILES, EngineProfile
+from chipsim.serving.quant import KV_DTYPES, Quantization
+
+PROCESSES = ("poisson", "gamma", "closed", "burst", "trace")
+DISTRIBUTIONS = {"uniform": ("low", "high"), "normal": ("mean", "std"), "lognormal": ("mean", "sigma")}
+MODEL_DIMS = ("layers", "d_model", "heads", "kv_heads", "head_dim", "ffn", "vocab", "max_seq", "experts", "topk",
+              "expert_ffn", "shared_experts")
+MAX_REQUESTS = 1_000_000
+MAX_TOKENS = 1 << 24  # a length or an engine setting beyond this is a typo, not a request
+ADMISSIONS = ("reserve", "greedy")
+KEYS = ("model", "chip", "system", "tp", "engine", "engine_settings", "quantization", "kv_cache_dtype", "requests",
+        "seed", "arrival", "lengths")
+ARRIVAL_KEYS = {"poisson": ("rate",), "gamma": ("rate", "cv"), "closed": ("concurrency",), "burst": (),
+                "trace": ("file",)}
+
+
+def _only(sec: Section, allowed: tuple[str, ...]) -> None:
+    """A key not in `allowed` is an error now, before a missing key it may be a typo of."""
+    for k in sec.data:
+        if k not in allowed:
+            raise sec.error(str(k), f"unknown key; expected one of: {', '.join(allowed)}")
+
+
+@dataclass(frozen=True)
+class ArrivalSpec:
+    """How requests arrive: `poisson` / `gamma` at `rate` per second (gamma: inter-arrival times with
+    coefficient of variation `cv`), a `closed` loop of `concurrency` clients, a `burst` (every
+    request at t = 0: the engine's maximum load), or a `trace`'s arrival times."""
+
+    process: str
+    rate: float = math.nan
+    cv: float = 1.0
+    concurrency: int = 0
+    times: tuple[float, ...] | None = None
+
+    def label(self) -> str:
+        if self.process == "poisson":
+            return f"Poisson {self.rate:.4g} req/s"
+        if self.process == "gamma":
+            return f"gamma {self.rate:.4g} req/s (cv {self.cv:g})"
+        if self.process == "closed":
+            return f"closed loop, {self.concurrency} clients"
+        if self.process == "burst":
+            return "burst (every request at t = 0)"
+        return "trace"
+
+
+@dataclass(frozen=True, eq=False)
+class ServingSetup:
+    """A resolved, checked `serving:` section: what `run_serving` needs."""
+
+    name: str
+    file: Path | None
+    model: ModelConfig
+    chip: Chip
+    system: System | None
+    tp: int
+    profile: EngineProfile
+    quant: Quantization
+    kv_dtype: str
+    requests: int
+    seed: int
+    arrival: ArrivalSpec
+    input_lens: np.ndarray = field(repr=False)  # request i takes row i % len
+    output_lens: np.ndarray = field(repr=False)
+    lengths_label: str
+    iteration: IterationModel = field(repr=False, compare=False)
+
+    @property
+    def gpus(self) -> int:
+        return self.tp
+
+    def lengths(self) -> Callable[[int], tuple[int, int]]:
+        inputs, outputs = self.input_lens, self.output_lens
+
+        def of(index: int) -> tuple[int, int]:
+            row = index % len(inputs)
+            return int(inputs[row]), int(outputs[row])
+
+        return of
+
+    def arrivals(self) -> Arrivals:
+        a = self.arrival
+        if a.process == "closed":
+            return Arrivals(self.lengths(), self.requests, concurrency=a.concurrency)
+        if a.process == "burst":
+            return Arrivals(self.lengths(), self.requests, times=[0.0] * self.requests)
+        if a.process == "trace":
+            assert a.times is not None
+            return Arrivals(self.lengths(), self.requests, times=list(a.times))
+        times = poisson_times(a.rate, self.requests, self.seed, a.cv if a.process == "gamma" else 1.0)
+        return Arrivals(self.lengths(), self.requests, times=[float(t) for t in times])
+
+    def at_rate(self, rate: float) -> ServingSetup:
+        """The same requests arriving as an open stream at `rate` per second: Poisson, or gamma with the
+        config's `cv` when its process is gamma (a trace keeps its lengths, not its times)."""
+        cv = self.arrival.cv if self.arrival.process == "gamma" else 1.0
+        return replace(self, arrival=ArrivalSpec("gamma" if cv != 1.0 else "poisson", rate=rate, cv=cv))
+
+    def describe(self) -> dict[str, Any]:
+        """The run's inputs, for the summary table, summary.csv and --json."""
+        a = self.arrival
+        return {
+            "name": self.name, "model": self.model.model_id, "chip": self.chip.name,
+            "system": self.system.name if self.system is not None else None, "tp": self.tp, "gpus": self.gpus,
+            "engine": self.profile.name, "quantization": self.quant.name, "kv_cache_dtype": self.kv_dtype,
+            "arrival": a.process, "rate_per_s": a.rate if a.process in ("poisson", "gamma") else None,
+            "cv": a.cv if a.process == "gamma" else None,
+            "concurrency": a.concurrency if a.process == "closed" else None,
+            "requested": self.requests, "seed": self.seed, "arrival_label": a.label(),
+            "lengths_label": self.lengths_label,
+            "input_len_mean": float(self.input_lens.mean()), "output_len_mean": float(self.output_lens.mean()),
+        }
+
+
+# ---------------------------------------------------------------- pieces
+
+
+def _model(sec: Section) -> ModelConfig:
+    from chipsim.models import custom_model, load_model
+
+    raw = sec.raw("model")
+    if isinstance(raw, str):
+        try:
+            return load_model(raw)
+        except InputError as exc:
+            raise sec.error("model", exc.message) from None
+    if not isinstance(raw, dict):
+        raise sec.error("model", "expected a model id of the zoo (chipsim.models.known_models()) or a mapping of "
+                                 "dimensions (layers, d_model, heads, ...)")
+    dims = Section(raw, sec.file, sec.key("model"))
+    values = {k: dims.integer(k, minimum=1) for k in MODEL_DIMS if dims.has(k)}
+    dims.done()
+    try:
+        return custom_model(**values)
+    except InputError as exc:
+        raise dims.error(exc.key, exc.message) from None
+
+
+def _engine(sec: Section) -> EngineProfile:
+    name = sec.string("engine")
+    base = PROFILES.get(name.split()[0].lower() if name.strip() else name)
+    if base is None:
+        raise sec.error("engine", f"unknown engine profile {brief(name)}; expected one of {', '.join(PROFILES)}")
+    settings = sec.section("engine_settings", {})
+    for k in settings.data:
+        if k not in OVERRIDABLE:
+            raise settings.error(str(k), f"unknown engine setting; expected one of {', '.join(OVERRIDABLE)}")
+    over: dict[str, Any] = {}
+    for k in ("iteration_s", "per_sequence_s"):
+        if settings.has(k):
+            over[k] = settings.quantity(k, "time")
+    for k in ("max_batch", "max_tokens", "block_size"):
+        if settings.has(k):
+            over[k] = int(settings.number(k, minimum=1, maximum=MAX_TOKENS, integer=True))
+    if settings.has("chunked_prefill"):
+        over["chunked_prefill"] = settings.boolean("chunked_prefill")
+    if settings.has("memory_fraction"):
+        over["memory_fraction"] = settings.number("memory_fraction", positive=True, maximum=1.0)
+    if settings.has("admission"):
+        over["admission"] = settings.string("admission", choices=ADMISSIONS)
+    settings.done()
+    return replace(base, **over)
+
+
+def _hardware(sec: Section, tp: int) -> tuple[Chip, System | None]:
+    from chipsim.hardware.registry import load_chip
+    from chipsim.network.system import load_system, system_for
+
+    relative = Path(sec.file) if sec.file else None
+    chip: Chip | None = None
+    system: System | None = None
+    if not sec.has("chip") and not sec.has("system"):
+        raise sec.error("chip", "required key is missing: give `chip` (chipsim chips) or `system` (chipsim systems)")
+    if sec.has("chip"):
+        name = sec.string("chip")
+        try:
+            chip = load_chip(name, relative)
+        except InputError as exc:
+            raise (exc if exc.file else sec.error("chip", exc.message)) from None
+    if sec.has("system"):
+        name = sec.string("system")
+        try:
+            system = load_system(name, relative)
+        except InputError as exc:
+            raise (exc if exc.file else sec.error("system", exc.message)) from None
+        if chip is not None and system.chip.name != chip.name:
+            raise sec.error("system", f"system '{system.name}' is built of {system.chip.name}, not {chip.name}")
+        chip = system.chip
+    assert chip is not None
+    if tp > 1 and system is None:
+        try:
+            system = system_for(chip.name, tp)
+        except InputError as exc:
+            raise sec.error("system", f"tp {tp} needs a node for its all-reduces: {exc.message}; give `system`") \
+                from None
+    if system is not None and tp > system.gpus_per_node:
+        raise sec.error("tp", f"tensor parallelism runs inside one node; system '{system.name}' has "
+                              f"{system.gpus_per_node} GPUs per node, got tp {tp}")
+    return chip, system
+
+
+def _rate(sec: Section) -> float:
+    return sec.number("rate", positive=True, maximum=1e9)
+
+
+def _arrival(sec: Section) -> tuple[ArrivalSpec, np.ndarray | None, np.ndarray | None]:
+    """The arrival spec, and a trace's (input, output) lengths."""
+    process = sec.string("process", choices=PROCESSES)
+    _only(sec, ("process", *ARRIVAL_KEYS[process]))
+    if process == "poisson":
+        spec = ArrivalSpec(process, rate=_rate(sec))
+    elif process == "gamma":
+        spec = ArrivalSpec(process, rate=_rate(sec), cv=sec.number("cv", positive=True, maximum=100.0))
+    elif process == "closed":
+        spec = ArrivalSpec(process, concurrency=int(sec.number("concurrency", minimum=1, maximum=MAX_REQUESTS,
+                                                               integer=True)))
+    elif process == "burst":
+        spec = ArrivalSpec(process)
+    else:
+        table = _csv(sec, "file", ("arrival_s", "input_len", "output_len"))
+        order = np.argsort(table["arrival_s"], kind="stable")
+        times = table["arrival_s"][order]
+        sec.done()
+        return (ArrivalSpec(process, times=tuple(float(t) for t in times)), table["input_len"][order],
+                table["output_len"][order])
+    sec.done()
+    return spec, None, None
+
+
+def _csv(sec: Section, key: str, columns: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """A CSV file named at `key` (relative to the config file): the columns, checked (times finite and
+    >= 0, lengths integers >= 1). Any problem is an error at `key`."""
+    import pandas as pd
+
+    from chipsim.study.validate import read_table
+
+    raw = sec.string(key)
+    path = Path(raw)
+    if not path.is_absolute() and sec.file:
+        path = Path(sec.file).parent / path
+    try:
+        frame = read_table(path, "CSV", "file not found")
+    except InputError as exc:
+        where = f" (column {exc.key})" if exc.key else ""
+        raise sec.error(key, f"{path}: {exc.message}{where}") from None
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise sec.error(key, f"{path}: missing column {missing[0]!r}; expected columns {', '.join(columns)}")
+    if not len(frame):
+        raise sec.error(key, f"{path}: no rows")
+    if len(frame) > MAX_REQUESTS:
+        raise sec.error(key, f"{path}: {len(frame):,} rows; at most {MAX_REQUESTS:,}")
+    out: dict[str, np.ndarray] = {}
+    for column in columns:
+        values = pd.to_numeric(frame[column], errors="coerce").to_numpy(float)
+        bad = ~np.isfinite(values)
+        if column.endswith("_len"):
+            bad |= (values < 1) | (values != np.round(values)) | (values > MAX_TOKENS)
+        else:
+            bad |= values < 0
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            what = f"an integer from 1 to {MAX_TOKENS:,}" if column.endswith("_len") else "a finite time >= 0 (s)"
+            raise sec.error(key, f"{path}: row {row}, column {column}: expected {what}, got "
+                                 f"{brief(frame[column].iloc[row])}")
+        out[column] = values.astype(np.int64) if column.endswith("_len") else values
+    return out
+
+
+def _sample(spec: Any, sec: Section, name: str, rng: np.random.Generator, count: int) -> tuple[np.ndarray, str]:
+    """`count` lengths from `spec`: an integer, or {dist, ...}; integers, clipped to [1, max]."""
+    if isinstance(spec, bool) or not isinstance(spec, (int, float, dict)):
+        raise sec.error(name, f"expected a length in tokens or a distribution ({{dist: uniform|normal|lognormal, "
+                              f"...}}), got {brief(spec)}")
+    if not isinstance(spec, dict):
+        n = int(sec.number(name, minimum=1, maximum=MAX_TOKENS, integer=True))
+        return np.full(count, n, dtype=np.int64), str(n)
+    d = sec.section(name)
+    dist = d.string("dist", choices=tuple(DISTRIBUTIONS))
+    a_key, b_key = DISTRIBUTIONS[dist]
+    _only(d, ("dist", a_key, b_key) if dist == "uniform" else ("dist", a_key, b_key, "max"))
+    if dist == "uniform":
+        low = int(d.number("low", minimum=1, maximum=MAX_TOKENS, integer=True))
+        high = int(d.number("high", minimum=1, maximum=MAX_TOKENS, integer=True))
+        if high < low:
+            raise d.error("high", f"expected high >= low ({low}), got {high}")
+        d.done()
+        return rng.integers(low, high, endpoint=True, size=count).astype(np.int64), f"uniform({low}-{high})"
+    mean = d.number(a_key, positive=True, maximum=MAX_TOKENS)
+    spread = d.number(b_key, minimum=0.0, maximum=MAX_TOKENS if dist == "normal" else 10.0)
+    top = int(d.number("max", minimum=1, maximum=MAX_TOKENS, integer=True)) if d.has("max") else MAX_TOKENS
+    d.done()
+    if dist == "normal":
+        values = rng.normal(mean, spread, count)
+        label = f"normal(mean {mean:g}, std {spread:g})"
+    else:  # `mean` is the lengths' mean (not the log's): mu = ln(mean) - sigma^2 / 2
+        values = rng.lognormal(math.log(mean) - spread * spread / 2, spread, count)
+        label = f"lognormal(mean {mean:g}, sigma {spread:g})"
+    return np.clip(np.rint(values), 1, top).astype(np.int64), label
+
+
+def _lengths(sec: Section, requests: int, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
+    _only(sec, ("input", "output", "file"))
+    if sec.has("file"):
+        for other in ("input", "output"):
+            if sec.has(other):
+                raise sec.error(other, "give either `file` or `input` and `output`")
+        table = _csv(sec, "file", ("input_len", "output_len"))
+        sec.done()
+        return table["input_len"], table["output_len"], f"from {Path(str(sec.data['file'])).name}"
+    inputs, in_label = _sample(sec.raw("input"), sec, "input", np.random.default_rng([seed, 1]), requests)
+    outputs, out_label = _sample(sec.raw("output"), sec, "output", np.random.default_rng([seed, 2]), requests)
+    sec.done()
+    return inputs, outputs, f"input {in_label}; output {out_label}"
+
+
+# ---------------------------------------------------------------- the section
+
+
+def resolve_serving(config: RunConfig) -> ServingSetup:
+    """The config's `serving:` section, resolved and checked (see the module notes)."""
+    from chipsim.serving.quant import check_kv_dtype, quantization
+
+    assert config.serving is not None
+    file = str(config.file) if config.file else None
+    sec = Section(config.serving, file, "serving")
+    _only(sec, KEYS)
+    model = _model(sec)
+    tp = sec.integer("tp", 1, minimum=1)
+    if tp > 64:
+        raise sec.error("tp", f"expected a tensor-parallel size up to 64, got {tp}")
+    chip, system = _hardware(sec, tp)
+    profile = _engine(sec)
+    try:
+        quant = quantization(sec.string("quantization", "none"))
+    except InputError as exc:
+        raise sec.error("quantization", exc.message) from None
+    try:
+        kv_dtype = check_kv_dtype(sec.string("kv_cache_dtype", "bf16"))
+    except InputError as exc:
+        raise sec.error("kv_cache_dtype", exc.message) from None
+    if kv_dtype != "bf16" and chip.peak_flops_per_s.get(kv_dtype, 0.0) <= 0:
+        raise sec.error("kv_cache_dtype", f"chip '{chip.name}' has no {kv_dtype} attention kernels; expected "
+                                          f"{' or '.join(d for d in KV_DTYPES if chip.peak_flops_per_s.get(d, 0) > 0)}")
+    seed = sec.integer("seed", 0, minimum=0)
+    arrival, trace_in, trace_out = _arrival(sec.section("arrival"))
+    if trace_in is not None and trace_out is not None:
+        if sec.has("lengths"):
+            raise sec.error("lengths", "a trace gives each request's lengths: leave `lengths` out")
+        rows = len(trace_in)
+        requests = sec.integer("requests", rows, minimum=1)
+        if requests > rows:
+            raise sec.error("requests", f"the trace has {rows:,} requests; got {requests:,}")
+        inputs, outputs = trace_in[:requests], trace_out[:requests]
+        arrival = replace(arrival, times=arrival.times[:requests] if arrival.times else None)
+        label, where = "from the trace", "arrival.file"
+    else:
+        requests = int(sec.number("requests", 1000, minimum=1, maximum=MAX_REQUESTS, integer=True))
+        inputs, outputs, label = _lengths(sec.section("lengths"), requests, seed)
+        where = "lengths"
+    sec.done()
+    _check_lengths(sec, where, model, inputs, outputs)
+    try:
+        iteration = IterationModel(model, chip, quant, profile, tp=tp, kv_dtype=kv_dtype, system=system)
+        capacity = iteration.kv_capacity_tokens()
+    except InputError as exc:
+        raise sec.error(exc.key or "model", exc.message) from None
+    _check_capacity(sec, where, profile, capacity, inputs, outputs)
+    try:  # a chip that cannot run one of the iteration's kernels says so now, not half-way
+        iteration.step([(16, 16)], 1, 16, 2)
+    except InputError as exc:
+        raise sec.error(None, f"{chip.name} cannot run this engine's iteration: {exc.message}") from None
+    return ServingSetup(config.name, config.file, model, chip, system, tp, profile, quant, kv_dtype, requests, seed,
+                        arrival, inputs, outputs, label, iteration)
+
+
+def _check_lengths(sec: Section, where: str, model: ModelConfig, inputs: np.ndarray, outputs: np.ndarray) -> None:
+    total = inputs + outputs
+    worst = int(np.argmax(total))
+    if total[worst] <= model.max_seq:
+        return
+    key = where
+    if where == "lengths":
+        key = "lengths.input" if inputs.max() > model.max_seq else "lengths.output"
+    over = int((total > model.max_seq).sum())
+    raise sec.error(key, f"{over:,} requests exceed {model.model_id}'s context of {model.max_seq:,} tokens "
+                         f"(max_seq), e.g. {int(inputs[worst]):,} + {int(outputs[worst]):,} tokens"
+                         + ("; bound the distribution with `max`" if where == "lengths" and over < len(total) else ""))
+
+
+def _check_capacity(sec: Section, where: str, profile: EngineProfile, capacity: int, inputs: np.ndarray,
+                    outputs: np.ndarray) -> None:
+    block = profile.block_size
+    held = capacity // block * block
+    total = inputs + outputs
+    worst = int(np.argmax(total))
+    need = -(-int(total[worst]) // block) * block
+    if held < block:
+        raise sec.error("engine_settings", f"the KV cache holds {capacity:,} tokens: not one block of {block}")
+    if need > held:
+        raise sec.error(where, f"the KV cache holds {held:,} tokens; the longest request needs {need:,} "
+                               f"({int(inputs[worst]):,} + {int(outputs[worst]):,}): raise tp, use an fp8 KV cache or "
+                               f"a quantization, or shorten the requests")
+    if not profile.chunked_prefill and int(inputs.max()) > profile.max_tokens:
+        raise sec.error("engine_settings.max_tokens" if sec.has("engine_settings") else where,
+                        f"without chunked prefill a prompt of {int(inputs.max()):,} tokens never fits an iteration of "
+                        f"max_tokens {profile.max_tokens:,}")
+
+
+def load_serving(path: str | Path) -> ServingSetup:
+    """A run config with a `serving:` section, resolved (errors name the file and `serving.<key>`)."""
+    config = load_run_config(path)
+    if config.serving is None:
+        raise InputError("this run config has no `serving:` section", file=str(path), key="serving")
+    return resolve_serving(config)

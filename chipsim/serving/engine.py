@@ -1,0 +1,341 @@
+"""An iteration-level LLM serving engine: requests arrive, a scheduler builds each iteration's batch
+(continuous batching, chunked prefill, a paged KV cache with admission and preemption), and each
+iteration's time and energy come from `IterationModel`.
+
+The scheduler, each iteration (as vLLM's and TensorRT-LLM's do):
+1. Running requests in arrival order: a decoding one schedules one token; one whose prompt is only
+   partly prefilled schedules its next chunk. Each takes one token of the iteration's budget
+   (`max_tokens`) per token and a sequence slot (`max_batch`).
+2. Waiting requests, first come first served, while budget, slots and KV blocks last: their first
+   prompt chunk (the whole prompt without chunked prefill; a prompt longer than the budget waits
+   for an empty batch).
+KV blocks (`block_size` tokens) are taken as a sequence grows. Admission (`EngineProfile.admission`):
+`reserve` admits a request only when its whole sequence (prompt + output) fits in the free blocks, so
+nothing is ever evicted (TensorRT-LLM's GUARANTEED_NO_EVICT); `greedy` admits while its prompt fits
+and, when a running sequence cannot grow, preempts the latest-arrived running one: its blocks are
+freed and it is recomputed later from its prompt and the tokens it had produced (vLLM's recompute).
+A prompt's last chunk emits the first token at the iteration's end; each decode step emits one.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from array import array
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from chipsim.errors import InputError
+from chipsim.serving.iteration import IterationModel
+
+
+@dataclass
+class Request:
+    id: int
+    arrival_s: float
+    input_len: int
+    output_len: int
+    cached: int = 0  # tokens whose KV is in the cache (prompt, then generated)
+    generated: int = 0
+    blocks: int = 0
+    first_token_s: float = math.nan
+    last_token_s: float = math.nan
+    finish_s: float = math.nan
+    preemptions: int = 0
+
+    @property
+    def prompt(self) -> int:
+        """Tokens to prefill: the prompt, plus what it had generated when it was preempted."""
+        return self.input_len + (self.generated if self.preemptions else 0)
+
+    @property
+    def prefilling(self) -> bool:
+        return self.cached < self.prompt
+
+
+@dataclass
+class Arrivals:
+    """Where requests come from: an open stream (`times`, the arrival of each request) or a closed
+    loop of `concurrency` clients that each send the next request when their last one finishes."""
+
+    lengths: Callable[[int], tuple[int, int]]  # request index -> (input, output) tokens
+    count: int
+    times: list[float] | None = None
+    concurrency: int = 0
+    stagger_s: float = 0.0  # closed loop: the clients' first requests spread evenly over this time
+
+
+@dataclass
+class ServingTrace:
+    requests: list[Request]
+    iterations: int
+    makespan_s: float
+    energy_j: float
+    gpu_busy_s: float
+    itl_s: array = field(default_factory=lambda: array("d"))
+    kv_utilization: float = 0.0  # mean over iterations (time-weighted) of the KV blocks in use
+    kv_peak: float = 0.0
+    preemptions: int = 0
+    batch_mean: float = 0.0  # sequences per iteration, time-weighted
+    kv_capacity_tokens: int = 0
+
+
+MAX_ITERATIONS = 20_000_000
+
+
+def simulate_serving(model: IterationModel, arrivals: Arrivals,
+                     progress: Callable[[int, int], None] | None = None) -> ServingTrace:
+    """Serve `arrivals` on one engine instance (see the module notes)."""
+    prof = model.profile
+    block = prof.block_size
+    capacity_tokens = model.kv_capacity_tokens()
+    total_blocks = capacity_tokens // block
+    if total_blocks < 1:
+        raise InputError(f"the KV cache holds {capacity_tokens} tokens: not one block of {block}", key="block_size")
+
+    def blocks_for(tokens: int) -> int:
+        return -(-tokens // block)
+
+    # every request must fit alone, or nothing could ever serve it
+    def check(r: Request) -> Request:
+        need = blocks_for(r.input_len + r.output_len)
+        if need > total_blocks:
+            raise InputError(f"request {r.id}: {r.input_len} + {r.output_len} tokens need {need * block:,} tokens of KV "
+                             f"cache; this engine holds {total_blocks * block:,}", key="lengths")
+        return r
+
+    pending: list[tuple[float, int]] = []  # (arrival time, index) of requests not yet arrived
+    made = 0
+
+    def make(index: int, at: float) -> Request:
+        inp, out = arrivals.lengths(index)
+        return check(Request(index, at, inp, out))
+
+    requests: list[Request] = []
+    waiting: deque[Request] = deque()
+    if arrivals.concurrency:
+        clients = min(arrivals.concurrency, arrivals.count)
+        pending = [(arrivals.stagger_s * i / clients, i) for i in range(clients)]
+        made = clients
+    else:
+        assert arrivals.times is not None
+        pending = [(t, i) for i, t in enumerate(arrivals.times)]
+        heapq.heapify(pending)
+
+    running: list[Request] = []
+    free = total_blocks
+    now = 0.0
+    energy = busy = kv_area = batch_area = 0.0
+    kv_peak = 0.0
+    iterations = preemptions = finished = 0
+    itl = array("d")
+    reserve = prof.admission == "reserve"
+
+    def admissible(r: Request, batch: int) -> bool:
+        """Whether the scheduler could admit `r` beside `batch` decoding sequences now."""
+        budget = prof.max_tokens - batch
+        if batch >= prof.max_batch or budget <= 0:
+            return False
+        need = min(r.prompt, budget) if prof.chunked_prefill else r.prompt
+        if need > budget:
+            return False
+        return blocks_for(r.input_len + r.output_len if reserve else need) <= free
+
+    def admit_arrivals(until: float) -> None:
+        nonlocal made
+        while pending and pending[0][0] <= until:
+            t, i = heapq.heappop(pending)
+            r = make(i, t)
+            made += 0 if arrivals.concurrency else 1  # a closed loop's first requests are counted up front
+            requests.append(r)
+            waiting.append(r)
+
+    while finished < arrivals.count:
+        admit_arrivals(now)
+        if not running and not waiting:  # idle until the next arrival
+            if not pending:
+                break
+            now = max(now, pending[0][0])
+            continue
+        if running and len(running) <= min(prof.max_batch, prof.max_tokens) and \
+                not any(r.prefilling for r in running) and not (waiting and admissible(waiting[0], len(running))):
+            # only decode steps until the next finish or arrival: the same batch, its contexts one token
+            # longer each step; step them without touching each request
+            steps = min(r.output_len - r.generated for r in running) - 1  # the finishing step runs below
+            cached = np.fromiter((r.cached for r in running), float, len(running))
+            held = sum(r.blocks for r in running)
+            ends: list[float] = []
+            t = now
+            n, ctx = len(running), int(cached.sum())
+            while len(ends) < steps and not (pending and pending[0][0] <= t):
+                j = len(ends) + 1
+                if not reserve and int(np.ceil((cached + j) / block).sum()) - held > free:
+                    break
+                cost = model.step([], n, ctx + (j - 1) * n, n)
+                t += cost.seconds
+                energy += cost.joules
+                busy += cost.gpu_seconds
+                kv_area += (total_blocks - free) / total_blocks * cost.seconds
+                batch_area += n * cost.seconds
+                ends.append(t)
+            if ends:
+                j = len(ends)
+                iterations += j
+                gaps = np.diff(np.asarray(ends)) if j > 1 else np.empty(0)
+                for r in running:
+                    itl.append(ends[0] - r.last_token_s)
+                    r.cached += j
+                    r.generated += j
+                    r.last_token_s = ends[-1]
+                    if not reserve:
+                        grown = blocks_for(r.cached)
+                        free -= grown - r.blocks
+                        r.blocks = grown
+                    itl.frombytes(gaps.tobytes())
+                kv_peak = max(kv_peak, (total_blocks - free) / total_blocks)
+                now = ends[-1]
+                continue
+        iterations += 1
+        if iterations > MAX_ITERATIONS:  # pragma: no cover - a safety net
+            raise InputError(f"more than {MAX_ITERATIONS:,} iterations: the load never drains", key="requests")
+        budget, slots = prof.max_tokens, prof.max_batch
+        prefill: list[tuple[int, int]] = []
+        prefill_reqs: list[tuple[Request, int]] = []
+        decoding: list[Request] = []
+        decode_ctx = 0
+        # 1. running sequences, oldest first
+        i = 0
+        while i < len(running):
+            r = running[i]
+            if slots == 0 or budget == 0:
+                break
+            if r.prefilling:
+                chunk = min(r.prompt - r.cached, budget) if prof.chunked_prefill else r.prompt - r.cached
+                if chunk > budget:
+                    i += 1
+                    continue
+                grow = max(0, blocks_for(r.cached + chunk) - r.blocks)
+            else:
+                chunk = 1
+                grow = max(0, blocks_for(r.cached + 1) - r.blocks)
+            while grow > free and not reserve:  # preempt the latest arrival (never the one growing)
+                victim = running[-1]
+                if victim is r:
+                    break
+                running.pop()
+                free += victim.blocks
+                victim.blocks = victim.cached = 0
+                victim.preemptions += 1
+                preemptions += 1
+                waiting.appendleft(victim)
+            if grow > free:
+                i += 1
+                continue
+            free -= grow
+            r.blocks += grow
+            slots -= 1
+            budget -= chunk
+            if r.prefilling:
+                prefill.append((chunk, r.cached + chunk))
+                prefill_reqs.append((r, chunk))
+            else:
+                decoding.append(r)
+                decode_ctx += r.cached
+            i += 1
+        # 2. waiting requests, first come first served
+        while waiting and slots > 0 and budget > 0:
+            r = waiting[0]
+            need = r.prompt if not prof.chunked_prefill else min(r.prompt, budget)
+            if need > budget and (running or prefill_reqs or decoding):
+                break
+            whole = blocks_for(r.input_len + r.output_len) if reserve else blocks_for(need)
+            if whole > free:
+                break
+            waiting.popleft()
+            take = blocks_for(need)
+            if reserve:  # the whole sequence's blocks are held from admission on
+                take = whole
+            free -= take
+            r.blocks = take
+            slots -= 1
+            budget -= min(need, budget)
+            running.append(r)
+            prefill.append((need, r.cached + need))
+            prefill_reqs.append((r, need))
+        if not prefill and not decoding:
+            if not running and waiting:
+                raise InputError(f"request {waiting[0].id} cannot be scheduled: its prompt of {waiting[0].prompt} "
+                                 f"tokens exceeds max_tokens ({prof.max_tokens})", key="max_tokens")
+            # nothing fits now: wait for an arrival (cannot happen while sequences run)
+            if pending:
+                now = max(now, pending[0][0])
+                continue
+            raise InputError("the scheduler is stuck: no sequence can be scheduled", key="max_batch")
+        logits = len(decoding) + sum(1 for r, c in prefill_reqs if r.cached + c >= r.prompt)
+        cost = model.step(prefill, len(decoding), decode_ctx, logits)
+        end = now + cost.seconds
+        energy += cost.joules
+        busy += cost.gpu_seconds
+        used = (total_blocks - free) / total_blocks
+        kv_area += used * cost.seconds
+        kv_peak = max(kv_peak, used)
+        batch_area += (len(prefill) + len(decoding)) * cost.seconds
+        done: list[Request] = []
+        for r in decoding:
+            r.cached += 1
+            r.generated += 1
+            itl.append(end - r.last_token_s)
+            r.last_token_s = end
+            if r.generated >= r.output_len:
+                done.append(r)
+        for r, c in prefill_reqs:
+            r.cached += c
+            if r.cached >= r.prompt:  # the prompt's last chunk: its (next) token comes out now
+                if math.isnan(r.first_token_s):
+                    r.first_token_s = end
+                else:
+                    itl.append(end - r.last_token_s)
+                r.last_token_s = end
+                r.generated += 1
+                if r.generated >= r.output_len:
+                    done.append(r)
+        now = end
+        if done:
+            gone = {id(r) for r in done}
+            running = [r for r in running if id(r) not in gone]
+            for r in done:
+                free += r.blocks
+                r.blocks = 0
+                r.finish_s = end
+                finished += 1
+                if arrivals.concurrency and made < arrivals.count:  # the client sends its next request
+                    nxt = make(made, end)
+                    made += 1
+                    requests.append(nxt)
+                    waiting.append(nxt)
+            if progress:
+                progress(finished, arrivals.count)
+    return ServingTrace(requests, iterations, now, energy, busy, itl,
+                        kv_utilization=kv_area / now if now else 0.0, kv_peak=kv_peak, preemptions=preemptions,
+                        batch_mean=batch_area / now if now else 0.0, kv_capacity_tokens=total_blocks * block)
+
+
+def poisson_times(rate: float, count: int, seed: int, cv: float = 1.0) -> list[float]:
+    """Arrival times of `count` requests at `rate` per second: Poisson (cv = 1), or gamma
+    inter-arrival times with coefficient of variation `cv` (burstier above 1)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    if cv == 1.0:
+        gaps = rng.exponential(1.0 / rate, count)
+    else:
+        shape = 1.0 / (cv * cv)
+        gaps = rng.gamma(shape, 1.0 / (rate * shape), count)
+    return list(np.cumsum(gaps) - gaps[0])
+
+
+def iter_finished(trace: ServingTrace) -> Iterator[Request]:
+    return (r for r in trace.requests if not math.isnan(r.finish_s))

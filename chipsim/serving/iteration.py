@@ -1,0 +1,242 @@
+"""The time and energy of one serving iteration on one GPU of the engine's tensor-parallel group.
+
+An iteration runs every scheduled sequence through the model once: the prefill chunks (each a run
+of a prompt's tokens, attending to the prompt so far) and the decode steps (one token each,
+attending to the sequence's KV cache) share the GEMMs, which see the iteration's total tokens.
+Each op is costed by the op-level model that `chipsim validate` checks (`chipsim.cost`): the GEMMs
+at the iteration's token count (their wave quantization and weight traffic), prefill attention per
+chunk, decode attention over the batch's KV cache, the tensor-parallel all-reduces on the node's
+fabric, the LM head for the sequences that emit a token. Kernels run back to back, replayed from a
+CUDA graph (`calibration.latency.graph_launch` per kernel), at the clock the chip's power limit
+allows for that mix (`sustained_scale`); an engine that launches a step eagerly (`EngineProfile.graphs`)
+takes at least the host's time to dispatch its ops one by one. The engine's host work per iteration
+(`EngineProfile`) is added on top.
+
+Costs are cached by the iteration's shape, rounded (`bucket`): token counts to 16 up to 1,024 and
+to 128 beyond, context lengths to 64 up to 4,096 and to 256 beyond.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from chipsim.cost.base import OpCost, cost_of
+from chipsim.engine.power import sustained_scale
+from chipsim.engine.sim import _dispatch_seconds as dispatch_seconds
+from chipsim.errors import InputError
+from chipsim.hardware.chip import Chip
+from chipsim.models.zoo import ModelConfig
+from chipsim.network.fabric import Fabric
+from chipsim.network.system import System
+from chipsim.serving.profiles import EngineProfile
+from chipsim.serving.quant import Quantization
+from chipsim.workload.graph import WorkloadBuilder
+from chipsim.workload.kinds import DTYPE_BYTES
+
+# (seconds the clock does not stretch, compute s, compute J, memory J, host dispatch s when launched eagerly)
+Part = tuple[float, float, float, float, float]
+# the engines' custom all-reduce takes messages up to this size (vLLM: 8 MiB on NVLink,
+# vllm/distributed/device_communicators/custom_all_reduce.py max_size); NCCL beyond
+CUSTOM_ALL_REDUCE_MAX = 8 * 2**20
+ACTIVATION_RESERVE = 0.04  # of HBM kept for activations and workspaces besides weights and KV cache (assumption)
+
+
+def bucket(n: int, fine: int = 16, coarse: int = 128, knee: int = 1024) -> int:
+    """`n` rounded up: to `fine` up to `knee`, to `coarse` beyond (0 stays 0)."""
+    if n <= 0:
+        return 0
+    step = fine if n <= knee else coarse
+    return -(-n // step) * step
+
+
+def ctx_bucket(n: int) -> int:
+    return bucket(n, 64, 256, 4096)
+
+
+@dataclass(frozen=True)
+class StepCost:
+    seconds: float
+    joules: float
+    gpu_seconds: float  # the kernels' share of `seconds` (the rest is the engine's host work)
+
+
+class IterationModel:
+    """One GPU of a `tp`-way tensor-parallel engine serving `model` on `chip` (see the module notes)."""
+
+    def __init__(self, model: ModelConfig, chip: Chip, quant: Quantization, profile: EngineProfile, *,
+                 tp: int = 1, kv_dtype: str = "bf16", system: System | None = None) -> None:
+        if model.heads % tp:
+            raise InputError(f"heads ({model.heads}) must be divisible by tp ({tp})", key="tp")
+        if model.mla is not None:
+            raise InputError(f"{model.model_id}: MLA attention is not served yet", key="model")
+        if quant.gemm_dtype not in chip.peak_flops_per_s:
+            raise InputError(f"chip '{chip.name}' has no {quant.gemm_dtype} tensor cores for quantization "
+                             f"'{quant.name}'", key="quantization")
+        self.model, self.chip, self.quant, self.profile = model, chip, quant, profile
+        self.tp, self.kv_dtype = tp, kv_dtype
+        if tp > 1 and system is None:
+            raise InputError("tensor parallelism needs a system (a node) for its all-reduces", key="tp")
+        self.network = Fabric(system) if system is not None and tp > 1 else None
+        self.heads = model.heads // tp
+        self.kv_heads = max(1, model.kv_heads // tp)  # replicated when tp > kv_heads
+        self._layer_cache: dict[int, list[Part]] = {}
+        self._attn_cache: dict[tuple[int, int, int], list[Part]] = {}
+        self._step_cache: dict[tuple[object, ...], StepCost] = {}
+
+    # ---------------------------------------------------------------- memory
+    @property
+    def kv_bytes_per_token(self) -> float:
+        """KV-cache bytes one token takes on one GPU (every layer's key and value)."""
+        m = self.model
+        return 2.0 * m.layers * self.kv_heads * m.head_dim * DTYPE_BYTES[self.kv_dtype]
+
+    @property
+    def weight_bytes(self) -> float:
+        """This GPU's weights: the block linears in the quantized format, the rest 16-bit, split by tp."""
+        m = self.model
+        linear = sum(m.layer_params(i)[0] + m.layer_params(i)[1] for i in range(m.layers))
+        other = m.embedding_params() + m.head_params()
+        return (linear * self.quant.weight_bytes + other * 2.0) / self.tp
+
+    def kv_capacity_tokens(self) -> int:
+        """Tokens the KV cache holds: the memory left after weights and a reserve, times the engine's
+        memory fraction."""
+        hbm = self.chip.hbm.capacity_bytes
+        free = hbm * (1 - ACTIVATION_RESERVE) - self.weight_bytes
+        if free <= 0:
+            raise InputError(f"{self.model.model_id} in {self.quant.name} needs {self.weight_bytes / 1e9:.1f} GB of "
+                             f"weights per GPU at tp={self.tp}; {self.chip.name} has {hbm / 1e9:.0f} GB", key="tp")
+        return int(free * self.profile.memory_fraction / self.kv_bytes_per_token)
+
+    # ---------------------------------------------------------------- op costs
+    def _parts(self, b: WorkloadBuilder) -> list[Part]:
+        out = []
+        for op in b.build().ops:
+            if op.kind == "all_reduce" and op.shape["bytes"] <= CUSTOM_ALL_REDUCE_MAX and self.profile.all_reduce_s:
+                out.append(self._custom_all_reduce(op.shape["bytes"]))
+                continue
+            c: OpCost = cost_of(op, self.chip, self.network)
+            fixed = c.fixed_s + self.chip.calibration.graph_launch_s * c.kernels
+            out.append((fixed + max(c.mem_s, c.link_s), c.compute_s, c.compute_energy_j, c.memory_energy_j,
+                        dispatch_seconds(op, self.chip)))
+        return out
+
+    def _custom_all_reduce(self, nbytes: float) -> Part:
+        """The engines' own all-reduce for small tensor-parallel messages (TensorRT-LLM's and vLLM's
+        custom all-reduce: every GPU reads its peers' buffers over NVLink, one kernel, no NCCL
+        protocol): a fixed cost (`EngineProfile.all_reduce_s`) plus the two-shot exchange's bytes at the
+        link's all-reduce efficiency."""
+        cal, tp = self.chip.calibration, self.tp
+        link = self.chip.link.bandwidth_bytes_per_s * cal.collective_efficiency.get("all_reduce", 1.0)
+        seconds = self.profile.all_reduce_s + 2 * (tp - 1) / tp * nbytes / link
+        return (seconds + self.chip.calibration.graph_launch_s, 0.0, 0.0, 0.0, 0.0)
+
+    def _gemm(self, b: WorkloadBuilder, name: str, m: int, k: int, n: int, quantized: bool = True) -> None:
+        q = self.quant
+        if not quantized or q.name == "none":
+            b.add("gemm", name, "bf16", [], m=m, n=n, k=k)
+        elif q.weight_only:
+            b.add("gemm", name, "bf16", [], m=m, n=n, k=k,
+                  attrs={"weight_dtype": q.weight_dtype, "group_size": 128, "kernel": q.kernel})
+        else:  # fp8 / fp4: the activations' cast fused into the previous kernel (the engines' fused quant)
+            b.add("gemm", name, q.gemm_dtype, [], m=m, n=n, k=k)
+
+    def _layer(self, tokens: int) -> list[Part]:
+        """The token-proportional ops of one layer at `tokens` tokens (everything but attention)."""
+        if tokens not in self._layer_cache:
+            m, tp, t = self.model, self.tp, tokens
+            b = WorkloadBuilder("layer")
+            d = m.d_model
+            b.add("norm", "attn_norm", "bf16", [], rows=t, cols=d, attrs={"type": "rms_norm"})  # residual fused
+            self._gemm(b, "qkv", t, d, (self.heads + 2 * self.kv_heads) * m.head_dim)
+            self._gemm(b, "o", t, self.heads * m.head_dim, d)
+            if tp > 1:
+                b.add("all_reduce", "o_all_reduce", "bf16", [], bytes=t * d * 2, group=tp)
+            b.add("norm", "mlp_norm", "bf16", [], rows=t, cols=d, attrs={"type": "rms_norm"})
+            if m.is_moe:
+                self._moe(b, t)
+            else:
+                ffn = m.ffn // tp
+                self._gemm(b, "gate_up", t, d, 2 * ffn if m.gated else ffn)
+                b.add("elementwise", "act", "bf16", [], numel=t * ffn, attrs={"op": "silu_mul"})
+                self._gemm(b, "down", t, ffn, d)
+            if tp > 1:
+                b.add("all_reduce", "mlp_all_reduce", "bf16", [], bytes=t * d * 2, group=tp)
+            self._layer_cache[tokens] = self._parts(b)
+        return self._layer_cache[tokens]
+
+    def _moe(self, b: WorkloadBuilder, t: int) -> None:
+        """Router and the experts as one grouped GEMM per projection (experts split by tp's ranks:
+        expert tensor parallelism inside the engine's TP group)."""
+        m = self.model
+        width = m.expert_ffn // self.tp
+        per_expert = max(1, math.ceil(t * m.topk / m.experts))
+        self._gemm(b, "router", t, m.d_model, m.experts, quantized=False)
+        gate_up = 2 * width if m.gated else width
+        b.add("gemm", "experts_gate_up", self.quant.gemm_dtype, [], m=per_expert, n=gate_up, k=m.d_model,
+              batch=m.experts, attrs={"grouped": True})
+        b.add("elementwise", "experts_act", "bf16", [], numel=t * m.topk * width, attrs={"op": "silu_mul"})
+        b.add("gemm", "experts_down", self.quant.gemm_dtype, [], m=per_expert, n=m.d_model, k=width,
+              batch=m.experts, attrs={"grouped": True})
+        if m.shared_experts:
+            shared = m.shared_experts * m.expert_ffn // self.tp
+            self._gemm(b, "shared_gate_up", t, m.d_model, 2 * shared)
+            self._gemm(b, "shared_down", t, shared, m.d_model)
+
+    def _attention(self, batch: int, seq_q: int, seq_kv: int) -> list[Part]:
+        key = (batch, seq_q, seq_kv)
+        if key not in self._attn_cache:
+            b = WorkloadBuilder("attention")
+            b.add("attention", "attention", self.kv_dtype, [], batch=batch, heads=self.heads, kv_heads=self.kv_heads,
+                  seq_q=seq_q, seq_kv=seq_kv, head_dim=self.model.head_dim, causal=seq_q > 1,
+                  attrs={"backend": self.profile.attention_backend})
+            self._attn_cache[key] = self._parts(b)
+        return self._attn_cache[key]
+
+    def _head(self, tokens: int, logits: int) -> list[Part]:
+        """Embedding lookup of every token, final norm, LM head and sampling for the sequences that emit
+        a token (vocabulary-parallel over tp, its logits all-gathered)."""
+        m = self.model
+        b = WorkloadBuilder("head")
+        b.add("elementwise", "embedding", "bf16", [], numel=tokens * m.d_model, attrs={"op": "embedding"})
+        if logits:
+            vocab = -(-m.vocab // self.tp)
+            b.add("norm", "final_norm", "bf16", [], rows=logits, cols=m.d_model, attrs={"type": "rms_norm"})
+            self._gemm(b, "lm_head", logits, m.d_model, vocab, quantized=False)
+            b.add("softmax", "sampling", "fp32", [], rows=logits, cols=vocab)
+        return self._parts(b)
+
+    # ---------------------------------------------------------------- one iteration
+    def step(self, prefill: Sequence[tuple[int, int]], decode: int, decode_context: int, logits: int) -> StepCost:
+        """An iteration of `prefill` chunks ((query tokens, context after the chunk) each) and `decode`
+        decode steps over `decode_context` cached tokens in all, `logits` sequences sampling a token."""
+        tokens = sum(q for q, _ in prefill) + decode
+        chunks = tuple(sorted((bucket(q), ctx_bucket(ctx)) for q, ctx in prefill))
+        mean_ctx = ctx_bucket(decode_context // decode) if decode else 0
+        key = (bucket(tokens), chunks, decode, mean_ctx, logits)
+        cached = self._step_cache.get(key)
+        if cached is None:
+            cached = self._step_cache[key] = self._cost(bucket(tokens), chunks, decode, mean_ctx, logits)
+        host = self.profile.iteration_s + self.profile.per_sequence_s * (len(prefill) + decode)
+        return StepCost(cached.seconds + host, cached.joules + host * self.chip.power.idle_w, cached.seconds)
+
+    def _cost(self, tokens: int, chunks: tuple[tuple[int, int], ...], decode: int, mean_ctx: int,
+              logits: int) -> StepCost:
+        layer = list(self._layer(tokens))
+        for q, ctx in chunks:
+            layer += self._attention(1, q, max(q, ctx))
+        if decode:
+            layer += self._attention(decode, 1, max(1, mean_ctx))
+        layers = self.model.layers
+        parts = [(o * layers, c * layers, ce * layers, me * layers, h * layers) for o, c, ce, me, h in layer]
+        parts += self._head(tokens, logits)
+        power = self.chip.power
+        scale = sustained_scale(power, min(1.0, power.min_clock_hz / self.chip.clock_hz), [p[:4] for p in parts])
+        seconds = sum(max(o, c / scale) for o, c, *_ in parts)
+        joules = sum(ce * scale ** (power.dvfs_exponent - 1) + me for _, _, ce, me, _ in parts)
+        graphs = self.profile.graphs == "all" or (self.profile.graphs == "decode" and not chunks)
+        if not graphs:  # launched from Python op by op: the host runs ahead of the GPU unless it is slower
+            seconds = max(seconds, sum(p[4] for p in parts))
+        return StepCost(seconds, joules + power.idle_w * seconds, seconds)

@@ -1,0 +1,73 @@
+"""Engine profiles: what an inference engine adds to each iteration beyond its kernels, and the
+scheduler defaults it ships with.
+
+`iteration_s` is the host's work per iteration that the GPU waits for: scheduling, preparing the
+batch's inputs and metadata, sampling and detokenizing, launching the step (decode steps replay a
+CUDA graph; the per-kernel replay cost is the chip's `calibration.latency.graph_launch`).
+`per_sequence_s` is the part of it that grows with the sequences in the batch (per-request
+bookkeeping, sampling and output processing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from chipsim.errors import InputError
+
+
+@dataclass(frozen=True)
+class EngineProfile:
+    name: str
+    iteration_s: float  # host time per iteration the GPU waits for
+    per_sequence_s: float  # host time per sequence in the batch, per iteration
+    max_batch: int  # sequences per iteration (TensorRT-LLM max_batch_size, vLLM max_num_seqs)
+    max_tokens: int  # tokens per iteration (max_num_tokens / max_num_batched_tokens)
+    chunked_prefill: bool
+    block_size: int  # KV-cache block (page) in tokens
+    memory_fraction: float  # of the GPU memory left after the weights that holds the KV cache
+    attention_backend: str  # the calibrated attention kernels its kernels are closest to
+    graphs: str  # steps replayed from CUDA graphs: "all", "decode" (decode-only steps) or "none" (eager)
+    admission: str  # "reserve": a request's whole sequence must fit the free KV blocks; "greedy": preempt
+    all_reduce_s: float  # fixed cost of the engine's custom tensor-parallel all-reduce (0: NCCL for all sizes)
+    source: str
+
+
+PROFILES: dict[str, EngineProfile] = {p.name: p for p in (
+    # TensorRT-LLM (C++ executor, in-flight batching, CUDA graphs off by default, fused kernels);
+    # defaults from TensorRT-LLM's trtllm-bench / LLM API: max_batch_size 2048, max_num_tokens 8192,
+    # free_gpu_memory_fraction 0.9, tokens_per_block 32 (tensorrt_llm/llmapi/llm_args.py, KvCacheConfig)
+    EngineProfile("trtllm", iteration_s=1.0e-3, per_sequence_s=2.0e-6, max_batch=2048, max_tokens=8192,
+                  chunked_prefill=True, block_size=32, memory_fraction=0.9, attention_backend="cudnn",
+                  graphs="all", admission="reserve", all_reduce_s=8e-6, source="calibrated on published/serving_calibration.csv (TensorRT-LLM rows)"),
+    # vLLM V1 (engine core in its own process, CUDA graphs for decode, chunked prefill always on);
+    # defaults: max_num_seqs 256 (1024 on H100/H200 in recent releases), max_num_batched_tokens 8192
+    # with chunked prefill, gpu_memory_utilization 0.9, block_size 16 (vllm/config.py)
+    EngineProfile("vllm", iteration_s=3.0e-3, per_sequence_s=10.0e-6, max_batch=256, max_tokens=8192,
+                  chunked_prefill=True, block_size=16, memory_fraction=0.9, attention_backend="flash",
+                  graphs="decode", admission="greedy", all_reduce_s=8e-6, source="assumption: no vLLM rows in the calibration data"),
+    # SGLang (overlap scheduler hides most host work, radix cache, CUDA graphs up to batch 160-256);
+    # defaults: chunked_prefill_size 8192, mem_fraction_static ~0.88, page_size 1 (sglang/srt/server_args.py)
+    EngineProfile("sglang", iteration_s=1.5e-3, per_sequence_s=5.0e-6, max_batch=1024, max_tokens=8192,
+                  chunked_prefill=True, block_size=1, memory_fraction=0.88, attention_backend="flash",
+                  graphs="decode", admission="greedy", all_reduce_s=8e-6, source="assumption: no SGLang rows in the calibration data"),
+    # a PyTorch engine without CUDA graphs (HF Transformers-style, the harness of Splitwise's
+    # characterization): every op dispatched from Python, static batches, no chunked prefill
+    EngineProfile("eager", iteration_s=1.0e-3, per_sequence_s=0.0, max_batch=256, max_tokens=1 << 20,
+                  chunked_prefill=False, block_size=16, memory_fraction=0.9, attention_backend="flash",
+                  graphs="none", admission="reserve", all_reduce_s=0.0, source="calibrated on published/serving_calibration.csv (Splitwise rows)"),
+)}
+OVERRIDABLE = ("iteration_s", "per_sequence_s", "max_batch", "max_tokens", "chunked_prefill", "block_size",
+               "memory_fraction", "admission")
+
+
+def engine_profile(name: str, overrides: dict[str, Any] | None = None, key: str = "engine") -> EngineProfile:
+    """A profile by name (an engine's version after a space is ignored: 'trtllm 1.0.0rc3'), with
+    scheduler settings overridden."""
+    base = PROFILES.get(name.split()[0].lower() if name.strip() else name)
+    if base is None:
+        raise InputError(f"unknown engine profile {name!r}; expected one of {', '.join(PROFILES)}", key=key)
+    for k in overrides or {}:
+        if k not in OVERRIDABLE:
+            raise InputError(f"unknown engine setting '{k}'; expected one of {', '.join(OVERRIDABLE)}", key=k)
+    return replace(base, **(overrides or {}))

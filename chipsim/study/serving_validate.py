@@ -1,0 +1,308 @@
+"""`chipsim validate` on published serving results (the schema of
+reference/published/serving_calibration.csv): each row's model, GPU, tensor parallelism, engine,
+quantization, lengths and load are served by `chipsim.serving`, and its figure is predicted in the
+row's own metric and unit.
+
+How a row's load is run:
+- a concurrency (`batch_or_concurrency` a number, `request_rate` "closed loop"): that many clients,
+  each sending its next request when the last one finishes (benchmark tools' closed loop), for
+  `CLOSED_LOOP_ROUNDS` requests per client;
+- `max load` / an infinite `request_rate`: every request there at once, the engine choosing its batch
+  (`MAX_LOAD_REQUESTS` requests);
+- a finite `request_rate`: Poisson arrivals at that rate;
+- static-batch rows (`prefill_time_batch`, `decode_step_time`, `first_token_latency`, and the
+  per-GPU throughput of a fixed batch run to completion): that batch as one group, no new admissions.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import pandas as pd
+
+from chipsim.errors import InputError
+from chipsim.study.validate import Unsupported, chip_name_for_device
+
+SERVING_COLUMNS = ("engine", "model", "gpu", "tp", "input_len", "output_len", "batch_or_concurrency",
+                   "metric_name", "metric_value", "unit")
+CLOSED_LOOP_ROUNDS = 4  # requests per client in a closed-loop row
+MAX_LOAD_REQUESTS = 2000
+POISSON_REQUESTS = 1000
+SEED = 0
+
+# metric name -> (family, statistic); the families are what the report groups by
+_LATENCY = {"ttft": "ttft", "tpot": "tpot", "itl": "itl", "e2e_latency": "e2e", "e2e": "e2e",
+            "first_token_latency": "ttft", "per_token_latency": "tpot"}
+_THROUGHPUT = {"output_throughput": "output", "output_throughput_per_gpu": "output_per_gpu",
+               "throughput": "output", "offline_tokens_per_s": "output", "server_tokens_per_s": "output",
+               "decode_tokens_per_s": "output", "request_throughput": "requests",
+               "offline_samples_per_s": "requests", "server_samples_per_s": "requests"}
+RATIOS = {"speedup_vs_fp16": "none", "speedup_vs_bf16_per_gpu": "none", "speedup_vs_fp16_matmul": "none"}
+
+
+def is_serving_schema(frame: pd.DataFrame) -> bool:
+    return all(c in frame.columns for c in SERVING_COLUMNS)
+
+
+def _present(row: Mapping[str, Any], key: str) -> bool:
+    value = row.get(key)
+    return value is not None and not (isinstance(value, float) and math.isnan(value)) and str(value).strip() != ""
+
+
+def parse_metric(name: str) -> tuple[str, str]:
+    """(family, statistic) of a metric name: `ttft`, `median_ttft`, `ttft_p99`, `server_ttft_mean`,
+    `per_token_latency_p50`, `output_throughput`, ... Statistic: mean, p50, p90, p99 or value."""
+    text = name.strip().lower()
+    if text in ("prefill_time_batch", "decode_step_time"):
+        return text, "value"
+    if text in RATIOS:
+        return "ratio", "value"
+    if text in _THROUGHPUT:
+        return "throughput", "value"
+    stat = "mean"
+    text = re.sub(r"^server_", "", text)
+    for prefix, s in (("median_", "p50"), ("mean_", "mean"), ("avg_", "mean"), ("p99_", "p99"), ("p90_", "p90")):
+        if text.startswith(prefix):
+            text, stat = text[len(prefix):], s
+    for suffix, s in (("_mean", "mean"), ("_avg", "mean"), ("_median", "p50"), ("_p50", "p50"), ("_p90", "p90"),
+                      ("_p99", "p99")):
+        if text.endswith(suffix):
+            text, stat = text[:-len(suffix)], s
+    if text in _LATENCY:
+        return _LATENCY[text], stat
+    raise Unsupported(f"metric {name!r} (known: ttft, tpot, itl, e2e_latency with _mean/_avg/median_/_p99/server_ "
+                      f"forms, first_token_latency, per_token_latency_p50, prefill_time_batch, decode_step_time, "
+                      f"{', '.join(_THROUGHPUT)}, {', '.join(RATIOS)})")
+
+
+def model_id_of(name: str) -> str:
+    """A zoo id for a published model name: Llama-3.1-8B-Instruct -> llama3-8b, Llama-2-70B ->
+    llama2-70b, GPT-J-6B -> gptj-6b."""
+    from chipsim.models import known_models
+
+    text = name.strip().lower().split("/")[-1]
+    text = re.sub(r"[-_](instruct|chat|hf|base|it|fp8|awq|gptq|int4|int8)$", "", text)
+    text = re.sub(r"[-_](instruct|chat|hf|base|it|fp8|awq|gptq|int4|int8)$", "", text)
+    candidates = [text, text.replace("llama-3.1-", "llama3-"), text.replace("llama-3.1-", "llama3.1-"),
+                  text.replace("llama-3.3-", "llama3-"), text.replace("llama-3-", "llama3-"),
+                  text.replace("llama-2-", "llama2-"), text.replace("gpt-j-", "gptj-"), text.replace("-", "")]
+    for c in candidates:
+        if c in known_models():
+            return c
+    raise Unsupported(f"model {name!r} is not in the model zoo (chipsim/models/zoo.yaml)")
+
+
+def quantization_of(row: Mapping[str, Any]) -> tuple[str, str]:
+    """(quantization, KV-cache dtype) of a row: its `quant_method`, else its `precision`."""
+    method = str(row.get("quant_method") or "").strip().lower() if _present(row, "quant_method") else ""
+    precision = str(row.get("precision") or "").strip().lower() if _present(row, "precision") else ""
+    text = method if method and not method.startswith("none") else precision
+    if not text or text.startswith(("none", "not recorded", "fp16", "bf16", "16-bit")):
+        return "none", "bf16"
+    if "fp8" in text:  # the engines' FP8 checkpoints keep an FP8 KV cache too
+        return "fp8", "fp8"
+    for words, quant in ((("awq", "gptq", "int4", "w4a16"), "int4_awq"), (("int8", "w8a16"), "int8_weight"),
+                         (("nvfp4", "fp4"), "nvfp4"), (("mxfp4",), "mxfp4")):
+        if any(w in text for w in words):
+            return quant, "bf16"
+    raise Unsupported(f"quantization {text!r} (known: none, fp8, int4 awq/gptq, int8, nvfp4, mxfp4)")
+
+
+def profile_of(engine: str) -> str:
+    text = engine.strip().lower()
+    for name in ("trtllm", "tensorrt", "vllm", "sglang"):
+        if text.startswith(name) or name in text.split()[0]:
+            return "trtllm" if name == "tensorrt" else name
+    if "splitwise" in text or "eager" in text or "transformers" in text:
+        return "eager"
+    raise Unsupported(f"engine {engine!r} (known profiles: trtllm, vllm, sglang, eager)")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    model: str
+    chip: str
+    tp: int
+    gpus: int
+    profile: str
+    quant: str
+    kv_dtype: str
+    input_len: int
+    output_len: int
+    load: str  # closed, max, poisson, static
+    batch: int  # clients, or the static batch
+    rate: float = math.inf
+
+
+def _int(row: Mapping[str, Any], key: str, default: int | None = None) -> int:
+    if not _present(row, key):
+        if default is None:
+            raise Unsupported(f"missing column '{key}'")
+        return default
+    try:
+        value = float(row[key])
+    except (TypeError, ValueError):
+        raise Unsupported(f"column '{key}': expected a number, got {row[key]!r}") from None
+    if not value.is_integer() or value < 1:
+        raise Unsupported(f"column '{key}': expected a positive integer, got {row[key]!r}")
+    return int(value)
+
+
+def scenario_for_row(row: Mapping[str, Any], chip_override: str | None = None) -> tuple[Scenario, str, str]:
+    """The row's scenario, its metric family and statistic."""
+    family, stat = parse_metric(str(row["metric_name"]))
+    chip = chip_override or chip_name_for_device(str(row["gpu"]))
+    if chip is None:
+        raise Unsupported(f"no built-in chip for gpu {row['gpu']!r}")
+    tp = _int(row, "tp", 1)
+    gpus = _int(row, "gpus", tp)
+    quant, kv = quantization_of(row)
+    load_text = str(row.get("batch_or_concurrency") or "").strip().lower()
+    rate_text = str(row.get("request_rate") or "").strip().lower() if _present(row, "request_rate") else ""
+    static = family in ("prefill_time_batch", "decode_step_time") or (
+        family == "ttft" and str(row["metric_name"]).strip().lower() == "first_token_latency") or (
+        str(row["metric_name"]).strip().lower() == "output_throughput_per_gpu" and "static" in
+        str(row.get("notes", "")).lower())
+    if static:
+        load, batch, rate = "static", _int(row, "batch_or_concurrency", 1), math.inf
+    elif load_text.startswith("max") or rate_text in ("inf", "infinity") or "offline" in str(row["metric_name"]):
+        load, batch, rate = "max", 0, math.inf
+    elif rate_text and not rate_text.startswith("closed"):
+        try:
+            rate = float(rate_text)
+        except ValueError:
+            raise Unsupported(f"request_rate {rate_text!r}: expected a number, inf or 'closed loop'") from None
+        load, batch = "poisson", 0
+    else:
+        load, batch, rate = "closed", _int(row, "batch_or_concurrency"), math.inf
+    scenario = Scenario(model_id_of(str(row["model"])), chip, tp, gpus, profile_of(str(row["engine"])), quant, kv,
+                        _int(row, "input_len"), _int(row, "output_len"), load, batch, rate)
+    return scenario, family, stat
+
+
+def _iteration_model(s: Scenario, cache: dict[Any, Any]) -> Any:
+    from chipsim.hardware.registry import load_chip
+    from chipsim.models import load_model
+    from chipsim.network.system import system_for
+    from chipsim.serving.iteration import IterationModel
+    from chipsim.serving.profiles import engine_profile
+    from chipsim.serving.quant import quantization
+
+    key = ("model", s.model, s.chip, s.tp, s.profile, s.quant, s.kv_dtype, s.load, s.batch)
+    if key not in cache:
+        profile = engine_profile(s.profile)
+        if s.load == "static":  # one batch as a group: every prompt prefilled together, then decoded
+            profile = replace(profile, chunked_prefill=False, max_tokens=1 << 30, max_batch=s.batch,
+                              admission="reserve")
+        system = system_for(s.chip, s.tp) if s.tp > 1 else None
+        cache[key] = IterationModel(load_model(s.model), load_chip(s.chip), quantization(s.quant), profile, tp=s.tp,
+                                    kv_dtype=s.kv_dtype, system=system)
+    return cache[key]
+
+
+def simulate_scenario(s: Scenario, cache: dict[Any, Any]) -> dict[str, Any]:
+    """The serving summary of a scenario (`chipsim.serving.metrics.summarize`), or for the static
+    step metrics the iteration times."""
+    from chipsim.serving.engine import Arrivals, poisson_times, simulate_serving
+    from chipsim.serving.metrics import summarize
+
+    key = ("run", s)
+    if key in cache:
+        return cache[key]  # type: ignore[no-any-return]
+    model = _iteration_model(s, cache)
+    b, inp, out = s.batch, s.input_len, s.output_len
+    result: dict[str, Any] = {
+        "prefill_time_batch_s": model.step([(inp, inp)] * max(1, b), 0, 0, max(1, b)).seconds,
+        "decode_step_time_s": model.step([], max(1, b), max(1, b) * inp, max(1, b)).seconds,
+    } if s.load == "static" else {}
+
+    def lengths(_: int) -> tuple[int, int]:
+        return inp, out
+
+    if s.load == "closed":  # every client's first request at once, as a benchmark starts
+        arrivals = Arrivals(lengths, count=b * CLOSED_LOOP_ROUNDS, concurrency=b)
+    elif s.load == "max":
+        arrivals = Arrivals(lengths, count=MAX_LOAD_REQUESTS, times=[0.0] * MAX_LOAD_REQUESTS)
+    elif s.load == "poisson":
+        arrivals = Arrivals(lengths, count=POISSON_REQUESTS, times=poisson_times(s.rate, POISSON_REQUESTS, SEED))
+    else:
+        arrivals = Arrivals(lengths, count=max(1, b), times=[0.0] * max(1, b))
+    result.update(summarize(simulate_serving(model, arrivals), s.tp))
+    cache[key] = result
+    return result
+
+
+def _value(s: Scenario, family: str, stat: str, metric: str, unit: str, cache: dict[Any, Any]) -> float:
+    r = simulate_scenario(s, cache)
+    replicas = max(1, s.gpus // s.tp)  # data-parallel engine instances on the row's GPUs
+    if family == "prefill_time_batch":
+        seconds = r["prefill_time_batch_s"]
+    elif family == "decode_step_time":
+        seconds = r["decode_step_time_s"]
+    elif family in ("ttft", "tpot", "itl", "e2e"):
+        seconds = r[f"{family}_{stat}_s"]
+    elif family == "throughput":
+        kind = _THROUGHPUT[metric]
+        if kind == "requests":
+            return float(r["requests_per_s"] * replicas)
+        per_gpu = kind == "output_per_gpu" or "gpu" in unit
+        total = r["output_tokens_per_s"] * replicas
+        return float(total / s.gpus if per_gpu else total)
+    else:  # a ratio: this row's quantization against 16-bit, same load
+        base = replace(s, quant=RATIOS[metric], kv_dtype="bf16")
+        mine, ref = r["output_tokens_per_s"], simulate_scenario(base, cache)["output_tokens_per_s"]
+        return float(mine / ref)
+    return float(seconds * 1e3 if unit.strip().lower().startswith("ms") else seconds)
+
+
+def predict_row(row: Mapping[str, Any], cache: dict[Any, Any], chip_override: str | None = None) -> tuple[float, str]:
+    s, family, stat = scenario_for_row(row, chip_override)
+    try:
+        value = _value(s, family, stat, str(row["metric_name"]).strip().lower(), str(row.get("unit") or ""), cache)
+    except InputError as exc:
+        raise Unsupported(f"{exc.key}: {exc.message}" if exc.key else exc.message) from None
+    return value, family
+
+
+def validate_serving(frame: pd.DataFrame, chip: str | None = None,
+                     progress: Callable[[int, int], None] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every input row plus predicted_value, ape, family and skipped_reason; and the skipped rows."""
+    cache: dict[Any, Any] = {}
+    predicted, families, reasons = [], [], []
+    records = frame.to_dict("records")
+    for index, row in enumerate(records):
+        if progress:
+            progress(index, len(records))
+        try:
+            value, family = predict_row(row, cache, chip)
+            predicted.append(value)
+            families.append(family)
+            reasons.append("")
+        except Unsupported as exc:
+            predicted.append(float("nan"))
+            families.append("")
+            reasons.append(str(exc))
+    out = frame.copy()
+    out["predicted_value"] = predicted
+    measured = pd.to_numeric(out["metric_value"], errors="coerce")
+    out["ape"] = (out["predicted_value"] - measured).abs() / measured
+    out["family"] = families
+    out["skipped_reason"] = reasons
+    return out, out[out["skipped_reason"] != ""]
+
+
+def serving_summary(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Median and p90 APE per metric family (and GPU), plus the worst row of each."""
+    done = predictions[predictions["skipped_reason"] == ""]
+    rows = []
+    for (family, gpu), part in done.groupby(["family", "gpu"], sort=True):
+        worst = part.loc[part["ape"].idxmax()]
+        rows.append({"family": family, "gpu": gpu, "rows": len(part), "median_ape": part["ape"].median(),
+                     "p90_ape": part["ape"].quantile(0.9),
+                     "worst": f"{worst['ape']:.0%} {worst['model']} tp{worst['tp']:g} {worst['input_len']}/"
+                              f"{worst['output_len']} at {worst['batch_or_concurrency']} {worst['metric_name']}"})
+    return pd.DataFrame(rows, columns=["family", "gpu", "rows", "median_ape", "p90_ape", "worst"])

@@ -1,0 +1,279 @@
+"""The `serving:` section, `chipsim serve` and the capacity search. No test pins a calibrated latency
+(the serving model is being calibrated): they assert errors, ordering and queueing behaviour."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import yaml
+
+from chipsim.config.runconfig import load_run_config, parse_run_config
+from chipsim.errors import InputError
+from chipsim.serving.capacity import find_capacity, parse_slo, violations
+from chipsim.serving.config import ServingSetup, resolve_serving
+from chipsim.serving.run import run_serving
+
+BASE: dict[str, Any] = {"model": "llama3-8b", "chip": "h100_sxm", "engine": "trtllm", "requests": 300,
+                        "arrival": {"process": "poisson", "rate": 10}, "lengths": {"input": 1024, "output": 128}}
+
+
+def _setup(**over: Any) -> ServingSetup:
+    return resolve_serving(parse_run_config({"serving": {**BASE, **over}}))
+
+
+def _write(tmp_path: Path, serving: dict[str, Any], name: str = "serve.yaml", **top: Any) -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump({"name": "serve_test", **top, "serving": serving}), encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------- config errors
+
+
+@pytest.mark.parametrize("over, key", [
+    ({"colour": "blue"}, "serving.colour"),
+    ({"egine": "trtllm"}, "serving.egine"),  # the typo, not the missing `engine`
+    ({"arrival": {"process": "poisson", "rat": 5}}, "serving.arrival.rat"),
+    ({"lengths": {"input": {"dist": "normal", "mean": 9, "sd": 1}, "output": 1}}, "serving.lengths.input.sd"),
+    ({"lengths": {"inputs": 9, "output": 1}}, "serving.lengths.inputs"),
+    ({"engine": "tgi"}, "serving.engine"),
+    ({"engine_settings": {"max_batchsize": 8}}, "serving.engine_settings.max_batchsize"),
+    ({"engine_settings": {"admission": "lazy"}}, "serving.engine_settings.admission"),
+    ({"engine_settings": {"memory_fraction": 1.5}}, "serving.engine_settings.memory_fraction"),
+    ({"engine_settings": {"chunked_prefill": "no"}}, "serving.engine_settings.chunked_prefill"),
+    ({"engine_settings": {"chunked_prefill": False, "max_tokens": 512}}, "serving.engine_settings.max_tokens"),
+    ({"quantization": "int3"}, "serving.quantization"),
+    ({"chip": "h9000"}, "serving.chip"),
+    ({"chip": "h100_sxm", "system": "hgx_h200"}, "serving.system"),
+    ({"model": "llama9-1t"}, "serving.model"),
+    ({"model": {"layers": 2, "d_model": 256, "heads": 4, "wings": 2}}, "serving.model.wings"),
+    ({"kv_cache_dtype": "fp4"}, "serving.kv_cache_dtype"),
+    ({"chip": "a100_sxm", "kv_cache_dtype": "fp8"}, "serving.kv_cache_dtype"),
+    ({"tp": 3, "system": "dgx_h100"}, "serving.tp"),
+    ({"tp": 0}, "serving.tp"),
+    ({"tp": 16}, "serving.tp"),
+    ({"model": "llama3-70b"}, "serving.tp"),  # 140 GB of weights on one 80 GB GPU
+    ({"requests": 0}, "serving.requests"),
+    ({"requests": 1.5}, "serving.requests"),
+    ({"seed": -1}, "serving.seed"),
+    ({"arrival": {"process": "poisson"}}, "serving.arrival.rate"),
+    ({"arrival": {"process": "poisson", "rate": -1}}, "serving.arrival.rate"),
+    ({"arrival": {"process": "poisson", "rate": float("nan")}}, "serving.arrival.rate"),
+    ({"arrival": {"process": "poisson", "rate": 5, "cv": 2}}, "serving.arrival.cv"),
+    ({"arrival": {"process": "gamma", "rate": 5}}, "serving.arrival.cv"),
+    ({"arrival": {"process": "closed", "concurrency": 0}}, "serving.arrival.concurrency"),
+    ({"arrival": {"process": "uniform"}}, "serving.arrival.process"),
+    ({"arrival": {"process": "trace", "file": "missing.csv"}}, "serving.arrival.file"),
+    ({"lengths": {"input": 9000, "output": 128}}, "serving.lengths.input"),
+    ({"lengths": {"input": 8000, "output": 500}}, "serving.lengths.output"),
+    ({"lengths": {"input": {"dist": "zipf"}, "output": 128}}, "serving.lengths.input.dist"),
+    ({"lengths": {"input": {"dist": "uniform", "low": 900, "high": 100}, "output": 128}},
+     "serving.lengths.input.high"),
+    ({"lengths": {"input": {"dist": "normal", "mean": 1024}, "output": 128}}, "serving.lengths.input.std"),
+    ({"lengths": {"input": {"dist": "lognormal", "mean": 4000, "sigma": 1.5}, "output": 128}},
+     "serving.lengths.input"),  # the tail beyond the context
+    ({"lengths": {"input": "long", "output": 128}}, "serving.lengths.input"),
+    ({"lengths": {"input": 1024}}, "serving.lengths.output"),
+    ({"engine_settings": {"memory_fraction": 0.001}}, "serving.lengths"),  # KV cache < one request
+])
+def test_config_errors_name_their_key(over: dict[str, Any], key: str) -> None:
+    with pytest.raises(InputError) as info:
+        _setup(**over)
+    assert info.value.key == key, info.value
+
+
+def test_file_errors_name_the_config_the_key_and_the_row(tmp_path: Path, cli: Callable) -> None:
+    (tmp_path / "good.csv").write_text("arrival_s,input_len,output_len\n0.0,100,10\n")
+    path = _write(tmp_path, {**BASE, "arrival": {"process": "trace", "file": "good.csv"}})
+    rc, out, err = cli(["serve", path])
+    assert rc == 2 and out == ""
+    assert str(path) in err and "serving.lengths" in err  # a trace gives the lengths itself
+    (tmp_path / "trace.csv").write_text("arrival_s,input_len,output_len\n0.0,100,10\n0.5,abc,10\n")
+    path = _write(tmp_path, {k: v for k, v in BASE.items() if k != "lengths"} |
+                  {"arrival": {"process": "trace", "file": "trace.csv"}})
+    rc, _, err = cli(["serve", path])
+    assert rc == 2 and "serving.arrival.file" in err and "row 1, column input_len" in err
+    (tmp_path / "lengths.csv").write_text("input,output\n100,10\n")
+    path = _write(tmp_path, {**BASE, "lengths": {"file": "lengths.csv"}})
+    rc, _, err = cli(["serve", path])
+    assert rc == 2 and "serving.lengths.file" in err and "input_len" in err
+
+
+def test_a_serving_config_takes_nothing_else(tmp_path: Path) -> None:
+    with pytest.raises(InputError) as info:
+        load_run_config(_write(tmp_path, BASE, chips=["h100_sxm"]))
+    assert info.value.key == "chips"
+
+
+def test_trace_and_length_files_are_read_relative_to_the_config(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "trace.csv").write_text("arrival_s,input_len,output_len\n0.2,300,20\n0.0,100,10\n1.0,50,5\n")
+    (tmp_path / "data" / "lengths.csv").write_text("input_len,output_len\n100,10\n200,20\n")
+    serving = {k: v for k, v in BASE.items() if k not in ("lengths", "requests")}
+    setup = resolve_serving(load_run_config(_write(tmp_path, {
+        **serving, "arrival": {"process": "trace", "file": "data/trace.csv"}})))
+    assert setup.requests == 3 and setup.arrival.times == (0.0, 0.2, 1.0)  # sorted by arrival
+    frame = run_serving(setup).requests_frame()
+    assert list(frame["input_len"]) == [100, 300, 50] and list(frame["arrival_s"]) == [0.0, 0.2, 1.0]
+    setup = resolve_serving(load_run_config(_write(tmp_path, {**BASE, "requests": 5, "lengths": {
+        "file": "data/lengths.csv"}})))
+    assert [setup.lengths()(i) for i in range(5)] == [(100, 10), (200, 20), (100, 10), (200, 20), (100, 10)]
+
+
+def test_same_inputs_same_numbers() -> None:
+    over = {"lengths": {"input": {"dist": "lognormal", "mean": 800, "sigma": 0.5, "max": 4000},
+                        "output": {"dist": "normal", "mean": 100, "std": 50}}}
+    a, b = _setup(**over), _setup(**over)
+    assert (a.input_lens == b.input_lens).all() and (a.output_lens == b.output_lens).all()
+    assert a.output_lens.min() >= 1 and a.input_lens.max() <= 4000
+    assert abs(a.input_lens.mean() - 800) < 80  # `mean` is the lengths' mean, not the log's
+    assert run_serving(a).summary == run_serving(b).summary
+    c = _setup(seed=1, **over)
+    assert not (a.input_lens == c.input_lens).all()
+
+
+# ---------------------------------------------------------------- behaviour
+
+
+def test_latency_rises_with_the_rate_and_throughput_saturates() -> None:
+    runs = {rate: run_serving(_setup(arrival={"process": "poisson", "rate": rate})).summary for rate in (2, 10, 40)}
+    burst = run_serving(_setup(arrival={"process": "burst"})).summary
+    ttft = [runs[r]["ttft_p99_s"] for r in (2, 10, 40)]
+    assert ttft == sorted(ttft) and ttft[-1] > 2 * ttft[0]
+    assert runs[2]["requests_per_s"] == pytest.approx(2, rel=0.15)  # below saturation: throughput follows load
+    assert burst["output_tokens_per_s"] >= max(r["output_tokens_per_s"] for r in runs.values()) * 0.99
+    over = run_serving(_setup(arrival={"process": "poisson", "rate": 4 * burst["requests_per_s"]})).summary
+    assert over["output_tokens_per_s"] == pytest.approx(burst["output_tokens_per_s"], rel=0.1)  # saturated
+    closed = {c: run_serving(_setup(arrival={"process": "closed", "concurrency": c})).summary for c in (1, 16, 256)}
+    assert closed[1]["output_tokens_per_s"] < closed[16]["output_tokens_per_s"] < closed[256]["output_tokens_per_s"]
+    assert closed[1]["tpot_mean_s"] < closed[256]["tpot_mean_s"]  # bigger batches, slower steps
+    assert closed[1]["batch_mean"] == pytest.approx(1, abs=0.05)
+
+
+def test_fp8_raises_kv_capacity_and_decode_throughput() -> None:
+    decode_heavy: dict[str, Any] = {"arrival": {"process": "closed", "concurrency": 64}, "requests": 128,
+                                    "lengths": {"input": 128, "output": 512}}
+    bf16 = run_serving(_setup(**decode_heavy)).summary
+    fp8 = run_serving(_setup(quantization="fp8", kv_cache_dtype="fp8", **decode_heavy)).summary
+    assert fp8["kv_capacity_tokens"] > 2 * bf16["kv_capacity_tokens"]  # half the weights, half the bytes/token
+    assert fp8["output_tokens_per_s"] > 1.2 * bf16["output_tokens_per_s"]
+    assert fp8["tpot_mean_s"] < bf16["tpot_mean_s"]
+
+
+def test_reserve_admission_never_preempts_greedy_does_under_kv_pressure() -> None:
+    pressure: dict[str, Any] = {"arrival": {"process": "burst"}, "requests": 64,
+                                "lengths": {"input": 512, "output": 1024}}
+    reserve = run_serving(_setup(engine_settings={"admission": "reserve", "memory_fraction": 0.05}, **pressure))
+    greedy = run_serving(_setup(engine_settings={"admission": "greedy", "memory_fraction": 0.05}, **pressure))
+    assert reserve.summary["preemptions"] == 0
+    assert greedy.summary["preemptions"] > 0
+    assert (greedy.requests_frame()["preemptions"] > 0).any()
+    assert reserve.summary["requests"] == greedy.summary["requests"] == 64
+    assert greedy.summary["kv_utilization_peak"] > 0.9
+
+
+# ---------------------------------------------------------------- capacity
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("ttft_p99=500ms,tpot_p99=50ms", {"ttft_p99": 0.5, "tpot_p99": 0.05}),
+    ("e2e_mean=2s", {"e2e_mean": 2.0}),
+    (" itl_p90 = 40 ", {"itl_p90": 0.04}),
+])
+def test_slo_strings_parse(text: str, expected: dict[str, float]) -> None:
+    assert parse_slo(text) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("text", ["", "ttft_p99", "ttft_p99=fast", "ttft_p95=1s", "ttft_p99=0ms", "ttft_p99=5min",
+                                  "ttft_p99=1s,ttft_p99=2s", "ttft_p99=1s,", "latency=1s"])
+def test_bad_slo_strings_name_the_option(text: str) -> None:
+    with pytest.raises(InputError) as info:
+        parse_slo(text)
+    assert info.value.key == "--slo"
+
+
+def test_find_capacity_returns_a_rate_that_meets_the_slo_and_1_3x_does_not() -> None:
+    setup = _setup()
+    slo = parse_slo("ttft_p99=150ms,tpot_p99=20ms")
+    found = find_capacity(setup, slo)
+    assert found.rate is not None and not found.throughput_bound
+    assert 0 < found.rate < found.saturation_rate
+    assert found.run is not None and not violations(found.run.summary, slo)
+    assert found.run.summary["rate_per_s"] == found.rate
+    faster = run_serving(setup.at_rate(1.3 * found.rate)).summary
+    assert violations(faster, slo)
+    assert not find_capacity(setup, parse_slo("ttft_p99=1ms")).rate  # unattainable: no rate
+    loose = find_capacity(setup, parse_slo("e2e_p99=1000s"))
+    assert loose.throughput_bound and loose.rate == loose.saturation_rate
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def _strict(text: str) -> Any:
+    def refuse(token: str) -> None:
+        raise ValueError(f"non-strict JSON token {token}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_serve_cli_json_out_and_exit_codes(tmp_path: Path, cli: Callable) -> None:
+    path = _write(tmp_path, {**BASE, "requests": 200})
+    out_dir = tmp_path / "out"
+    rc, out, err = cli(["serve", path, "--json", "--out", out_dir])
+    assert rc == 0, err
+    summary = _strict(out)["serving"]
+    assert summary["requests"] == 200 and summary["output_tokens_per_s"] > 0 and summary["tpot_p99_s"] > 0
+    assert sorted(p.name for p in out_dir.iterdir()) == ["latency.png", "requests.csv", "summary.csv",
+                                                         "timeline.json"]
+    requests = pd.read_csv(out_dir / "requests.csv")
+    assert len(requests) == 200 and requests["id"].tolist() == list(range(200))
+    assert (requests["ttft_s"] > 0).all()
+    assert pd.read_csv(out_dir / "summary.csv")["requests"].iloc[0] == 200
+    trace = json.loads((out_dir / "timeline.json").read_text())
+    assert sum(e.get("name") == "decode" for e in trace["traceEvents"]) == 200
+    # the table, and the same run through `chipsim run`
+    rc, out, err = cli(["serve", path])
+    assert rc == 0 and "TTFT" in out and "KV cache" in out and "J per output token" in out and err == ""
+    rc, out, _ = cli(["run", path, "--json", "--no-files"])
+    assert rc == 0 and _strict(out)["serving"] == summary
+    # an SLO on a plain run: exit 1 when missed
+    rc, out, _ = cli(["serve", path, "--json", "--slo", "ttft_p99=1ms"])
+    assert rc == 1 and _strict(out)["slo"]["meets"] is False
+    # bad input: exit 2, one line, nothing on stdout, before any work
+    for argv, key in ((["serve", path, "--slo", "ttft=1s"], "--slo"),
+                      (["serve", path, "--find-capacity"], "--slo"),
+                      (["run", path, "--chip", "h200_sxm"], "--chip"),
+                      (["serve", tmp_path / "nope.yaml"], "nope.yaml"),
+                      (["serve", _write(tmp_path, {**BASE, "tp": "two"}, "bad.yaml")], "serving.tp")):
+        rc, out, err = cli(argv)
+        assert rc == 2 and out == "" and key in err and err.count("\n") == 1, (argv, err)
+    rc, _, err = cli(["serve", "quickstart"])
+    assert rc == 2 and "serving" in err
+
+
+def test_find_capacity_cli(tmp_path: Path, cli: Callable) -> None:
+    path = _write(tmp_path, {**BASE, "requests": 200})
+    rc, out, err = cli(["serve", path, "--find-capacity", "--slo", "ttft_p99=150ms,tpot_p99=20ms", "--json"])
+    assert rc == 0, err
+    result = _strict(out)
+    rate = result["capacity"]["rate_per_s"]
+    assert rate > 0 and result["serving"]["rate_per_s"] == rate
+    assert all(p["meets"] == (p["rate_per_s"] <= rate) for p in result["capacity"]["probes"])
+    rc, out, _ = cli(["serve", path, "--find-capacity", "--slo", "ttft_p99=150ms,tpot_p99=20ms"])
+    assert rc == 0 and out.strip().splitlines()[-1].startswith(f"capacity: {rate:.4g} req/s")
+
+
+def test_the_shipped_example_runs() -> None:
+    from chipsim import examples
+
+    setup = resolve_serving(load_run_config(examples.path("runs", "serve_llama3_8b.yaml")))
+    assert setup.requests == 1000 and setup.arrival.process == "poisson"
+    assert math.isclose(setup.input_lens.mean(), 1024, rel_tol=0.1)
+    assert math.isclose(setup.output_lens.mean(), 128, rel_tol=0.05)

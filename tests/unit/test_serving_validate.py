@@ -1,0 +1,85 @@
+"""`chipsim validate` on the published serving schema: rows become serving runs, predicted in their
+own metric and unit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from chipsim.study.serving_validate import (
+    Unsupported,
+    model_id_of,
+    parse_metric,
+    quantization_of,
+    validate_serving,
+)
+
+REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "published"
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("ttft", ("ttft", "mean")), ("median_ttft", ("ttft", "p50")), ("ttft_p99", ("ttft", "p99")),
+    ("server_ttft_mean", ("ttft", "mean")), ("e2e_latency_avg", ("e2e", "mean")),
+    ("per_token_latency_p50", ("tpot", "p50")), ("first_token_latency", ("ttft", "mean")),
+    ("output_throughput_per_gpu", ("throughput", "value")), ("speedup_vs_fp16", ("ratio", "value")),
+    ("decode_step_time", ("decode_step_time", "value"))])
+def test_metric_names_parse_to_a_family_and_a_statistic(name: str, expected: tuple[str, str]) -> None:
+    assert parse_metric(name) == expected
+
+
+def test_names_and_formats_map_to_the_zoo_and_the_quantizations() -> None:
+    assert model_id_of("Llama-3.1-8B-Instruct") == "llama3-8b"
+    assert model_id_of("meta-llama/Llama-2-70B-chat-hf") == "llama2-70b"
+    assert model_id_of("GPT-J-6B") == "gptj-6b"
+    assert quantization_of({"quant_method": "fp8", "precision": "FP8"}) == ("fp8", "fp8")
+    assert quantization_of({"quant_method": "none recorded", "precision": "not recorded (16-bit assumed)"}) == \
+        ("none", "bf16")
+    assert quantization_of({"quant_method": "AWQ", "precision": "INT4"})[0] == "int4_awq"
+    with pytest.raises(Unsupported):
+        model_id_of("Falcon-180B")
+    with pytest.raises(Unsupported):
+        parse_metric("joules_per_token")
+
+
+def _row(**over: object) -> dict[str, object]:
+    row: dict[str, object] = {
+        "engine": "trtllm 1.0.0rc3", "model": "Llama-3.1-8B-Instruct", "gpu": "H100", "gpus": 1, "tp": 1,
+        "precision": "BF16", "quant_method": "none", "input_len": 1024, "output_len": 128,
+        "batch_or_concurrency": "8", "request_rate": "closed loop (concurrency)", "metric_name": "tpot",
+        "metric_value": 7.944, "unit": "ms", "notes": ""}
+    row.update(over)
+    return row
+
+
+def test_rows_are_served_and_predicted_in_their_metric() -> None:
+    frame = pd.DataFrame([
+        _row(),  # AIConfigurator's measured 7.94 ms
+        _row(metric_name="ttft", metric_value=190.95),
+        _row(batch_or_concurrency="max load", request_rate="inf", metric_name="output_throughput",
+             metric_value=16116.63, unit="tokens/s", input_len=128, output_len=128),  # TensorRT-LLM v0.15
+        _row(engine="splitwise characterization", model="Llama-2-70B", tp=2, gpus=2, batch_or_concurrency="1",
+             request_rate=float("nan"), metric_name="decode_step_time", metric_value=37.24, input_len=128),
+        _row(engine="mystery-engine"),
+    ])
+    out, skipped = validate_serving(frame)
+    assert list(skipped.index) == [4] and "engine" in skipped["skipped_reason"].iloc[0]
+    assert out["ape"].iloc[0] < 0.15  # decode steps of 8 sequences: memory-bound weights
+    assert 100 < out["predicted_value"].iloc[1] < 400  # the closed loop's first prompts prefill together
+    assert out["ape"].iloc[2] < 0.15
+    assert 20 < out["predicted_value"].iloc[3] < 60
+    assert list(out["family"].iloc[:4]) == ["tpot", "ttft", "throughput", "decode_step_time"]
+
+
+@pytest.mark.skipif(not (REFERENCE / "serving_calibration.csv").is_file(), reason="reference data not present")
+def test_the_cli_detects_the_serving_schema(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    frame = pd.read_csv(REFERENCE / "serving_calibration.csv")
+    rows = frame[frame["source"].str.contains("perf-overview v0.15")].head(3)
+    csv = tmp_path / "rows.csv"
+    rows.to_csv(csv, index=False)
+    code, stdout, _ = cli(["validate", str(csv), "--out", str(tmp_path / "pred.csv")])
+    assert code == 0 and "3 of 3 serving rows simulated" in stdout
+    assert pd.read_csv(tmp_path / "pred.csv")["predicted_value"].notna().all()
+    code, _, stderr = cli(["validate", str(csv), "--plot", str(tmp_path / "x.png")])
+    assert code == 2 and "--plot" in stderr
