@@ -44,11 +44,10 @@ from chipsim.serving.engine import Arrivals, poisson_times
 from chipsim.serving.iteration import IterationModel
 from chipsim.serving.profiles import OVERRIDABLE, PROFILES, EngineProfile
 from chipsim.serving.quant import KV_DTYPES, Quantization
+from chipsim.training.run import model_from_section
 
 PROCESSES = ("poisson", "gamma", "closed", "burst", "trace")
 DISTRIBUTIONS = {"uniform": ("low", "high"), "normal": ("mean", "std"), "lognormal": ("mean", "sigma")}
-MODEL_DIMS = ("layers", "d_model", "heads", "kv_heads", "head_dim", "ffn", "vocab", "max_seq", "experts", "topk",
-              "expert_ffn", "shared_experts")
 MAX_REQUESTS = 1_000_000
 MAX_TOKENS = 1 << 24  # a length or an engine setting beyond this is a typo, not a request
 ADMISSIONS = ("reserve", "greedy")
@@ -158,27 +157,6 @@ class ServingSetup:
 
 
 # ---------------------------------------------------------------- pieces
-
-
-def _model(sec: Section) -> ModelConfig:
-    from chipsim.models import custom_model, load_model
-
-    raw = sec.raw("model")
-    if isinstance(raw, str):
-        try:
-            return load_model(raw)
-        except InputError as exc:
-            raise sec.error("model", exc.message) from None
-    if not isinstance(raw, dict):
-        raise sec.error("model", "expected a model id of the zoo (chipsim.models.known_models()) or a mapping of "
-                                 "dimensions (layers, d_model, heads, ...)")
-    dims = Section(raw, sec.file, sec.key("model"))
-    values = {k: dims.integer(k, minimum=1) for k in MODEL_DIMS if dims.has(k)}
-    dims.done()
-    try:
-        return custom_model(**values)
-    except InputError as exc:
-        raise dims.error(exc.key, exc.message) from None
 
 
 def _engine(sec: Section) -> EngineProfile:
@@ -370,7 +348,7 @@ def resolve_serving(config: RunConfig) -> ServingSetup:
     file = str(config.file) if config.file else None
     sec = Section(config.serving, file, "serving")
     _only(sec, KEYS)
-    model = _model(sec)
+    model = model_from_section(sec)
     tp = sec.integer("tp", 1, minimum=1)
     if tp > 64:
         raise sec.error("tp", f"expected a tensor-parallel size up to 64, got {tp}")

@@ -271,28 +271,11 @@ def predict_row(row: Mapping[str, Any], cache: dict[Any, Any], chip_override: st
 def validate_serving(frame: pd.DataFrame, chip: str | None = None,
                      progress: Callable[[int, int], None] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every input row plus predicted_value, ape, family and skipped_reason; and the skipped rows."""
+    from chipsim.study.training_validate import predict_rows
+
     cache: dict[Any, Any] = {}
-    predicted, families, reasons = [], [], []
-    records = frame.to_dict("records")
-    for index, row in enumerate(records):
-        if progress:
-            progress(index, len(records))
-        try:
-            value, family = predict_row(row, cache, chip)
-            predicted.append(value)
-            families.append(family)
-            reasons.append("")
-        except Unsupported as exc:
-            predicted.append(float("nan"))
-            families.append("")
-            reasons.append(str(exc))
-    out = frame.copy()
-    out["predicted_value"] = predicted
-    measured = pd.to_numeric(out["metric_value"], errors="coerce")
-    out["ape"] = (out["predicted_value"] - measured).abs() / measured
-    out["family"] = families
-    out["skipped_reason"] = reasons
-    return out, out[out["skipped_reason"] != ""]
+    out, skipped = predict_rows(frame, lambda row: predict_row(row, cache, chip), progress)
+    return out.rename(columns={"detail": "family"}), skipped.rename(columns={"detail": "family"})
 
 
 def serving_summary(predictions: pd.DataFrame) -> pd.DataFrame:

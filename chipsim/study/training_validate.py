@@ -136,31 +136,40 @@ def _planned_layout(model: Any, system: Any, gpus: int, global_batch: int, seq: 
     return cache[key]  # type: ignore[no-any-return]
 
 
-def validate_training(frame: pd.DataFrame, chip: str | None = None,
-                      progress: Callable[[int, int], None] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Every input row plus predicted_value, ape, family, assumed and skipped_reason; and the skipped rows."""
-    cache: dict[tuple[Any, ...], Any] = {}
-    predicted, notes, reasons = [], [], []
+def predict_rows(frame: pd.DataFrame, predict: Callable[[Mapping[str, Any]], tuple[float, str]],
+                 progress: Callable[[int, int], None] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every input row plus predicted_value, ape, detail (what `predict` said of the row) and
+    skipped_reason; and the skipped rows. `predict` raises Unsupported for a row it cannot model."""
+    predicted, details, reasons = [], [], []
     records = frame.to_dict("records")
     for index, row in enumerate(records):
         if progress:
             progress(index, len(records))
         try:
-            value, note = predict_row(row, cache, chip)
+            value, detail = predict(row)
             predicted.append(value)
-            notes.append(note)
+            details.append(detail)
             reasons.append("")
         except Unsupported as exc:
             predicted.append(float("nan"))
-            notes.append("")
+            details.append("")
             reasons.append(str(exc))
     out = frame.copy()
     out["predicted_value"] = predicted
     measured = pd.to_numeric(out["metric_value"], errors="coerce")
     out["ape"] = (out["predicted_value"] - measured).abs() / measured
-    out["family"] = [family_of(str(m)) for m in out["model_id"]]
-    out["assumed"] = notes
+    out["detail"] = details
     out["skipped_reason"] = reasons
+    return out, out[out["skipped_reason"] != ""]
+
+
+def validate_training(frame: pd.DataFrame, chip: str | None = None,
+                      progress: Callable[[int, int], None] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every input row plus predicted_value, ape, family, assumed and skipped_reason; and the skipped rows."""
+    cache: dict[tuple[Any, ...], Any] = {}
+    out, _ = predict_rows(frame, lambda row: predict_row(row, cache, chip), progress)
+    out.insert(len(out.columns) - 1, "family", [family_of(str(m)) for m in out["model_id"]])
+    out = out.rename(columns={"detail": "assumed"})
     return out, out[out["skipped_reason"] != ""]
 
 

@@ -19,8 +19,8 @@ from chipsim.training.step import PRECISIONS, TrainingResult, simulate_training
 
 LAYOUT_KEYS = ("tp", "pp", "cp", "dp", "ep", "etp", "vp", "micro_batch", "zero", "first_stage_layers",
                "last_stage_layers")
-MODEL_DIMS = ("layers", "d_model", "heads", "kv_heads", "head_dim", "ffn", "vocab", "experts", "topk", "expert_ffn",
-              "shared_experts")
+MODEL_DIMS = ("layers", "d_model", "heads", "kv_heads", "head_dim", "ffn", "vocab", "max_seq", "experts", "topk",
+              "expert_ffn", "shared_experts")
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,8 @@ class TrainingCase:
     precision: str
 
 
-def _model(sec: Section) -> ModelConfig:
+def model_from_section(sec: Section) -> ModelConfig:
+    """A config section's `model`: a zoo id, or a mapping of dimensions (MODEL_DIMS) for gpt-custom."""
     from chipsim.models import custom_model, load_model
 
     raw = sec.raw("model")
@@ -58,7 +59,7 @@ def resolve_cases(config: RunConfig) -> list[TrainingCase]:
     assert config.parallelism is not None
     file = str(config.file) if config.file else None
     sec = Section(config.parallelism, file, "parallelism")
-    model = _model(sec)
+    model = model_from_section(sec)
     gpus = int(sec.number("gpus", integer=True, minimum=1)) if sec.has("gpus") else None
     sizes: dict[str, Any] = {k: int(sec.number(k, integer=True, minimum=0 if k == "zero" else 1))
                              for k in LAYOUT_KEYS if sec.has(k)}
