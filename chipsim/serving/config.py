@@ -53,7 +53,7 @@ MAX_TOKENS = 1 << 24  # a length or an engine setting beyond this is a typo, not
 ADMISSIONS = ("reserve", "greedy")
 KEYS = ("model", "chip", "system", "tp", "engine", "engine_settings", "quantization", "kv_cache_dtype", "requests",
         "seed", "arrival", "lengths")
-ARRIVAL_KEYS = {"poisson": ("rate",), "gamma": ("rate", "cv"), "closed": ("concurrency",), "burst": (),
+ARRIVAL_KEYS = {"poisson": ("rate",), "gamma": ("rate", "cv"), "closed": ("concurrency", "think"), "burst": (),
                 "trace": ("file",)}
 
 
@@ -74,6 +74,7 @@ class ArrivalSpec:
     rate: float = math.nan
     cv: float = 1.0
     concurrency: int = 0
+    think_s: float = 0.0  # closed loop: mean time from a response to the client's next request
     times: tuple[float, ...] | None = None
 
     def label(self) -> str:
@@ -82,7 +83,8 @@ class ArrivalSpec:
         if self.process == "gamma":
             return f"gamma {self.rate:.4g} req/s (cv {self.cv:g})"
         if self.process == "closed":
-            return f"closed loop, {self.concurrency} clients"
+            think = f", think time {self.think_s * 1e3:.4g} ms" if self.think_s else ""
+            return f"closed loop, {self.concurrency} clients{think}"
         if self.process == "burst":
             return "burst (every request at t = 0)"
         return "trace"
@@ -125,7 +127,8 @@ class ServingSetup:
     def arrivals(self) -> Arrivals:
         a = self.arrival
         if a.process == "closed":
-            return Arrivals(self.lengths(), self.requests, concurrency=a.concurrency)
+            return Arrivals(self.lengths(), self.requests, concurrency=a.concurrency, think_s=a.think_s,
+                            seed=self.seed)
         if a.process == "burst":
             return Arrivals(self.lengths(), self.requests, times=[0.0] * self.requests)
         if a.process == "trace":
@@ -150,6 +153,7 @@ class ServingSetup:
             "arrival": a.process, "rate_per_s": a.rate if a.process in ("poisson", "gamma") else None,
             "cv": a.cv if a.process == "gamma" else None,
             "concurrency": a.concurrency if a.process == "closed" else None,
+            "think_s": a.think_s if a.process == "closed" else None,
             "requested": self.requests, "seed": self.seed, "arrival_label": a.label(),
             "lengths_label": self.lengths_label,
             "input_len_mean": float(self.input_lens.mean()), "output_len_mean": float(self.output_lens.mean()),
@@ -236,7 +240,8 @@ def _arrival(sec: Section) -> tuple[ArrivalSpec, np.ndarray | None, np.ndarray |
         spec = ArrivalSpec(process, rate=_rate(sec), cv=sec.number("cv", positive=True, maximum=100.0))
     elif process == "closed":
         spec = ArrivalSpec(process, concurrency=int(sec.number("concurrency", minimum=1, maximum=MAX_REQUESTS,
-                                                               integer=True)))
+                                                               integer=True)),
+                           think_s=sec.quantity("think", "time", 0.0))
     elif process == "burst":
         spec = ArrivalSpec(process)
     else:

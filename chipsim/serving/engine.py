@@ -66,6 +66,9 @@ class Arrivals:
     times: list[float] | None = None
     concurrency: int = 0
     stagger_s: float = 0.0  # closed loop: the clients' first requests spread evenly over this time
+    think_s: float = 0.0  # closed loop: mean time from a finish to the client's next request (exponential)
+    warmup: int = 0  # requests (the first ones sent) left out of the metrics: the start-up transient
+    seed: int = 0  # of the turnaround times
 
 
 @dataclass
@@ -81,6 +84,7 @@ class ServingTrace:
     preemptions: int = 0
     batch_mean: float = 0.0  # sequences per iteration, time-weighted
     kv_capacity_tokens: int = 0
+    warmup: int = 0  # the first requests (by id) that the metrics leave out
 
 
 MAX_ITERATIONS = 20_000_000
@@ -133,6 +137,8 @@ def simulate_serving(model: IterationModel, arrivals: Arrivals,
     iterations = preemptions = finished = 0
     itl = array("d")
     reserve = prof.admission == "reserve"
+    warm = min(arrivals.warmup, max(0, arrivals.count - 1))
+    think = np.random.default_rng(arrivals.seed) if arrivals.think_s > 0 else None
 
     def admissible(r: Request, batch: int) -> bool:
         """Whether the scheduler could admit `r` beside `batch` decoding sequences now."""
@@ -186,7 +192,9 @@ def simulate_serving(model: IterationModel, arrivals: Arrivals,
                 iterations += j
                 gaps = np.diff(np.asarray(ends)) if j > 1 else np.empty(0)
                 for r in running:
-                    itl.append(ends[0] - r.last_token_s)
+                    if r.id >= warm:
+                        itl.append(ends[0] - r.last_token_s)
+                        itl.frombytes(gaps.tobytes())
                     r.cached += j
                     r.generated += j
                     r.last_token_s = ends[-1]
@@ -194,7 +202,6 @@ def simulate_serving(model: IterationModel, arrivals: Arrivals,
                         grown = blocks_for(r.cached)
                         free -= grown - r.blocks
                         r.blocks = grown
-                    itl.frombytes(gaps.tobytes())
                 kv_peak = max(kv_peak, (total_blocks - free) / total_blocks)
                 now = ends[-1]
                 continue
@@ -287,7 +294,8 @@ def simulate_serving(model: IterationModel, arrivals: Arrivals,
         for r in decoding:
             r.cached += 1
             r.generated += 1
-            itl.append(end - r.last_token_s)
+            if r.id >= warm:
+                itl.append(end - r.last_token_s)
             r.last_token_s = end
             if r.generated >= r.output_len:
                 done.append(r)
@@ -296,7 +304,7 @@ def simulate_serving(model: IterationModel, arrivals: Arrivals,
             if r.cached >= r.prompt:  # the prompt's last chunk: its (next) token comes out now
                 if math.isnan(r.first_token_s):
                     r.first_token_s = end
-                else:
+                elif r.id >= warm:
                     itl.append(end - r.last_token_s)
                 r.last_token_s = end
                 r.generated += 1
@@ -312,15 +320,15 @@ def simulate_serving(model: IterationModel, arrivals: Arrivals,
                 r.finish_s = end
                 finished += 1
                 if arrivals.concurrency and made < arrivals.count:  # the client sends its next request
-                    nxt = make(made, end)
+                    gap = float(think.exponential(arrivals.think_s)) if think is not None else 0.0
+                    heapq.heappush(pending, (end + gap, made))
                     made += 1
-                    requests.append(nxt)
-                    waiting.append(nxt)
             if progress:
                 progress(finished, arrivals.count)
     return ServingTrace(requests, iterations, now, energy, busy, itl,
                         kv_utilization=kv_area / now if now else 0.0, kv_peak=kv_peak, preemptions=preemptions,
-                        batch_mean=batch_area / now if now else 0.0, kv_capacity_tokens=total_blocks * block)
+                        batch_mean=batch_area / now if now else 0.0, kv_capacity_tokens=total_blocks * block,
+                        warmup=warm)
 
 
 def poisson_times(rate: float, count: int, seed: int, cv: float = 1.0) -> list[float]:

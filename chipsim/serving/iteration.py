@@ -19,6 +19,7 @@ to 128 beyond, context lengths to 64 up to 4,096 and to 256 beyond.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -225,8 +226,9 @@ class IterationModel:
     def _cost(self, tokens: int, chunks: tuple[tuple[int, int], ...], decode: int, mean_ctx: int,
               logits: int) -> StepCost:
         layer = list(self._layer(tokens))
-        for q, ctx in chunks:
-            layer += self._attention(1, q, max(q, ctx))
+        # the prefill chunks run as one variable-length attention kernel: chunks of one shape as its batch
+        for (q, ctx), n in Counter(chunks).items():
+            layer += self._attention(n, q, max(q, ctx))
         if decode:
             layer += self._attention(decode, 1, max(1, mean_ctx))
         layers = self.model.layers

@@ -37,8 +37,9 @@ def _stats(values: np.ndarray) -> dict[str, float]:
 def summarize(trace: ServingTrace, gpus: int) -> dict[str, Any]:
     """Headline figures in SI units (seconds, tokens/s, watts, joules)."""
     frame = request_frame(trace)
-    done = frame[frame["finish_s"].notna()]
-    span = trace.makespan_s
+    done = frame[frame["finish_s"].notna() & (frame["id"] >= trace.warmup)]
+    # after a warm-up, the measured window opens at the first measured request's arrival
+    span = trace.makespan_s - (float(done["arrival_s"].min()) if trace.warmup and len(done) else 0.0)
     out_tokens = float(done["output_len"].sum())
     in_tokens = float(done["input_len"].sum())
     summary: dict[str, Any] = {"requests": int(len(done)), "duration_s": span, "iterations": trace.iterations}

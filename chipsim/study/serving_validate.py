@@ -5,8 +5,10 @@ row's own metric and unit.
 
 How a row's load is run:
 - a concurrency (`batch_or_concurrency` a number, `request_rate` "closed loop"): that many clients,
-  each sending its next request when the last one finishes (benchmark tools' closed loop), for
-  `CLOSED_LOOP_ROUNDS` requests per client;
+  all starting at once and each sending its next request when its last one finishes (benchmark
+  tools' closed loop), for `CLOSED_LOOP_ROUNDS` requests per client, every one counted as the tools
+  count them: the synchronized first wave (whose prompts queue for the token budget) is part of
+  the mean TTFT;
 - `max load` / an infinite `request_rate`: every request there at once, the engine choosing its batch
   (`MAX_LOAD_REQUESTS` requests);
 - a finite `request_rate`: Poisson arrivals at that rate;
@@ -29,7 +31,10 @@ from chipsim.study.validate import Unsupported, chip_name_for_device
 
 SERVING_COLUMNS = ("engine", "model", "gpu", "tp", "input_len", "output_len", "batch_or_concurrency",
                    "metric_name", "metric_value", "unit")
-CLOSED_LOOP_ROUNDS = 4  # requests per client in a closed-loop row
+# requests per client in a closed-loop row: the benchmark's length, fitted on the AIConfigurator rows
+# of published/serving_calibration.csv (median TTFT APE, H100 / H200: 4 rounds 45% / 102%, 6 with
+# a 1 ms think time 46% / 109%, 10 rounds 43% / 52%, 16 with 2 ms 38% / 84%; TPOT moves < 1.5 points)
+CLOSED_LOOP_ROUNDS = 10
 MAX_LOAD_REQUESTS = 2000
 POISSON_REQUESTS = 1000
 SEED = 0
