@@ -140,6 +140,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from chipsim.serving.config import resolve_serving
 
     slo = parse_slo(args.slo) if args.slo is not None else None  # everything checked before any work
+    axes = None
+    if args.sweep is not None:
+        from chipsim.serving.pareto import parse_sweep
+
+        if args.find_capacity or slo is not None:
+            raise InputError(f"--sweep cannot be combined with {'--find-capacity' if args.find_capacity else '--slo'}",
+                             key="--sweep")
+        axes = parse_sweep(args.sweep)
     if args.find_capacity and slo is None:
         raise InputError("--find-capacity needs the SLOs to meet, e.g. --slo ttft_p99=500ms,tpot_p99=50ms",
                          key="--slo")
@@ -154,7 +162,45 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if out_dir is not None:
         check_out_dir(out_dir, "--out")
     with sigterm_as_interrupt():
+        if axes is not None:
+            return _serve_sweep(setup, axes, out_dir, args.json)
         return _serve(setup, out_dir, reports, args.json, slo, args.find_capacity)
+
+
+def _serve_sweep(setup: Any, axes: dict[str, list[Any]], out_dir: Path | None, as_json: bool) -> int:
+    """`chipsim serve --sweep`: every chip x quantization x tp at each concurrency; the table (`*`: the
+    Pareto front) or `{"sweep": [rows]}`, and pareto.csv / pareto.png into `out_dir`."""
+    from tqdm import tqdm
+
+    from chipsim.report import strict_json
+    from chipsim.report.files import write_staged
+    from chipsim.serving.pareto import plot_pareto, render_sweep, sweep
+
+    bar = tqdm(desc="sweep", unit="point", file=sys.stderr, disable=not (sys.stderr.isatty() and not as_json),
+               leave=False)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        frame = sweep(setup, axes, progress)
+    finally:
+        bar.close()
+    frame = frame.sort_values(["chip", "quantization", "tp", "concurrency"], kind="stable").reset_index(drop=True)
+    if as_json:
+        print(strict_json.dumps({"sweep": frame.to_dict("records")}))
+    else:
+        print(f"{setup.model.model_id}, {setup.profile.name}, KV cache {setup.kv_dtype}: closed loops, lengths "
+              f"{setup.lengths_label}\n")
+        print(render_sweep(frame))
+    if out_dir is not None:
+        title = f"{setup.model.model_id}, {setup.profile.name}: output tok/s per GPU vs tok/s per user"
+        written = write_staged(out_dir, {"pareto.csv": lambda p: frame.to_csv(p, index=False),
+                                         "pareto.png": lambda p: plot_pareto(frame, p, title)})
+        if not as_json:
+            _stderr(f"wrote {len(written)} files to {out_dir}/")
+    return 0
 
 
 def _serve(setup: Any, out_dir: Path | None, reports: Sequence[str], as_json: bool,
@@ -683,6 +729,10 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--slo", help="latency SLOs, name=value[ms|s] separated by commas, e.g. "
                                    "ttft_p99=500ms,tpot_p99=50ms (names ttft/tpot/itl/e2e _mean/_p50/_p90/_p99); "
                                    "without --find-capacity: exit 1 when the run misses one")
+    srv.add_argument("--sweep", metavar="SPEC",
+                     help="serve every chip x quantization x tp as closed loops and mark the Pareto front of "
+                          "tok/s/user vs output tok/s/GPU, e.g. chip=h100_sxm,h200_sxm;quantization=none,fp8;"
+                          "tp=1,2;concurrency=1,16,64 (--out: pareto.csv, pareto.png)")
     srv.set_defaults(func=cmd_serve)
 
     chips = sub.add_parser("chips", help="list built-in chips, or show one resolved in SI units")

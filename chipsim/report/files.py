@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from chipsim.report.result import Result
 
 STAGING_TAG = "chipsim-staging"
-RUN_OUTPUTS = re.compile(r"summary\.csv|ops\.csv|timeline\.json|breakdown\.png|power\.png|roofline_[\w.-]*\.png|"
+RUN_OUTPUTS = re.compile(r"summary\.csv|pareto\.csv|pareto\.png|ops\.csv|timeline\.json|breakdown\.png|power\.png|roofline_[\w.-]*\.png|"
                          r"requests\.csv|latency\.png")
 
 

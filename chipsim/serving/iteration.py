@@ -41,6 +41,9 @@ Part = tuple[float, float, float, float, float]
 # the engines' custom all-reduce takes messages up to this size (vLLM: 8 MiB on NVLink,
 # vllm/distributed/device_communicators/custom_all_reduce.py max_size); NCCL beyond
 CUSTOM_ALL_REDUCE_MAX = 8 * 2**20
+# framework module calls per layer of an unfused (HF Transformers-style) model besides its kernels: the
+# decoder layer's, the attention's and the MLP's forward (fitted with EngineProfile "eager")
+UNFUSED_MODULE_CALLS = 3
 ACTIVATION_RESERVE = 0.04  # of HBM kept for activations and workspaces besides weights and KV cache (assumption)
 
 
@@ -72,7 +75,7 @@ class IterationModel:
             raise InputError(f"heads ({model.heads}) must be divisible by tp ({tp})", key="tp")
         if model.mla is not None:
             raise InputError(f"{model.model_id}: MLA attention is not served yet", key="model")
-        if quant.gemm_dtype not in chip.peak_flops_per_s:
+        if not chip.peak_flops_per_s.get(quant.gemm_dtype):
             raise InputError(f"chip '{chip.name}' has no {quant.gemm_dtype} tensor cores for quantization "
                              f"'{quant.name}'", key="quantization")
         self.model, self.chip, self.quant, self.profile = model, chip, quant, profile
@@ -120,7 +123,11 @@ class IterationModel:
                 continue
             c: OpCost = cost_of(op, self.chip, self.network)
             fixed = c.fixed_s + self.chip.calibration.graph_launch_s * c.kernels
-            out.append((fixed + max(c.mem_s, c.link_s), c.compute_s, c.compute_energy_j, c.memory_energy_j,
+            link_s = c.link_s
+            if op.kind == "all_reduce" and self.profile.all_reduce_round_bytes_per_s:
+                rounds = math.ceil(math.log2(self.tp))
+                link_s = max(link_s, rounds * op.shape["bytes"] / self.profile.all_reduce_round_bytes_per_s)
+            out.append((fixed + max(c.mem_s, link_s), c.compute_s, c.compute_energy_j, c.memory_energy_j,
                         dispatch_seconds(op, self.chip)))
         return out
 
@@ -150,8 +157,16 @@ class IterationModel:
             m, tp, t = self.model, self.tp, tokens
             b = WorkloadBuilder("layer")
             d = m.d_model
-            b.add("norm", "attn_norm", "bf16", [], rows=t, cols=d, attrs={"type": "rms_norm"})  # residual fused
+            fused = self.profile.fused
+            b.add("norm", "attn_norm", "bf16", [], rows=t, cols=d,  # residual add fused, or a module call
+                  attrs={"type": "rms_norm"} if fused else {"type": "rms_norm", "host_calls": UNFUSED_MODULE_CALLS})
             self._gemm(b, "qkv", t, d, (self.heads + 2 * self.kv_heads) * m.head_dim)
+            if not fused:  # rotary on q and k, the KV-cache write of k and v, as kernels of their own
+                kv = t * self.kv_heads * m.head_dim
+                b.add("elementwise", "rope_q", "bf16", [], numel=t * self.heads * m.head_dim, attrs={"op": "rope"})
+                b.add("elementwise", "rope_k", "bf16", [], numel=kv, attrs={"op": "rope"})
+                b.add("elementwise", "cache_k", "bf16", [], numel=kv, attrs={"op": "copy"})
+                b.add("elementwise", "cache_v", "bf16", [], numel=kv, attrs={"op": "copy"})
             self._gemm(b, "o", t, self.heads * m.head_dim, d)
             if tp > 1:
                 b.add("all_reduce", "o_all_reduce", "bf16", [], bytes=t * d * 2, group=tp)
@@ -165,6 +180,9 @@ class IterationModel:
                 self._gemm(b, "down", t, ffn, d)
             if tp > 1:
                 b.add("all_reduce", "mlp_all_reduce", "bf16", [], bytes=t * d * 2, group=tp)
+            if not fused:
+                for name in ("attn_residual", "mlp_residual"):
+                    b.add("elementwise", name, "bf16", [], numel=t * d, attrs={"op": "add"})
             self._layer_cache[tokens] = self._parts(b)
         return self._layer_cache[tokens]
 

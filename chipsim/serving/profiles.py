@@ -31,6 +31,14 @@ class EngineProfile:
     admission: str  # "reserve": a request's whole sequence must fit the free KV blocks; "greedy": preempt
     all_reduce_s: float  # fixed cost of the engine's custom tensor-parallel all-reduce (0: NCCL for all sizes)
     source: str
+    # False: rotary embedding, KV-cache writes and residual adds run as their own kernels and each layer
+    # costs framework module calls (an HF Transformers-style PyTorch model); True: fused into the
+    # engine's kernels (TensorRT-LLM, vLLM, SGLang)
+    fused: bool = True
+    # an engine whose tensor-parallel all-reduce exchanges the whole message in log2(tp) rounds
+    # (recursive doubling) at this rate per round, where NCCL's ring would move 2(tp-1)/tp of it at the
+    # link's bus bandwidth; the slower of the two counts (0: the fabric's model only)
+    all_reduce_round_bytes_per_s: float = 0.0
 
 
 PROFILES: dict[str, EngineProfile] = {p.name: p for p in (
@@ -53,9 +61,17 @@ PROFILES: dict[str, EngineProfile] = {p.name: p for p in (
                   graphs="decode", admission="greedy", all_reduce_s=8e-6, source="assumption: no SGLang rows in the calibration data"),
     # a PyTorch engine without CUDA graphs (HF Transformers-style, the harness of Splitwise's
     # characterization): every op dispatched from Python, static batches, no chunked prefill
+    # fitted on published/serving_calibration.csv's Splitwise rows (Llama-2-70B FP16 on DGX-H100, TP 2-8):
+    # batch-1 decode steps take ~30 ms at TP4 and TP8 alike (host-bound: 6 unfused kernels and 3 module
+    # calls a layer beyond the fused op list), and prefill time per token stops falling with TP
+    # (8,192 prompt tokens: TP2 1,340 ms, TP4 954, TP8 845): what a ring all-reduce at NVLink speed
+    # leaves unexplained grows as log2(tp) (~160 ms per doubling: 160 all-reduces of 134 MB at ~135 GB/s
+    # per round)
     EngineProfile("eager", iteration_s=1.0e-3, per_sequence_s=0.0, max_batch=256, max_tokens=1 << 20,
                   chunked_prefill=False, block_size=16, memory_fraction=0.9, attention_backend="flash",
-                  graphs="none", admission="reserve", all_reduce_s=0.0, source="calibrated on published/serving_calibration.csv (Splitwise rows)"),
+                  graphs="none", admission="reserve", all_reduce_s=0.0, fused=False,
+                  all_reduce_round_bytes_per_s=135e9,
+                  source="calibrated on published/serving_calibration.csv (Splitwise rows)"),
 )}
 OVERRIDABLE = ("iteration_s", "per_sequence_s", "max_batch", "max_tokens", "chunked_prefill", "block_size",
                "memory_fraction", "admission")

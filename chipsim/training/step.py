@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from chipsim.cost.base import cost_of
 from chipsim.engine.sim import SimOptions, simulate
 from chipsim.errors import InputError
 from chipsim.hardware.chip import Chip
@@ -39,7 +40,7 @@ from chipsim.network.fabric import Fabric
 from chipsim.network.system import System
 from chipsim.report.result import Result
 from chipsim.vocab import TRAINING_PRECISIONS
-from chipsim.workload.graph import WorkloadBuilder
+from chipsim.workload.graph import WorkloadBuilder, make_op
 
 PRECISIONS = TRAINING_PRECISIONS  # the block linears' GEMM format (see chipsim.vocab)
 # fp8_block: one fp32 scale per 128 values, written by the cast beside its fp8 data
@@ -449,8 +450,13 @@ def _schedule_order(pp: int, vp: int, microbatches: int, stage: int) -> list[tup
     return order
 
 
-def simulate_training(model: ModelConfig, layout: Layout, system: System, precision: str = "bf16") -> TrainingResult:
-    """One training step (see the module notes). `system` must hold the layout's GPUs."""
+def simulate_training(model: ModelConfig, layout: Layout, system: System, precision: str = "bf16",
+                      screen: bool = False, piece_cache: dict[Any, Piece] | None = None) -> TrainingResult:
+    """One training step (see the module notes). `system` must hold the layout's GPUs. With `screen`,
+    the pipeline schedule is list-scheduled rather than simulated (`_ListSchedule`: no contention
+    between a stage's sends and its data-parallel sync, no timeline): what the plan search ranks
+    layouts by before it simulates the best. `piece_cache` keeps simulated pieces for other layouts of
+    the same model, precision and system (a plan search's)."""
     if precision not in PRECISIONS:
         raise InputError(f"unknown training precision '{precision}'; expected one of {', '.join(PRECISIONS)}",
                          key="precision")
@@ -464,14 +470,24 @@ def simulate_training(model: ModelConfig, layout: Layout, system: System, precis
     memory = memory_per_gpu(model, layout, precision, flash_attention=True)
 
     pieces: dict[str, Piece] = {}
+    # what a piece's kernels depend on besides its name: pieces are shared between layouts that agree
+    shape = (layout.tp, layout.cp, layout.ep, layout.etp, layout.micro_batch, layout.seq, layout.recompute,
+             layout.sequence_parallel, layout.moe_imbalance)
 
-    def piece(name: str, build: Any) -> Piece:
+    def piece(name: str, build: Any, extra: object = None) -> Piece:
         if name not in pieces:
-            builder, quiet = (_PieceBuilder(model, layout, precision, name, communicate, system.gpus_per_node)
-                              for communicate in (True, False))
-            build(builder)
-            build(quiet)
-            pieces[name] = _simulate_piece(builder, quiet, chip, fabric)
+            key = (name, shape, extra)
+            if piece_cache is None or key not in piece_cache:
+                builder, quiet = (_PieceBuilder(model, layout, precision, name, communicate, system.gpus_per_node)
+                                  for communicate in (True, False))
+                build(builder)
+                build(quiet)
+                made = _simulate_piece(builder, quiet, chip, fabric)
+                if piece_cache is None:
+                    pieces[name] = made
+                    return made
+                piece_cache[key] = made
+            pieces[name] = piece_cache[key]
         return pieces[name]
 
     kinds = {"moe": model.is_moe, "dense": not model.is_moe or model.moe_layers < model.layers}
@@ -516,10 +532,10 @@ def simulate_training(model: ModelConfig, layout: Layout, system: System, precis
 
     params_per_gpu = [sum(stages[(s, c)].params for c in range(vp)) for s in range(pp)]
     shard = layout.dense_shard if layout.zero >= 1 else 1
-    optimizers = [piece(f"optimizer_stage{s}", lambda b, n=params_per_gpu[s] / shard: b.optimizer(n))
+    optimizers = [piece(f"optimizer_stage{s}", lambda b, n=params_per_gpu[s] / shard: b.optimizer(n),
+                        params_per_gpu[s] / shard)
                   for s in range(pp)]
-    schedule, busy, last_bwd, opt_start = _schedule(layout, stages, optimizers, system)
-    step_s, ops = schedule.latency_s, len(schedule.records)
+    schedule, step_s, ops, busy, last_bwd, opt_start = _schedule(layout, stages, optimizers, system, screen)
 
     # the busiest stage's time, split: its kernels, the communication its forwards and backwards
     # expose (TP, CP, EP), the pipeline bubble, the exposed data-parallel sync and the optimizer
@@ -551,12 +567,54 @@ def simulate_training(model: ModelConfig, layout: Layout, system: System, precis
         pieces=list(pieces.values()), folded=folded, schedule_ops=ops, schedule=schedule)
 
 
+class _ListSchedule:
+    """The schedule's ops timed as they are added, without the event engine: each op starts when its
+    dependencies have ended and the previous op of its (device, stream) has, and lasts its cost alone
+    (collectives and sends on the fabric, uncontended; shapes cached). What the engine adds is
+    contention, on a device's link, between a stage's sends and its data-parallel sync: the plan search
+    ranks layouts with this and simulates its best ones with the engine (`simulate_training(...,
+    screen=True)`)."""
+
+    def __init__(self, system: System) -> None:
+        self.chip, self.fabric = system.chip, Fabric(system)
+        self.start: list[float] = []
+        self.end: list[float] = []
+        self.free: dict[tuple[int, str], float] = {}
+        self._costs: dict[tuple[object, ...], float] = {}
+
+    def add(self, kind: str, name: str, dtype: str, deps: list[int | None], *, device: int = 0,
+            stream: str = "compute", attrs: dict[str, Any] | None = None, **shape: Any) -> int:
+        if kind == "opaque":
+            seconds = float(shape["duration_s"])
+        else:
+            if kind == "send_recv":  # the many sends between stages: what their cost depends on, cheaply
+                key: tuple[object, ...] = (kind, dtype, shape["bytes"], *(attrs or {})["ranks"])
+            else:
+                key = (kind, dtype, tuple(sorted(shape.items())), repr(sorted((attrs or {}).items())))
+            if key not in self._costs:
+                op = make_op(0, name, kind, dtype, shape, stream=stream, attrs=attrs)
+                c = cost_of(op, self.chip, self.fabric)
+                self._costs[key] = (c.fixed_s + self.chip.calibration.graph_launch_s * c.kernels
+                                    + max(c.compute_s, c.mem_s, c.link_s))
+            seconds = self._costs[key]
+        start = self.free.get((device, stream), 0.0)
+        for d in deps:
+            if d is not None and self.end[d] > start:
+                start = self.end[d]
+        self.start.append(start)
+        self.end.append(start + seconds)
+        self.free[(device, stream)] = start + seconds
+        return len(self.end) - 1
+
+
 def _schedule(layout: Layout, stages: dict[tuple[int, int], _Stage], optimizers: list[Piece],
-              system: System) -> tuple[Result, list[float], list[float], list[float]]:
-    """Simulate the pipeline schedule: (its result, and per stage its busy seconds, its last backward's
-    end and its optimizer's start)."""
+              system: System, screen: bool = False) -> tuple[Result | None, float, int, list[float], list[float],
+                                                             list[float]]:
+    """Simulate the pipeline schedule: (its result — None when `screen`, list-scheduled without the
+    engine — its length and ops, and per stage its busy seconds, its last backward's end and its
+    optimizer's start)."""
     pp, vp, micro = layout.pp, layout.vp, layout.num_microbatches
-    b = WorkloadBuilder("pipeline_schedule", "training_schedule")
+    b: Any = _ListSchedule(system) if screen else WorkloadBuilder("pipeline_schedule", "training_schedule")
     act_bytes = layout.micro_batch * layout.seq // layout.cp * ACT_BYTES
     act_bytes = act_bytes // layout.tp if layout.sequence_parallel else act_bytes
     orders = [_schedule_order(pp, vp, micro, s) for s in range(pp)]
@@ -626,12 +684,15 @@ def _schedule(layout: Layout, stages: dict[tuple[int, int], _Stage], optimizers:
                                    bytes=stages[(s, c)].params * GRAD_BYTES, group=dp_group, attrs=dp_attrs))
         optimizer_ops.append(opaque(f"optimizer.s{s}", s, optimizers[s].seconds,
                                     [last_of_chunk[(s, vp - 1 if s else 0)], *syncs]))
+    busy = [sum(micro * (stages[(s, c)].fwd_s + stages[(s, c)].bwd_s) for c in range(vp)) for s in range(pp)]
+    if screen:
+        last_bwd = [max(b.end[last_of_chunk[(s, c)]] for c in range(vp)) for s in range(pp)]
+        return None, max(b.end), len(b.end), busy, last_bwd, [b.start[op] for op in optimizer_ops]
     workload = b.build()
     options = SimOptions(launch="graph", power_capping=False)
     result = simulate(workload, system.chip, options, network=Fabric(system))
     rec = {r.id: r for r in result.records}
-    busy = [sum(micro * (stages[(s, c)].fwd_s + stages[(s, c)].bwd_s) for c in range(vp)) for s in range(pp)]
     last_bwd = [max(rec[last_of_chunk[(s, c)]].end_s for c in range(vp)) for s in range(pp)]
     opt_start = [rec[op].start_s for op in optimizer_ops]
-    return result, busy, last_bwd, opt_start
+    return result, result.latency_s, len(result.records), busy, last_bwd, opt_start
 

@@ -154,3 +154,29 @@ def test_cli_plan_dask_without_distributed_says_what_to_install(cli, monkeypatch
     code, stdout, stderr = cli(["plan", "llama3-8b", "--system", CLUSTER, "--gpus", 16, "--global-batch", 64,
                                 "--seq", 4096, "--executor", "dask"])
     assert code == 2 and "pip install dask[distributed]" in stderr and "key '--executor'" in stderr
+
+
+def test_the_screen_list_schedules_what_the_engine_simulates() -> None:
+    """The plan ranks by the list-scheduled pipeline; it must agree with the event engine where nothing
+    contends, and the best layouts are simulated again by the engine."""
+    model, system = load_model("llama3-70b"), load_system(CLUSTER, overrides={"nodes": 16})
+    cache: dict = {}
+    for sizes in ({"tp": 4, "pp": 4, "vp": 2}, {"tp": 8, "pp": 8}, {"tp": 2, "pp": 16, "vp": 5}):
+        layout = resolve_layout(model, 128, **sizes, micro_batch=1, global_batch=64, seq=4096, zero=1)
+        full = simulate_training(model, layout, system)
+        screen = simulate_training(model, layout, system, screen=True, piece_cache=cache)
+        assert screen.schedule is None and full.schedule is not None
+        assert screen.step_s == pytest.approx(full.step_s, rel=1e-3)
+        assert screen.schedule_ops == full.schedule_ops
+        assert screen.breakdown == pytest.approx(full.breakdown, rel=1e-3, abs=1e-3)
+    assert len(cache) >= 6  # pieces kept for the next layouts: layers fwd/bwd, embedding, head, optimizers
+
+
+def test_the_best_layouts_are_simulated_by_the_engine(small_plan) -> None:  # type: ignore[no-untyped-def]
+    from chipsim.training.plan import ENGINE_TOP
+
+    table = small_plan[0]
+    fits = table[table["fits"]]
+    engine = fits["schedule"] == "engine"
+    assert engine.sum() == min(ENGINE_TOP, len(fits)) and set(fits["schedule"]) <= {"engine", "screen"}
+    assert (table.loc[~table["fits"], "schedule"] == "").all()

@@ -55,6 +55,7 @@ def _write(tmp_path: Path, serving: dict[str, Any], name: str = "serve.yaml", **
     ({"model": {"layers": 2, "d_model": 256, "heads": 4, "wings": 2}}, "serving.model.wings"),
     ({"kv_cache_dtype": "fp4"}, "serving.kv_cache_dtype"),
     ({"chip": "a100_sxm", "kv_cache_dtype": "fp8"}, "serving.kv_cache_dtype"),
+    ({"chip": "a100_sxm", "quantization": "fp8"}, "serving.quantization"),  # a zero fp8 rate: no format
     ({"tp": 3, "system": "dgx_h100"}, "serving.tp"),
     ({"tp": 0}, "serving.tp"),
     ({"tp": 16}, "serving.tp"),
@@ -68,6 +69,8 @@ def _write(tmp_path: Path, serving: dict[str, Any], name: str = "serve.yaml", **
     ({"arrival": {"process": "poisson", "rate": 5, "cv": 2}}, "serving.arrival.cv"),
     ({"arrival": {"process": "gamma", "rate": 5}}, "serving.arrival.cv"),
     ({"arrival": {"process": "closed", "concurrency": 0}}, "serving.arrival.concurrency"),
+    ({"arrival": {"process": "closed", "concurrency": 4, "think": "soon"}}, "serving.arrival.think"),
+    ({"arrival": {"process": "closed", "concurrency": 4, "think": -1}}, "serving.arrival.think"),
     ({"arrival": {"process": "uniform"}}, "serving.arrival.process"),
     ({"arrival": {"process": "trace", "file": "missing.csv"}}, "serving.arrival.file"),
     ({"lengths": {"input": 9000, "output": 128}}, "serving.lengths.input"),
@@ -154,6 +157,53 @@ def test_latency_rises_with_the_rate_and_throughput_saturates() -> None:
     assert closed[1]["output_tokens_per_s"] < closed[16]["output_tokens_per_s"] < closed[256]["output_tokens_per_s"]
     assert closed[1]["tpot_mean_s"] < closed[256]["tpot_mean_s"]  # bigger batches, slower steps
     assert closed[1]["batch_mean"] == pytest.approx(1, abs=0.05)
+
+
+def test_think_time_spreads_a_closed_loop_and_warmup_drops_the_start() -> None:
+    from chipsim.serving.engine import Arrivals, simulate_serving
+    from chipsim.serving.metrics import summarize
+
+    setup = _setup()
+    lock = Arrivals(lambda i: (2048, 64), count=64, concurrency=16)
+    think = Arrivals(lambda i: (2048, 64), count=64, concurrency=16, think_s=0.05, seed=3)
+    a, b = simulate_serving(setup.iteration, lock), simulate_serving(setup.iteration, think)
+    def gaps(trace: Any) -> list[float]:  # request 16 + k is sent on the k-th finish, a think time later
+        finishes = sorted(r.finish_s for r in trace.requests)
+        sent = sorted((r for r in trace.requests if r.id >= 16), key=lambda r: r.id)
+        return [r.arrival_s - finishes[k] for k, r in enumerate(sent)]
+
+    assert max(gaps(a)) == 0.0 and min(gaps(b)) >= 0.0 and sum(gaps(b)) / len(gaps(b)) > 0.02
+    assert b.makespan_s > a.makespan_s
+    assert simulate_serving(setup.iteration, think).makespan_s == b.makespan_s  # seeded: the same numbers
+    warm = simulate_serving(setup.iteration, Arrivals(lambda i: (2048, 64), count=64, concurrency=16, warmup=16))
+    cold, hot = summarize(a, 1), summarize(warm, 1)
+    assert hot["requests"] == 48 and cold["requests"] == 64
+    # the first wave queues 16 prompts of 2,048 tokens for an 8,192-token budget: its TTFT is the worst
+    assert hot["ttft_mean_s"] < cold["ttft_mean_s"]
+    config = _setup(arrival={"process": "closed", "concurrency": 8, "think": "20 ms"})
+    assert config.arrival.think_s == pytest.approx(0.02) and "think time 20 ms" in config.arrival.label()
+
+
+def test_fp8_kv_cache_halves_the_decode_attention() -> None:
+    from chipsim.serving.quant import quantization
+
+    bf16, fp8 = _setup(), _setup(kv_cache_dtype="fp8")
+    assert fp8.iteration.kv_bytes_per_token == bf16.iteration.kv_bytes_per_token / 2
+    long_decode = (256, 256 * 4096, 256)  # 256 sequences of 4,096 cached tokens: attention-bound
+    t16, t8 = (s.iteration.step([], *long_decode).seconds for s in (bf16, fp8))
+    assert 0.5 * t16 < t8 < 0.8 * t16
+    assert quantization("fp8").name == "fp8"
+
+
+def test_an_unfused_eager_engine_is_host_bound_at_small_batches_and_tp_scales_poorly() -> None:
+    eager = {"model": "llama2-70b", "tp": 4, "engine": "eager"}
+    four, eight = _setup(**eager), _setup(**{**eager, "tp": 8})
+    fused = _setup(**{**eager, "engine_settings": {}, "engine": "trtllm"})
+    step = (four.iteration.step([], 1, 512, 1).seconds, eight.iteration.step([], 1, 512, 1).seconds)
+    assert step[0] == pytest.approx(step[1], rel=0.05)  # the host's dispatch, not the GPUs, sets the pace
+    assert step[0] > 1.5 * fused.iteration.step([], 1, 512, 1).seconds
+    prefill = [s.iteration.step([(8192, 8192)], 0, 0, 1).seconds for s in (four, eight)]
+    assert prefill[1] > 0.75 * prefill[0]  # the engine's all-reduce eats most of TP8's gain
 
 
 def test_fp8_raises_kv_capacity_and_decode_throughput() -> None:
