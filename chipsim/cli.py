@@ -241,7 +241,7 @@ def _serve(setup: Any, out_dir: Path | None, reports: Sequence[str], as_json: bo
             bar.update(done - bar.n)
 
         try:
-            run = run_serving(setup, progress)
+            run = run_serving(setup, progress, log=out_dir is not None and "timeline" in reports)
         finally:
             bar.close()
         if slo:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
+
 from chipsim.hardware.chip import PowerModel
 
 MAX_LOG_STEP = 50.0  # exp(50) lifts any scale above min_clock / clock back to 1
@@ -61,10 +63,13 @@ def sustained_scale(power: PowerModel, min_scale: float,
     average power, idle + E(s) / T(s), is within the limit. Each part is one op as (seconds the clock
     does not stretch, compute seconds at boost, compute joules at boost, memory joules)."""
     alpha = power.dvfs_exponent
+    table = np.asarray(parts, dtype=float).reshape(-1, 4)
+    other, compute = table[:, 0], table[:, 1]
+    compute_j, memory_j = float(table[:, 2].sum()), float(table[:, 3].sum())
 
     def average(s: float) -> float:
-        seconds = sum(max(other, compute / s) for other, compute, _, _ in parts)
-        joules = sum(ce * s ** (alpha - 1) + me for _, _, ce, me in parts)
+        seconds = float(np.maximum(other, compute / s).sum())
+        joules = compute_j * s ** (alpha - 1) + memory_j
         return power.idle_w + joules / seconds if seconds > 0 else power.idle_w
 
     if average(1.0) <= power.limit_w:

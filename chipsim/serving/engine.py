@@ -32,7 +32,7 @@ from chipsim.errors import InputError
 from chipsim.serving.iteration import IterationModel
 
 
-@dataclass
+@dataclass(slots=True)
 class Request:
     id: int
     arrival_s: float
@@ -72,6 +72,53 @@ class Arrivals:
 
 
 @dataclass
+class IterationLog:
+    """Each iteration the engine ran, in order, as flat arrays (`simulate_serving(..., log=True)`):
+    millions of rows cost a few dozen bytes each, and `arrays()` views them as numpy arrays without a
+    copy. `kv_utilization` is the share of KV blocks in use as the engine accounts it (its time-weighted
+    mean is `ServingTrace.kv_utilization`); a decode-only stretch the engine steps at once records
+    each of its steps at the blocks held when it began."""
+
+    start_s: array = field(default_factory=lambda: array("d"))
+    end_s: array = field(default_factory=lambda: array("d"))
+    prefill_tokens: array = field(default_factory=lambda: array("i"))  # prompt tokens of the prefill chunks
+    prefill_sequences: array = field(default_factory=lambda: array("i"))  # sequences prefilling a chunk
+    decode_sequences: array = field(default_factory=lambda: array("i"))  # sequences decoding one token
+    kv_utilization: array = field(default_factory=lambda: array("d"))
+
+    COLUMNS = ("start_s", "end_s", "prefill_tokens", "prefill_sequences", "decode_sequences", "kv_utilization")
+
+    def __len__(self) -> int:
+        return len(self.start_s)
+
+    def append(self, start: float, end: float, prefill_tokens: int, prefill_sequences: int, decode_sequences: int,
+               kv: float) -> None:
+        self.start_s.append(start)
+        self.end_s.append(end)
+        self.prefill_tokens.append(prefill_tokens)
+        self.prefill_sequences.append(prefill_sequences)
+        self.decode_sequences.append(decode_sequences)
+        self.kv_utilization.append(kv)
+
+    def extend_decode(self, start: float, ends: np.ndarray, sequences: int, kv: float) -> None:
+        """Decode-only iterations of `sequences` each, back to back from `start`, ending at `ends`."""
+        n = len(ends)
+        self.start_s.append(start)
+        self.start_s.frombytes(ends[:-1].tobytes())
+        self.end_s.frombytes(ends.tobytes())
+        zeros = np.zeros(n, np.intc).tobytes()
+        self.prefill_tokens.frombytes(zeros)
+        self.prefill_sequences.frombytes(zeros)
+        self.decode_sequences.frombytes(np.full(n, sequences, np.intc).tobytes())
+        self.kv_utilization.frombytes(np.full(n, kv).tobytes())
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The columns as numpy arrays (views of the log's buffers: copy before the log grows)."""
+        return {name: np.frombuffer(getattr(self, name), dtype=float if name in ("start_s", "end_s", "kv_utilization")
+                                    else np.intc) for name in self.COLUMNS}
+
+
+@dataclass
 class ServingTrace:
     requests: list[Request]
     iterations: int
@@ -85,14 +132,16 @@ class ServingTrace:
     batch_mean: float = 0.0  # sequences per iteration, time-weighted
     kv_capacity_tokens: int = 0
     warmup: int = 0  # the first requests (by id) that the metrics leave out
+    steps: IterationLog | None = None  # every iteration, when simulated with log=True
 
 
 MAX_ITERATIONS = 20_000_000
 
 
 def simulate_serving(model: IterationModel, arrivals: Arrivals,
-                     progress: Callable[[int, int], None] | None = None) -> ServingTrace:
-    """Serve `arrivals` on one engine instance (see the module notes)."""
+                     progress: Callable[[int, int], None] | None = None, log: bool = False) -> ServingTrace:
+    """Serve `arrivals` on one engine instance (see the module notes). With `log`, the trace's `steps`
+    records every iteration (`IterationLog`); the simulation itself is the same."""
     prof = model.profile
     block = prof.block_size
     capacity_tokens = model.kv_capacity_tokens()
@@ -136,16 +185,20 @@ def simulate_serving(model: IterationModel, arrivals: Arrivals,
     kv_peak = 0.0
     iterations = preemptions = finished = 0
     itl = array("d")
+    steps = IterationLog() if log else None
     reserve = prof.admission == "reserve"
+    chunked = prof.chunked_prefill
+    max_tokens, max_batch = prof.max_tokens, prof.max_batch
+    fast_batch = min(max_batch, max_tokens)  # a batch of decode steps that always fits one iteration
     warm = min(arrivals.warmup, max(0, arrivals.count - 1))
     think = np.random.default_rng(arrivals.seed) if arrivals.think_s > 0 else None
 
     def admissible(r: Request, batch: int) -> bool:
         """Whether the scheduler could admit `r` beside `batch` decoding sequences now."""
-        budget = prof.max_tokens - batch
-        if batch >= prof.max_batch or budget <= 0:
+        budget = max_tokens - batch
+        if batch >= max_batch or budget <= 0:
             return False
-        need = min(r.prompt, budget) if prof.chunked_prefill else r.prompt
+        need = min(r.prompt, budget) if chunked else r.prompt
         if need > budget:
             return False
         return blocks_for(r.input_len + r.output_len if reserve else need) <= free
@@ -166,17 +219,23 @@ def simulate_serving(model: IterationModel, arrivals: Arrivals,
                 break
             now = max(now, pending[0][0])
             continue
-        if running and len(running) <= min(prof.max_batch, prof.max_tokens) and \
-                not any(r.prefilling for r in running) and not (waiting and admissible(waiting[0], len(running))):
+        # (r.prefilling spelled out: this runs every iteration over the whole batch)
+        if running and len(running) <= fast_batch and not (waiting and admissible(waiting[0], len(running))) and \
+                not any(r.cached < (r.input_len + r.generated if r.preemptions else r.input_len) for r in running):
             # only decode steps until the next finish or arrival: the same batch, its contexts one token
             # longer each step; step them without touching each request
-            steps = min(r.output_len - r.generated for r in running) - 1  # the finishing step runs below
-            cached = np.fromiter((r.cached for r in running), float, len(running))
-            held = sum(r.blocks for r in running)
+            steps_left = min(r.output_len - r.generated for r in running) - 1  # the finishing step runs below
+            n = len(running)
+            if reserve:  # the whole sequences' blocks are held: nothing grows
+                ctx = sum(r.cached for r in running)
+            else:
+                cached = np.fromiter((r.cached for r in running), float, n)
+                held = sum(r.blocks for r in running)
+                ctx = int(cached.sum())
             ends: list[float] = []
             t = now
-            n, ctx = len(running), int(cached.sum())
-            while len(ends) < steps and not (pending and pending[0][0] <= t):
+            used = (total_blocks - free) / total_blocks
+            while len(ends) < steps_left and not (pending and pending[0][0] <= t):
                 j = len(ends) + 1
                 if not reserve and int(np.ceil((cached + j) / block).sum()) - held > free:
                     break
@@ -184,13 +243,16 @@ def simulate_serving(model: IterationModel, arrivals: Arrivals,
                 t += cost.seconds
                 energy += cost.joules
                 busy += cost.gpu_seconds
-                kv_area += (total_blocks - free) / total_blocks * cost.seconds
+                kv_area += used * cost.seconds
                 batch_area += n * cost.seconds
                 ends.append(t)
             if ends:
                 j = len(ends)
                 iterations += j
-                gaps = np.diff(np.asarray(ends)) if j > 1 else np.empty(0)
+                times = np.asarray(ends)
+                gaps = np.diff(times) if j > 1 else np.empty(0)
+                if steps is not None:
+                    steps.extend_decode(now, times, n, used)
                 for r in running:
                     if r.id >= warm:
                         itl.append(ends[0] - r.last_token_s)
@@ -208,7 +270,7 @@ def simulate_serving(model: IterationModel, arrivals: Arrivals,
         iterations += 1
         if iterations > MAX_ITERATIONS:  # pragma: no cover - a safety net
             raise InputError(f"more than {MAX_ITERATIONS:,} iterations: the load never drains", key="requests")
-        budget, slots = prof.max_tokens, prof.max_batch
+        budget, slots = max_tokens, max_batch
         prefill: list[tuple[int, int]] = []
         prefill_reqs: list[tuple[Request, int]] = []
         decoding: list[Request] = []
@@ -219,43 +281,49 @@ def simulate_serving(model: IterationModel, arrivals: Arrivals,
             r = running[i]
             if slots == 0 or budget == 0:
                 break
-            if r.prefilling:
-                chunk = min(r.prompt - r.cached, budget) if prof.chunked_prefill else r.prompt - r.cached
-                if chunk > budget:
+            c = r.cached
+            prompt = r.input_len + r.generated if r.preemptions else r.input_len  # r.prompt
+            prefilling = c < prompt
+            if prefilling:
+                chunk = prompt - c
+                if chunked and chunk > budget:
+                    chunk = budget
+                elif chunk > budget:
                     i += 1
                     continue
-                grow = max(0, blocks_for(r.cached + chunk) - r.blocks)
             else:
                 chunk = 1
-                grow = max(0, blocks_for(r.cached + 1) - r.blocks)
-            while grow > free and not reserve:  # preempt the latest arrival (never the one growing)
-                victim = running[-1]
-                if victim is r:
-                    break
-                running.pop()
-                free += victim.blocks
-                victim.blocks = victim.cached = 0
-                victim.preemptions += 1
-                preemptions += 1
-                waiting.appendleft(victim)
-            if grow > free:
-                i += 1
-                continue
-            free -= grow
-            r.blocks += grow
+            # reserve: the whole sequence's blocks are held from admission on, so nothing ever grows
+            grow = 0 if reserve else -(-(c + chunk) // block) - r.blocks
+            if grow > 0:
+                while grow > free:  # preempt the latest arrival (never the one growing)
+                    victim = running[-1]
+                    if victim is r:
+                        break
+                    running.pop()
+                    free += victim.blocks
+                    victim.blocks = victim.cached = 0
+                    victim.preemptions += 1
+                    preemptions += 1
+                    waiting.appendleft(victim)
+                if grow > free:
+                    i += 1
+                    continue
+                free -= grow
+                r.blocks += grow
             slots -= 1
             budget -= chunk
-            if r.prefilling:
-                prefill.append((chunk, r.cached + chunk))
+            if prefilling:
+                prefill.append((chunk, c + chunk))
                 prefill_reqs.append((r, chunk))
             else:
                 decoding.append(r)
-                decode_ctx += r.cached
+                decode_ctx += c
             i += 1
         # 2. waiting requests, first come first served
         while waiting and slots > 0 and budget > 0:
             r = waiting[0]
-            need = r.prompt if not prof.chunked_prefill else min(r.prompt, budget)
+            need = r.prompt if not chunked else min(r.prompt, budget)
             if need > budget and (running or prefill_reqs or decoding):
                 break
             whole = blocks_for(r.input_len + r.output_len) if reserve else blocks_for(need)
@@ -275,7 +343,7 @@ def simulate_serving(model: IterationModel, arrivals: Arrivals,
         if not prefill and not decoding:
             if not running and waiting:
                 raise InputError(f"request {waiting[0].id} cannot be scheduled: its prompt of {waiting[0].prompt} "
-                                 f"tokens exceeds max_tokens ({prof.max_tokens})", key="max_tokens")
+                                 f"tokens exceeds max_tokens ({max_tokens})", key="max_tokens")
             # nothing fits now: wait for an arrival (cannot happen while sequences run)
             if pending:
                 now = max(now, pending[0][0])
@@ -290,6 +358,8 @@ def simulate_serving(model: IterationModel, arrivals: Arrivals,
         kv_area += used * cost.seconds
         kv_peak = max(kv_peak, used)
         batch_area += (len(prefill) + len(decoding)) * cost.seconds
+        if steps is not None:
+            steps.append(now, end, sum(c for _, c in prefill_reqs), len(prefill), len(decoding), used)
         done: list[Request] = []
         for r in decoding:
             r.cached += 1
@@ -328,7 +398,7 @@ def simulate_serving(model: IterationModel, arrivals: Arrivals,
     return ServingTrace(requests, iterations, now, energy, busy, itl,
                         kv_utilization=kv_area / now if now else 0.0, kv_peak=kv_peak, preemptions=preemptions,
                         batch_mean=batch_area / now if now else 0.0, kv_capacity_tokens=total_blocks * block,
-                        warmup=warm)
+                        warmup=warm, steps=steps)
 
 
 def poisson_times(rate: float, count: int, seed: int, cv: float = 1.0) -> list[float]:

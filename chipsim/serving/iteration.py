@@ -87,6 +87,7 @@ class IterationModel:
         self.kv_heads = max(1, model.kv_heads // tp)  # replicated when tp > kv_heads
         self._layer_cache: dict[int, list[Part]] = {}
         self._attn_cache: dict[tuple[int, int, int], list[Part]] = {}
+        self._head_cache: dict[tuple[int, int], list[Part]] = {}
         self._step_cache: dict[tuple[object, ...], StepCost] = {}
 
     # ---------------------------------------------------------------- memory
@@ -217,6 +218,12 @@ class IterationModel:
     def _head(self, tokens: int, logits: int) -> list[Part]:
         """Embedding lookup of every token, final norm, LM head and sampling for the sequences that emit
         a token (vocabulary-parallel over tp, its logits all-gathered)."""
+        key = (tokens, logits)
+        if key not in self._head_cache:
+            self._head_cache[key] = self._head_parts(tokens, logits)
+        return self._head_cache[key]
+
+    def _head_parts(self, tokens: int, logits: int) -> list[Part]:
         m = self.model
         b = WorkloadBuilder("head")
         b.add("elementwise", "embedding", "bf16", [], numel=tokens * m.d_model, attrs={"op": "embedding"})

@@ -1,5 +1,6 @@
-"""What a serving run shows: the summary table on stdout, `latency.png`, the request timeline
-(`timeline.json`) and the files `--out` gets (summary.csv, requests.csv), staged then moved into place."""
+"""What a serving run shows: the summary table on stdout, `latency.png`, the timeline of requests and
+engine iterations (`timeline.json`) and the files `--out` gets (summary.csv, requests.csv), staged then
+moved into place."""
 
 from __future__ import annotations
 
@@ -15,11 +16,14 @@ import pandas as pd
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from chipsim.serving.engine import IterationLog
     from chipsim.serving.run import ServingRun
 
 FAMILIES = (("ttft", "TTFT"), ("tpot", "TPOT"), ("itl", "ITL"), ("e2e", "E2E"))
 STATS = ("mean", "p50", "p90", "p99")
 TIMELINE_MAX_REQUESTS = 20_000  # a Chrome trace of more requests is too big to open
+TIMELINE_MAX_ITERATIONS = 200_000  # engine iterations shown (a slice and up to two counter values each)
+ENGINE_PID = 2
 
 
 def _num(value: float, digits: int = 4) -> str:
@@ -159,6 +163,73 @@ def request_timeline(frame: pd.DataFrame) -> dict[str, Any]:
     return {"traceEvents": events, "otherData": {"requests_shown": len(done), "requests": int(len(frame))}}
 
 
+def _us(ns: int) -> float | int:
+    whole, rest = divmod(ns, 1000)
+    return whole if rest == 0 else ns / 1000
+
+
+def iteration_events(steps: IterationLog, limit: int = TIMELINE_MAX_ITERATIONS) -> tuple[list[dict[str, Any]],
+                                                                                         dict[str, Any]]:
+    """The engine's process of the timeline: an "iterations" track with one slice per iteration, named
+    by what it ran ("prefill+decode", "prefill" or "decode-only"; args: tokens, prefill tokens,
+    sequences, KV use), and counter tracks of the batch (sequences per iteration, 0 while idle) and
+    the KV cache's use (% of blocks), each written when it changes. The first `limit` iterations only:
+    a cut ends the track with an instant event saying how many were left out. Also returns the
+    `otherData` entries (`iterations`, `iterations_shown`)."""
+    a = steps.arrays()
+    total = len(steps)
+    k = min(total, limit)
+    start = np.rint(a["start_s"][:k] * 1e9).astype(np.int64).tolist()  # chipsim.report.trace.to_ns, vectorised
+    end = np.rint(a["end_s"][:k] * 1e9).astype(np.int64).tolist()
+    p_tok = a["prefill_tokens"][:k].tolist()
+    p_seq = a["prefill_sequences"][:k].tolist()
+    d_seq = a["decode_sequences"][:k].tolist()
+    kv = np.round(a["kv_utilization"][:k] * 100, 2).tolist()
+    pid = ENGINE_PID
+    events: list[dict[str, Any]] = [
+        {"ph": "M", "name": "process_name", "pid": pid, "args": {"name": "engine"}},
+        {"ph": "M", "name": "process_sort_index", "pid": pid, "args": {"sort_index": -1}},  # above the requests
+        {"ph": "M", "name": "thread_name", "pid": pid, "tid": 0, "args": {"name": "iterations"}},
+    ]
+    batch_now: int | None = None
+    kv_now: float | None = None
+
+    def counters(ns: int, batch: int, use: float) -> None:
+        nonlocal batch_now, kv_now
+        if batch != batch_now:
+            events.append({"ph": "C", "name": "batch size", "pid": pid, "ts": _us(ns), "args": {"sequences": batch}})
+            batch_now = batch
+        if use != kv_now:
+            events.append({"ph": "C", "name": "KV utilization", "pid": pid, "ts": _us(ns), "args": {"used %": use}})
+            kv_now = use
+
+    for i in range(k):
+        prefill, decode = p_seq[i], d_seq[i]
+        name = "prefill+decode" if prefill and decode else "prefill" if prefill else "decode-only"
+        events.append({"ph": "X", "name": name, "cat": "iteration", "pid": pid, "tid": 0, "ts": _us(start[i]),
+                       "dur": _us(end[i] - start[i]),
+                       "args": {"tokens": p_tok[i] + decode, "prefill tokens": p_tok[i], "sequences": prefill + decode,
+                                "KV use %": kv[i]}})
+        counters(start[i], prefill + decode, kv[i])
+        if i + 1 == k or start[i + 1] > end[i]:  # idle after it: nothing runs, every sequence has finished
+            counters(end[i], 0, 0.0)
+    if k < total:
+        events.append({"ph": "i", "name": f"timeline cut: {total - k:,} later iterations not shown", "s": "p",
+                       "pid": pid, "tid": 0, "ts": _us(end[-1] if end else 0),
+                       "args": {"iterations": total, "iterations_shown": k}})
+    return events, {"iterations": total, "iterations_shown": k}
+
+
+def serving_timeline(run: ServingRun) -> dict[str, Any]:
+    """timeline.json: the requests' lanes (`request_timeline`) and the engine's iterations
+    (`iteration_events`)."""
+    trace = request_timeline(run.requests_frame())
+    events, other = iteration_events(run.iteration_log())
+    trace["traceEvents"] += events
+    trace["otherData"].update(other)
+    return trace
+
+
 # ---------------------------------------------------------------- files
 
 
@@ -182,5 +253,5 @@ def output_writers(run: ServingRun, reports: Sequence[str], slo: Mapping[str, fl
 
         writers["latency.png"] = plot
     if "timeline" in reports:
-        writers["timeline.json"] = lambda p: p.write_text(json.dumps(request_timeline(run.requests_frame())))
+        writers["timeline.json"] = lambda p: p.write_text(json.dumps(serving_timeline(run)))
     return writers

@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from chipsim.serving.config import ServingSetup
-from chipsim.serving.engine import ServingTrace, simulate_serving
+from chipsim.serving.engine import IterationLog, ServingTrace, simulate_serving
 from chipsim.serving.metrics import request_frame, summarize
 
 
@@ -24,9 +24,20 @@ class ServingRun:
     def requests_frame(self) -> pd.DataFrame:
         return request_frame(self.trace)
 
+    def iteration_log(self) -> IterationLog:
+        """Every iteration of the run (timeline.json's engine track): the trace's log, or, for a run
+        simulated without one, the same simulation run again with it (the engine is deterministic:
+        the same requests give the same iterations, number for number)."""
+        if self.trace.steps is None:
+            self.trace.steps = simulate_serving(self.setup.iteration, self.setup.arrivals(), log=True).steps
+        assert self.trace.steps is not None
+        return self.trace.steps
 
-def run_serving(setup: ServingSetup, progress: Callable[[int, int], None] | None = None) -> ServingRun:
-    trace = simulate_serving(setup.iteration, setup.arrivals(), progress)
+
+def run_serving(setup: ServingSetup, progress: Callable[[int, int], None] | None = None, *,
+                log: bool = False) -> ServingRun:
+    """Simulate `setup`; `log`: keep every iteration (`ServingTrace.steps`), for a timeline."""
+    trace = simulate_serving(setup.iteration, setup.arrivals(), progress, log=log)
     return ServingRun(setup, trace, summary_of(setup, trace))
 
 
