@@ -40,6 +40,7 @@ from chipsim.errors import InputError
 from chipsim.hardware.chip import Chip
 from chipsim.models.zoo import ModelConfig
 from chipsim.network.system import System
+from chipsim.serving.disagg import Disaggregation, KVLink
 from chipsim.serving.engine import Arrivals, poisson_times
 from chipsim.serving.iteration import IterationModel
 from chipsim.serving.profiles import OVERRIDABLE, PROFILES, EngineProfile
@@ -52,7 +53,7 @@ MAX_REQUESTS = 1_000_000
 MAX_TOKENS = 1 << 24  # a length or an engine setting beyond this is a typo, not a request
 ADMISSIONS = ("reserve", "greedy")
 KEYS = ("model", "chip", "system", "tp", "engine", "engine_settings", "quantization", "kv_cache_dtype", "requests",
-        "seed", "arrival", "lengths")
+        "seed", "arrival", "lengths", "shared_prefix", "disaggregation")
 ARRIVAL_KEYS = {"poisson": ("rate",), "gamma": ("rate", "cv"), "closed": ("concurrency", "think"), "burst": (),
                 "trace": ("file",)}
 
@@ -109,11 +110,13 @@ class ServingSetup:
     input_lens: np.ndarray = field(repr=False)  # request i takes row i % len
     output_lens: np.ndarray = field(repr=False)
     lengths_label: str
-    iteration: IterationModel = field(repr=False, compare=False)
+    iteration: IterationModel = field(repr=False, compare=False)  # a disaggregated run's: the decode instances'
+    shared_prefix: int = 0  # prompt tokens every request shares
+    disagg: Disaggregation | None = field(default=None, repr=False, compare=False)
 
     @property
     def gpus(self) -> int:
-        return self.tp
+        return self.disagg.gpus if self.disagg is not None else self.tp
 
     def lengths(self) -> Callable[[int], tuple[int, int]]:
         inputs, outputs = self.input_lens, self.output_lens
@@ -128,14 +131,16 @@ class ServingSetup:
         a = self.arrival
         if a.process == "closed":
             return Arrivals(self.lengths(), self.requests, concurrency=a.concurrency, think_s=a.think_s,
-                            seed=self.seed)
+                            seed=self.seed, shared_prefix=self.shared_prefix)
         if a.process == "burst":
-            return Arrivals(self.lengths(), self.requests, times=[0.0] * self.requests)
-        if a.process == "trace":
+            times = [0.0] * self.requests
+        elif a.process == "trace":
             assert a.times is not None
-            return Arrivals(self.lengths(), self.requests, times=list(a.times))
-        times = poisson_times(a.rate, self.requests, self.seed, a.cv if a.process == "gamma" else 1.0)
-        return Arrivals(self.lengths(), self.requests, times=[float(t) for t in times])
+            times = list(a.times)
+        else:
+            times = [float(t) for t in poisson_times(a.rate, self.requests, self.seed,
+                                                     a.cv if a.process == "gamma" else 1.0)]
+        return Arrivals(self.lengths(), self.requests, times=times, shared_prefix=self.shared_prefix)
 
     def at_rate(self, rate: float) -> ServingSetup:
         """The same requests arriving as an open stream at `rate` per second: Poisson, or gamma with the
@@ -157,6 +162,8 @@ class ServingSetup:
             "requested": self.requests, "seed": self.seed, "arrival_label": a.label(),
             "lengths_label": self.lengths_label,
             "input_len_mean": float(self.input_lens.mean()), "output_len_mean": float(self.output_lens.mean()),
+            "shared_prefix": self.shared_prefix,
+            "disaggregation": self.disagg.label() if self.disagg is not None else None,
         }
 
 
@@ -179,8 +186,9 @@ def _engine(sec: Section) -> EngineProfile:
     for k in ("max_batch", "max_tokens", "block_size"):
         if settings.has(k):
             over[k] = int(settings.number(k, minimum=1, maximum=MAX_TOKENS, integer=True))
-    if settings.has("chunked_prefill"):
-        over["chunked_prefill"] = settings.boolean("chunked_prefill")
+    for k in ("chunked_prefill", "prefix_caching"):
+        if settings.has(k):
+            over[k] = settings.boolean(k)
     if settings.has("memory_fraction"):
         over["memory_fraction"] = settings.number("memory_fraction", positive=True, maximum=1.0)
     if settings.has("admission"):
@@ -347,6 +355,7 @@ def _lengths(sec: Section, requests: int, seed: int) -> tuple[np.ndarray, np.nda
 
 def resolve_serving(config: RunConfig) -> ServingSetup:
     """The config's `serving:` section, resolved and checked (see the module notes)."""
+    from chipsim.network.system import system_for
     from chipsim.serving.quant import check_kv_dtype, quantization
 
     assert config.serving is not None
@@ -354,7 +363,8 @@ def resolve_serving(config: RunConfig) -> ServingSetup:
     sec = Section(config.serving, file, "serving")
     _only(sec, KEYS)
     model = model_from_section(sec)
-    tp = sec.integer("tp", 1, minimum=1)
+    split = _disaggregation(sec)
+    tp = max(split[0][0], split[1][0]) if split else sec.integer("tp", 1, minimum=1)
     if tp > 64:
         raise sec.error("tp", f"expected a tensor-parallel size up to 64, got {tp}")
     chip, system = _hardware(sec, tp)
@@ -372,6 +382,9 @@ def resolve_serving(config: RunConfig) -> ServingSetup:
                                           f"{' or '.join(d for d in KV_DTYPES if chip.peak_flops_per_s.get(d, 0) > 0)}")
     seed = sec.integer("seed", 0, minimum=0)
     arrival, trace_in, trace_out = _arrival(sec.section("arrival"))
+    if split and arrival.process == "closed":
+        raise sec.error("arrival.process", "a disaggregated deployment is simulated as two passes (prefill, then "
+                                           "decode) and needs open arrivals: poisson, gamma, burst or trace")
     if trace_in is not None and trace_out is not None:
         if sec.has("lengths"):
             raise sec.error("lengths", "a trace gives each request's lengths: leave `lengths` out")
@@ -386,20 +399,93 @@ def resolve_serving(config: RunConfig) -> ServingSetup:
         requests = int(sec.number("requests", 1000, minimum=1, maximum=MAX_REQUESTS, integer=True))
         inputs, outputs, label = _lengths(sec.section("lengths"), requests, seed)
         where = "lengths"
+    shared_prefix = sec.integer("shared_prefix", 0, minimum=0)
+    if shared_prefix and shared_prefix >= int(inputs.min()):
+        raise sec.error("shared_prefix", f"expected fewer tokens than the shortest prompt ({int(inputs.min()):,}), "
+                                         f"got {shared_prefix:,}")
     sec.done()
     _check_lengths(sec, where, model, inputs, outputs)
-    try:
-        iteration = IterationModel(model, chip, quant, profile, tp=tp, kv_dtype=kv_dtype, system=system)
-        capacity = iteration.kv_capacity_tokens()
-    except InputError as exc:
-        raise sec.error(exc.key or "model", exc.message) from None
-    _check_capacity(sec, where, profile, capacity, inputs, outputs)
-    try:  # a chip that cannot run one of the iteration's kernels says so now, not half-way
-        iteration.step([(16, 16)], 1, 16, 2)
-    except InputError as exc:
-        raise sec.error(None, f"{chip.name} cannot run this engine's iteration: {exc.message}") from None
+
+    def engine(tp: int, key: str, outputs: np.ndarray) -> IterationModel:
+        node = system if system is not None and tp <= system.gpus_per_node else None
+        if tp > 1 and node is None:
+            try:
+                node = system_for(chip.name, tp)
+            except InputError as exc:
+                raise sec.error(key, exc.message) from None
+        try:
+            iteration = IterationModel(model, chip, quant, profile, tp=tp, kv_dtype=kv_dtype, system=node)
+            capacity = iteration.kv_capacity_tokens()
+        except InputError as exc:
+            raise sec.error(key if split else (exc.key or "model"), exc.message) from None
+        _check_capacity(sec, where, profile, capacity, inputs, outputs)
+        try:  # a chip that cannot run one of the iteration's kernels says so now, not half-way
+            iteration.step([(16, 16)], 1, 16, 2)
+        except InputError as exc:
+            raise sec.error(None, f"{chip.name} cannot run this engine's iteration: {exc.message}") from None
+        return iteration
+
+    disagg = None
+    if split:
+        (p_tp, p_count), (d_tp, d_count) = split
+        decode = engine(d_tp, "disaggregation.decode.tp", outputs)
+        prefill = engine(p_tp, "disaggregation.prefill.tp", np.ones_like(outputs))
+        disagg = Disaggregation(prefill, decode, p_count, d_count, _kv_link(sec, system, chip, p_tp * p_count
+                                                                            + d_tp * d_count))
+        iteration, tp = decode, d_tp
+    else:
+        iteration = engine(tp, "tp", outputs)
     return ServingSetup(config.name, config.file, model, chip, system, tp, profile, quant, kv_dtype, requests, seed,
-                        arrival, inputs, outputs, label, iteration)
+                        arrival, inputs, outputs, label, iteration, shared_prefix, disagg)
+
+
+def _disaggregation(sec: Section) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """(tp, instances) of the prefill and of the decode instances, or None (one aggregated instance)."""
+    if not sec.has("disaggregation"):
+        return None
+    if sec.has("tp"):
+        raise sec.error("tp", "a disaggregated deployment gives tp per kind: disaggregation.prefill.tp and "
+                              "disaggregation.decode.tp")
+    d = sec.section("disaggregation")
+    _only(d, ("prefill", "decode", "link"))
+    out = []
+    for kind in ("prefill", "decode"):
+        k = d.section(kind, {})
+        _only(k, ("tp", "instances"))
+        tp = k.integer("tp", 1, minimum=1)
+        if tp > 64:
+            raise k.error("tp", f"expected a tensor-parallel size up to 64, got {tp}")
+        out.append((tp, int(k.number("instances", 1, minimum=1, maximum=1024, integer=True))))
+        k.done()
+    d.string("link", "auto", choices=("auto", "nvlink", "network"))  # checked now, used by _kv_link
+    d.done()
+    return out[0], out[1]
+
+
+# a KV cache sent across nodes: one 400 Gb/s NIC per GPU (ConnectX-7, as DGX H100/H200 and HGX B200
+# nodes have) and its one-way latency with a switch hop, when the system states no scale-out network
+DEFAULT_NIC_BYTES_PER_S = 50e9
+DEFAULT_NIC_LATENCY_S = 5e-6
+
+
+def _kv_link(sec: Section, system: System | None, chip: Chip, gpus: int) -> KVLink:
+    """NVLink when the instances share a node (the chip's node size), else the system's network."""
+    d = sec.section("disaggregation")
+    name = d.string("link", "auto", choices=("auto", "nvlink", "network"))
+    per_node = system.gpus_per_node if system is not None else 8
+    if name == "auto":
+        name = "nvlink" if gpus <= per_node else "network"
+    if name == "nvlink":
+        if gpus > per_node:
+            raise d.error("link", f"{gpus} GPUs of prefill and decode instances do not fit one node of {per_node}")
+        if system is not None:
+            return KVLink("nvlink", system.fabric.bandwidth_bytes_per_s, system.fabric.latency_s)
+        return KVLink("nvlink", chip.link.bandwidth_bytes_per_s, chip.link.latency_s)
+    out = system.scale_out if system is not None else None
+    if system is not None and out is not None:
+        return KVLink("network", out.nic_bandwidth_bytes_per_s * out.nics_per_node / system.gpus_per_node,
+                      out.nic_latency_s + out.switch_latency_s)
+    return KVLink("network", DEFAULT_NIC_BYTES_PER_S, DEFAULT_NIC_LATENCY_S)
 
 
 def _check_lengths(sec: Section, where: str, model: ModelConfig, inputs: np.ndarray, outputs: np.ndarray) -> None:

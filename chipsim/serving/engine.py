@@ -45,6 +45,7 @@ class Request:
     last_token_s: float = math.nan
     finish_s: float = math.nan
     preemptions: int = 0
+    shared: int = 0  # prompt tokens served from the prefix cache: their KV blocks are the prefix's, not its own
 
     @property
     def prompt(self) -> int:
@@ -69,6 +70,8 @@ class Arrivals:
     think_s: float = 0.0  # closed loop: mean time from a finish to the client's next request (exponential)
     warmup: int = 0  # requests (the first ones sent) left out of the metrics: the start-up transient
     seed: int = 0  # of the turnaround times
+    shared_prefix: int = 0  # prompt tokens every request shares (a system prompt): cached once, with prefix caching
+    prefilled: bool = False  # requests arrive with their prompt's KV cache and first token (a decode instance)
 
 
 @dataclass
@@ -133,6 +136,7 @@ class ServingTrace:
     kv_capacity_tokens: int = 0
     warmup: int = 0  # the first requests (by id) that the metrics leave out
     steps: IterationLog | None = None  # every iteration, when simulated with log=True
+    prefix_hit_tokens: int = 0  # prompt tokens admitted with their KV from the prefix cache
 
 
 MAX_ITERATIONS = 20_000_000
@@ -165,7 +169,21 @@ def simulate_serving(model: IterationModel, arrivals: Arrivals,
 
     def make(index: int, at: float) -> Request:
         inp, out = arrivals.lengths(index)
+        if arrivals.prefilled:  # its prompt's KV cache and first token came from a prefill instance
+            return check(Request(index, at, inp, out, cached=inp, generated=1, first_token_s=at, last_token_s=at))
         return check(Request(index, at, inp, out))
+
+    # the prefix cache: whole blocks of the shared prefix (a request still computes its last prompt token),
+    # held once from when the first request to compute them has done so
+    prefix_blocks = arrivals.shared_prefix // block if prof.prefix_caching else 0
+    prefix_ready = False
+    hits = 0
+
+    def share(r: Request) -> int:
+        """The prompt tokens `r` would take from the prefix cache if admitted now."""
+        if not prefix_ready or r.cached:
+            return 0
+        return min(prefix_blocks, (r.input_len - 1) // block) * block
 
     requests: list[Request] = []
     waiting: deque[Request] = deque()
@@ -198,10 +216,12 @@ def simulate_serving(model: IterationModel, arrivals: Arrivals,
         budget = max_tokens - batch
         if batch >= max_batch or budget <= 0:
             return False
-        need = min(r.prompt, budget) if chunked else r.prompt
+        shared = share(r)
+        left = max(1, r.prompt - r.cached - shared)  # a prefilled request schedules its next token
+        need = min(left, budget) if chunked else left
         if need > budget:
             return False
-        return blocks_for(r.input_len + r.output_len if reserve else need) <= free
+        return blocks_for((r.input_len + r.output_len if reserve else r.cached + shared + need) - shared) <= free
 
     def admit_arrivals(until: float) -> None:
         nonlocal made
@@ -230,6 +250,7 @@ def simulate_serving(model: IterationModel, arrivals: Arrivals,
                 ctx = sum(r.cached for r in running)
             else:
                 cached = np.fromiter((r.cached for r in running), float, n)
+                own = cached - np.fromiter((r.shared for r in running), float, n)  # tokens in its own blocks
                 held = sum(r.blocks for r in running)
                 ctx = int(cached.sum())
             ends: list[float] = []
@@ -237,7 +258,7 @@ def simulate_serving(model: IterationModel, arrivals: Arrivals,
             used = (total_blocks - free) / total_blocks
             while len(ends) < steps_left and not (pending and pending[0][0] <= t):
                 j = len(ends) + 1
-                if not reserve and int(np.ceil((cached + j) / block).sum()) - held > free:
+                if not reserve and int(np.ceil((own + j) / block).sum()) - held > free:
                     break
                 cost = model.step([], n, ctx + (j - 1) * n, n)
                 t += cost.seconds
@@ -261,7 +282,7 @@ def simulate_serving(model: IterationModel, arrivals: Arrivals,
                     r.generated += j
                     r.last_token_s = ends[-1]
                     if not reserve:
-                        grown = blocks_for(r.cached)
+                        grown = blocks_for(r.cached - r.shared)
                         free -= grown - r.blocks
                         r.blocks = grown
                 kv_peak = max(kv_peak, (total_blocks - free) / total_blocks)
@@ -294,7 +315,7 @@ def simulate_serving(model: IterationModel, arrivals: Arrivals,
             else:
                 chunk = 1
             # reserve: the whole sequence's blocks are held from admission on, so nothing ever grows
-            grow = 0 if reserve else -(-(c + chunk) // block) - r.blocks
+            grow = 0 if reserve else -(-(c + chunk - r.shared) // block) - r.blocks
             if grow > 0:
                 while grow > free:  # preempt the latest arrival (never the one growing)
                     victim = running[-1]
@@ -302,7 +323,7 @@ def simulate_serving(model: IterationModel, arrivals: Arrivals,
                         break
                     running.pop()
                     free += victim.blocks
-                    victim.blocks = victim.cached = 0
+                    victim.blocks = victim.cached = victim.shared = 0
                     victim.preemptions += 1
                     preemptions += 1
                     waiting.appendleft(victim)
@@ -323,18 +344,33 @@ def simulate_serving(model: IterationModel, arrivals: Arrivals,
         # 2. waiting requests, first come first served
         while waiting and slots > 0 and budget > 0:
             r = waiting[0]
-            need = r.prompt if not chunked else min(r.prompt, budget)
+            shared = share(r)
+            left = r.prompt - r.cached - shared
+            if left <= 0:  # arrived prefilled: it joins the decoding sequences
+                whole = blocks_for(r.input_len + r.output_len if reserve else r.cached + 1)
+                if whole > free:
+                    break
+                waiting.popleft()
+                free -= whole
+                r.blocks = whole
+                slots -= 1
+                budget -= 1
+                running.append(r)
+                decoding.append(r)
+                decode_ctx += r.cached
+                continue
+            need = left if not chunked else min(left, budget)
             if need > budget and (running or prefill_reqs or decoding):
                 break
-            whole = blocks_for(r.input_len + r.output_len) if reserve else blocks_for(need)
-            if whole > free:
+            own = blocks_for(r.input_len + r.output_len - shared) if reserve else blocks_for(r.cached + need)
+            if own > free:
                 break
             waiting.popleft()
-            take = blocks_for(need)
-            if reserve:  # the whole sequence's blocks are held from admission on
-                take = whole
-            free -= take
-            r.blocks = take
+            free -= own
+            r.blocks = own
+            r.shared = shared
+            r.cached += shared
+            hits += shared
             slots -= 1
             budget -= min(need, budget)
             running.append(r)
@@ -371,6 +407,11 @@ def simulate_serving(model: IterationModel, arrivals: Arrivals,
                 done.append(r)
         for r, c in prefill_reqs:
             r.cached += c
+            if prefix_blocks and not prefix_ready and r.cached >= prefix_blocks * block:
+                # the first prefix computed: its blocks stay in the cache, the request's no longer
+                prefix_ready = True
+                r.shared = prefix_blocks * block
+                r.blocks -= prefix_blocks
             if r.cached >= r.prompt:  # the prompt's last chunk: its (next) token comes out now
                 if math.isnan(r.first_token_s):
                     r.first_token_s = end
@@ -398,7 +439,7 @@ def simulate_serving(model: IterationModel, arrivals: Arrivals,
     return ServingTrace(requests, iterations, now, energy, busy, itl,
                         kv_utilization=kv_area / now if now else 0.0, kv_peak=kv_peak, preemptions=preemptions,
                         batch_mean=batch_area / now if now else 0.0, kv_capacity_tokens=total_blocks * block,
-                        warmup=warm, steps=steps)
+                        warmup=warm, steps=steps, prefix_hit_tokens=hits)
 
 
 def poisson_times(rate: float, count: int, seed: int, cv: float = 1.0) -> list[float]:

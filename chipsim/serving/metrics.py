@@ -56,6 +56,7 @@ def summarize(trace: ServingTrace, gpus: int) -> dict[str, Any]:
         "kv_utilization_mean": trace.kv_utilization, "kv_utilization_peak": trace.kv_peak,
         "kv_capacity_tokens": trace.kv_capacity_tokens, "batch_mean": trace.batch_mean,
         "preemptions": trace.preemptions,
+        "prefix_hit_rate": trace.prefix_hit_tokens / in_tokens if in_tokens else math.nan,
         "avg_power_w": trace.energy_j / span if span else math.nan,  # per GPU
         "energy_per_output_token_j": trace.energy_j * gpus / out_tokens if out_tokens else math.nan,
     })

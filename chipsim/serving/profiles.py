@@ -35,6 +35,9 @@ class EngineProfile:
     # costs framework module calls (an HF Transformers-style PyTorch model); True: fused into the
     # engine's kernels (TensorRT-LLM, vLLM, SGLang)
     fused: bool = True
+    # prompt blocks already in the KV cache are reused, not recomputed (vLLM's automatic prefix caching,
+    # SGLang's radix cache, TensorRT-LLM's KV-cache block reuse: each on by default)
+    prefix_caching: bool = True
     # an engine whose tensor-parallel all-reduce exchanges the whole message in log2(tp) rounds
     # (recursive doubling) at this rate per round, where NCCL's ring would move 2(tp-1)/tp of it at the
     # link's bus bandwidth; the slower of the two counts (0: the fabric's model only)
@@ -69,12 +72,12 @@ PROFILES: dict[str, EngineProfile] = {p.name: p for p in (
     # per round)
     EngineProfile("eager", iteration_s=1.0e-3, per_sequence_s=0.0, max_batch=256, max_tokens=1 << 20,
                   chunked_prefill=False, block_size=16, memory_fraction=0.9, attention_backend="flash",
-                  graphs="none", admission="reserve", all_reduce_s=0.0, fused=False,
+                  graphs="none", admission="reserve", all_reduce_s=0.0, fused=False, prefix_caching=False,
                   all_reduce_round_bytes_per_s=135e9,
                   source="calibrated on published/serving_calibration.csv (Splitwise rows)"),
 )}
 OVERRIDABLE = ("iteration_s", "per_sequence_s", "max_batch", "max_tokens", "chunked_prefill", "block_size",
-               "memory_fraction", "admission")
+               "memory_fraction", "admission", "prefix_caching")
 
 
 def engine_profile(name: str, overrides: dict[str, Any] | None = None, key: str = "engine") -> EngineProfile:

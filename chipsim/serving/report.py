@@ -36,6 +36,8 @@ def render_summary(summary: Mapping[str, Any]) -> str:
     """The compact table: latency percentiles (ms), throughput, KV cache, preemptions, power, energy."""
     s = summary
     where = s["chip"] if s["tp"] == 1 else f"{s['tp']} x {s['chip']} ({s['system']})"
+    if s.get("disaggregation"):
+        where = f"{s['gpus']} x {s['chip']} ({s['disaggregation']})"
     lines = [f"{s['model']} on {where}, {s['engine']}, quantization {s['quantization']}, KV cache {s['kv_cache_dtype']}",
              f"{s['requests']:,} requests in {_num(s['duration_s'])} s, {s['arrival_label']}; "
              f"lengths {s['lengths_label']} (mean {s['input_len_mean']:,.0f} / {s['output_len_mean']:,.0f})",
@@ -52,7 +54,9 @@ def render_summary(summary: Mapping[str, Any]) -> str:
         f"({_num(s['total_tokens_per_s_per_gpu'])}{per or ' per GPU'}), {_num(s['requests_per_s'])} req/s",
         f"KV cache      {s['kv_capacity_tokens']:,} tokens{per}; utilization mean {s['kv_utilization_mean']:.1%}, "
         f"peak {s['kv_utilization_peak']:.1%}; batch mean {_num(s['batch_mean'], 3)}; "
-        f"preemptions {s['preemptions']:,}",
+        f"preemptions {s['preemptions']:,}"
+        + (f"; prefix cache {s['shared_prefix']:,} tokens shared, {s['prefix_hit_rate']:.1%} of prompt tokens "
+           f"served from it" if s.get("shared_prefix") else ""),
         f"power         {_num(s['avg_power_w'])} W per GPU; {_num(s['energy_per_output_token_j'], 3)} J per output "
         f"token",
     ]

@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 
 from chipsim.serving.config import ServingSetup
+from chipsim.serving.disagg import simulate_disaggregated
 from chipsim.serving.engine import IterationLog, ServingTrace, simulate_serving
 from chipsim.serving.metrics import request_frame, summarize
 
@@ -29,7 +30,7 @@ class ServingRun:
         simulated without one, the same simulation run again with it (the engine is deterministic:
         the same requests give the same iterations, number for number)."""
         if self.trace.steps is None:
-            self.trace.steps = simulate_serving(self.setup.iteration, self.setup.arrivals(), log=True).steps
+            self.trace.steps = simulate(self.setup, log=True).steps
         assert self.trace.steps is not None
         return self.trace.steps
 
@@ -37,8 +38,16 @@ class ServingRun:
 def run_serving(setup: ServingSetup, progress: Callable[[int, int], None] | None = None, *,
                 log: bool = False) -> ServingRun:
     """Simulate `setup`; `log`: keep every iteration (`ServingTrace.steps`), for a timeline."""
-    trace = simulate_serving(setup.iteration, setup.arrivals(), progress, log=log)
+    trace = simulate(setup, progress, log=log)
     return ServingRun(setup, trace, summary_of(setup, trace))
+
+
+def simulate(setup: ServingSetup, progress: Callable[[int, int], None] | None = None,
+             log: bool = False) -> ServingTrace:
+    """The engine's trace of `setup`: one instance, or disaggregated prefill and decode instances."""
+    if setup.disagg is not None:
+        return simulate_disaggregated(setup.disagg, setup.arrivals(), progress, log=log)
+    return simulate_serving(setup.iteration, setup.arrivals(), progress, log=log)
 
 
 def summary_of(setup: ServingSetup, trace: ServingTrace) -> dict[str, Any]:

@@ -84,6 +84,18 @@ def _write(tmp_path: Path, serving: dict[str, Any], name: str = "serve.yaml", **
     ({"lengths": {"input": "long", "output": 128}}, "serving.lengths.input"),
     ({"lengths": {"input": 1024}}, "serving.lengths.output"),
     ({"engine_settings": {"memory_fraction": 0.001}}, "serving.lengths"),  # KV cache < one request
+    ({"shared_prefix": 1024}, "serving.shared_prefix"),  # the whole prompt: nothing left to compute
+    ({"shared_prefix": -1}, "serving.shared_prefix"),
+    ({"engine_settings": {"prefix_caching": "yes"}}, "serving.engine_settings.prefix_caching"),
+    ({"disaggregation": {"prefill": {"tp": 1}}, "tp": 2}, "serving.tp"),
+    ({"disaggregation": {"prefill": {"tp": 3}}}, "serving.disaggregation.prefill.tp"),
+    ({"disaggregation": {"decode": {"instances": 0}}}, "serving.disaggregation.decode.instances"),
+    ({"disaggregation": {"decode": {"tp": 1, "gpus": 2}}}, "serving.disaggregation.decode.gpus"),
+    ({"disaggregation": {"link": "carrier pigeon"}}, "serving.disaggregation.link"),
+    ({"disaggregation": {"prefill": {"instances": 8}, "link": "nvlink"}}, "serving.disaggregation.link"),
+    ({"disaggregation": {}, "arrival": {"process": "closed", "concurrency": 4}}, "serving.arrival.process"),
+    ({"model": "llama3-70b", "disaggregation": {"prefill": {"tp": 1}, "decode": {"tp": 4}}},
+     "serving.disaggregation.prefill.tp"),  # 140 GB of weights on one prefill GPU
 ])
 def test_config_errors_name_their_key(over: dict[str, Any], key: str) -> None:
     with pytest.raises(InputError) as info:
@@ -182,6 +194,42 @@ def test_think_time_spreads_a_closed_loop_and_warmup_drops_the_start() -> None:
     assert hot["ttft_mean_s"] < cold["ttft_mean_s"]
     config = _setup(arrival={"process": "closed", "concurrency": 8, "think": "20 ms"})
     assert config.arrival.think_s == pytest.approx(0.02) and "think time 20 ms" in config.arrival.label()
+
+
+def test_a_shared_prefix_is_computed_once_with_prefix_caching() -> None:
+    common: dict[str, Any] = {"lengths": {"input": 2048, "output": 64}, "requests": 200,
+                              "arrival": {"process": "poisson", "rate": 10}}
+    plain = run_serving(_setup(**common)).summary
+    cached = run_serving(_setup(shared_prefix=1536, **common)).summary
+    off = run_serving(_setup(shared_prefix=1536, engine_settings={"prefix_caching": False}, **common)).summary
+    assert off == {**plain, "shared_prefix": 1536}  # without caching a shared prefix changes nothing
+    # every request but the first serves 1,536 of its 2,048 prompt tokens (whole blocks of 32) from the cache
+    assert cached["prefix_hit_rate"] == pytest.approx(1536 / 2048 * 199 / 200)
+    assert cached["ttft_mean_s"] < 0.5 * plain["ttft_mean_s"]
+    assert cached["kv_utilization_mean"] < plain["kv_utilization_mean"]  # the prefix's blocks held once
+    assert math.isnan(plain["prefix_hit_rate"]) or plain["prefix_hit_rate"] == 0
+
+
+def test_disaggregated_prefill_and_decode() -> None:
+    common: dict[str, Any] = {"lengths": {"input": 2048, "output": 128}, "requests": 200,
+                              "arrival": {"process": "poisson", "rate": 6}}
+    aggregated = run_serving(_setup(tp=2, **common)).summary
+    split = _setup(disaggregation={"prefill": {"tp": 1}, "decode": {"tp": 1}}, **common)
+    assert split.gpus == 2 and split.disagg is not None and split.disagg.link.name == "nvlink"
+    run = run_serving(split)
+    s = run.summary
+    assert s["requests"] == 200 and s["gpus"] == 2 and "disaggregated" in s["disaggregation"]
+    # decode steps never wait for a prompt: no token gap carries a prefill (the aggregated TP2 instance's do)
+    assert s["itl_p99_s"] < 1.2 * s["itl_p50_s"] and s["itl_p99_s"] < 0.5 * aggregated["itl_p99_s"]
+    frame = run.requests_frame()
+    assert (frame["ttft_s"] > 0).all() and (frame["e2e_s"] > frame["ttft_s"]).all()
+    # the KV cache crosses the network more slowly than NVLink: the first token comes later, the rest as fast
+    network = run_serving(_setup(disaggregation={"prefill": {"tp": 1}, "decode": {"tp": 1}, "link": "network"},
+                                 **common)).summary
+    assert network["ttft_mean_s"] > s["ttft_mean_s"] and network["tpot_mean_s"] == pytest.approx(s["tpot_mean_s"])
+    two = run_serving(_setup(disaggregation={"prefill": {"tp": 1, "instances": 2}, "decode": {"tp": 2}},
+                             **{**common, "arrival": {"process": "poisson", "rate": 12}})).summary
+    assert two["gpus"] == 4 and two["requests"] == 200
 
 
 def test_fp8_kv_cache_halves_the_decode_attention() -> None:

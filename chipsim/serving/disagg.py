@@ -1,0 +1,124 @@
+"""Disaggregated serving: prompts prefilled on prefill instances, their KV caches sent to decode
+instances that generate the rest (Splitwise, DistServe, NVIDIA Dynamo, vLLM's P/D disaggregation).
+
+Simulated in two passes, since a prefill instance never waits for a decode instance (its KV cache is
+sent and freed; a decode instance that has no room queues the request): first each prefill instance
+serves its share of the arrivals as prompts with one output token (round robin over the instances);
+then each request's KV cache crosses to its decode instance (`KVLink`: the prefill GPUs' shards
+in parallel, each at one GPU's share of the link), and the decode instances serve the requests from
+there, arriving prefilled (`Arrivals.prefilled`). The first token reaches the client when the KV cache
+has reached the decode instance (the decode instance streams every token): TTFT = queueing and
+prefill on the prefill instance + the transfer. A closed loop, whose next arrivals depend on the
+decode instances' finishes, cannot be split into the two passes and is refused when the config is read.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from chipsim.serving.engine import Arrivals, Request, ServingTrace, simulate_serving
+from chipsim.serving.iteration import IterationModel
+
+
+@dataclass(frozen=True)
+class KVLink:
+    """What carries a KV cache from a prefill instance to a decode instance, per GPU of the prefill
+    instance (each sends its tensor-parallel shard)."""
+
+    name: str  # "nvlink" (both instances in one node) or "network" (across nodes)
+    bytes_per_s: float
+    latency_s: float
+
+    def seconds(self, nbytes: float) -> float:
+        return self.latency_s + nbytes / self.bytes_per_s
+
+
+@dataclass(frozen=True, eq=False)
+class Disaggregation:
+    prefill: IterationModel = field(repr=False)
+    decode: IterationModel = field(repr=False)
+    prefill_instances: int
+    decode_instances: int
+    link: KVLink
+
+    @property
+    def gpus(self) -> int:
+        return self.prefill_instances * self.prefill.tp + self.decode_instances * self.decode.tp
+
+    def label(self) -> str:
+        return (f"disaggregated: {self.prefill_instances} prefill instance(s) of tp {self.prefill.tp}, "
+                f"{self.decode_instances} decode instance(s) of tp {self.decode.tp}, KV over {self.link.name}")
+
+
+def simulate_disaggregated(spec: Disaggregation, arrivals: Arrivals,
+                           progress: Callable[[int, int], None] | None = None, log: bool = False) -> ServingTrace:
+    """Serve an open stream of `arrivals` on `spec`'s instances (see the module notes). The trace's
+    energy is per GPU (the average over every GPU of both kinds), its KV-cache figures the decode
+    instances', its iteration log (with `log`) the first decode instance's."""
+    assert arrivals.times is not None, "disaggregated serving needs open arrivals"
+    count = len(arrivals.times)
+    lengths = [arrivals.lengths(i) for i in range(count)]
+    total = 2 * count
+    done_before = 0
+
+    def tick(offset: int) -> Callable[[int, int], None] | None:
+        if progress is None:
+            return None
+        return lambda finished, _: progress(offset + finished, total)
+
+    # 1. prefill: request i on instance i % P, as a prompt with one output token
+    first: list[float] = [math.nan] * count
+    prefill_traces = []
+    for k in range(spec.prefill_instances):
+        mine = list(range(k, count, spec.prefill_instances))
+        if not mine:
+            continue
+        part = Arrivals(lambda j, m=mine: (lengths[m[j]][0], 1), len(mine),  # type: ignore[misc]
+                        times=[arrivals.times[i] for i in mine], shared_prefix=arrivals.shared_prefix)
+        trace = simulate_serving(spec.prefill, part, tick(done_before))
+        done_before += len(mine)
+        for r in trace.requests:
+            first[mine[r.id]] = r.first_token_s
+        prefill_traces.append(trace)
+    # 2. the KV caches cross; decode: request i on instance i % D, prefilled
+    per_token = spec.prefill.kv_bytes_per_token  # one prefill GPU's shard
+    ready = [first[i] + spec.link.seconds(lengths[i][0] * per_token) for i in range(count)]
+    requests: list[Request | None] = [None] * count
+    decode_traces = []
+    for k in range(spec.decode_instances):
+        mine = list(range(k, count, spec.decode_instances))
+        if not mine:
+            continue
+        part = Arrivals(lambda j, m=mine: lengths[m[j]], len(mine),  # type: ignore[misc]
+                        times=[ready[i] for i in mine], prefilled=True)
+        trace = simulate_serving(spec.decode, part, tick(done_before), log=log and k == 0)
+        done_before += len(mine)
+        for r in trace.requests:
+            i = mine[r.id]
+            r.id, r.arrival_s = i, arrivals.times[i]  # the client's request: its own arrival
+            requests[i] = r
+        decode_traces.append(trace)
+    served = [r for r in requests if r is not None]
+    itl = array("d")
+    for t in decode_traces:
+        itl.extend(t.itl_s)
+    traces = prefill_traces + decode_traces
+    tps = [spec.prefill.tp] * len(prefill_traces) + [spec.decode.tp] * len(decode_traces)
+    gpus = spec.gpus
+    makespan = max(t.makespan_s for t in traces)
+    share = 1.0 / len(decode_traces)  # KV and batch figures: the mean decode instance's
+    return ServingTrace(
+        served, sum(t.iterations for t in traces), makespan,
+        energy_j=sum(t.energy_j * tp for t, tp in zip(traces, tps, strict=True)) / gpus,
+        gpu_busy_s=sum(t.gpu_busy_s * tp for t, tp in zip(traces, tps, strict=True)) / gpus,
+        itl_s=itl,
+        kv_utilization=sum(t.kv_utilization * t.makespan_s for t in decode_traces) * share / makespan,
+        kv_peak=max(t.kv_peak for t in decode_traces),
+        preemptions=sum(t.preemptions for t in traces),
+        batch_mean=sum(t.batch_mean * t.makespan_s for t in decode_traces) * share / makespan,
+        kv_capacity_tokens=decode_traces[0].kv_capacity_tokens,
+        steps=decode_traces[0].steps,
+        prefix_hit_tokens=sum(t.prefix_hit_tokens for t in prefill_traces))
