@@ -582,21 +582,21 @@ class _ListSchedule:
         self.free: dict[tuple[int, str], float] = {}
         self._costs: dict[tuple[object, ...], float] = {}
 
+    def cost(self, kind: str, dtype: str, shape: dict[str, Any], attrs: dict[str, Any]) -> float:
+        """An op's time alone (as the engine would start it uncontended), cached by its shape."""
+        key = (kind, dtype, tuple(sorted(shape.items())), repr(sorted(attrs.items())))
+        if key not in self._costs:
+            c = cost_of(make_op(0, kind, kind, dtype, shape, attrs=attrs), self.chip, self.fabric)
+            self._costs[key] = (c.fixed_s + self.chip.calibration.graph_launch_s * c.kernels
+                                + max(c.compute_s, c.mem_s, c.link_s))
+        return self._costs[key]
+
     def add(self, kind: str, name: str, dtype: str, deps: list[int | None], *, device: int = 0,
             stream: str = "compute", attrs: dict[str, Any] | None = None, **shape: Any) -> int:
-        if kind == "opaque":
-            seconds = float(shape["duration_s"])
-        else:
-            if kind == "send_recv":  # the many sends between stages: what their cost depends on, cheaply
-                key: tuple[object, ...] = (kind, dtype, shape["bytes"], *(attrs or {})["ranks"])
-            else:
-                key = (kind, dtype, tuple(sorted(shape.items())), repr(sorted((attrs or {}).items())))
-            if key not in self._costs:
-                op = make_op(0, name, kind, dtype, shape, stream=stream, attrs=attrs)
-                c = cost_of(op, self.chip, self.fabric)
-                self._costs[key] = (c.fixed_s + self.chip.calibration.graph_launch_s * c.kernels
-                                    + max(c.compute_s, c.mem_s, c.link_s))
-            seconds = self._costs[key]
+        """`WorkloadBuilder.add`'s signature: the op timed now."""
+        return self.run(device, stream, self.cost(kind, dtype, shape, attrs or {}), deps)
+
+    def run(self, device: int, stream: str, seconds: float, deps: list[int | None]) -> int:
         start = self.free.get((device, stream), 0.0)
         for d in deps:
             if d is not None and self.end[d] > start:
@@ -622,13 +622,24 @@ def _schedule(layout: Layout, stages: dict[tuple[int, int], _Stage], optimizers:
     dp_group = layout.dp * layout.cp  # dense gradients: Megatron's data-parallel group with CP,
     dp_attrs = {"stride": layout.tp}  # strided by tp
 
+    def ranks(src: int, dst: int) -> dict[str, Any]:
+        return {"ranks": [src * stride, dst * stride] if src < dst else [dst * stride, src * stride]}
+
     def opaque(name: str, device: int, seconds: float, deps: list[int | None], stream: str = "compute") -> int:
-        return b.add("opaque", name, "bf16", deps, device=device, stream=stream, duration_s=max(seconds, 1e-9),
-                     attrs={"scale": "none"})
+        if screen:
+            return int(b.run(device, stream, max(seconds, 1e-9), deps))
+        return int(b.add("opaque", name, "bf16", deps, device=device, stream=stream, duration_s=max(seconds, 1e-9),
+                         attrs={"scale": "none"}))
+
+    sends: dict[tuple[int, int], float] = {}  # (from, to) stage -> a send's time alone (screen)
 
     def p2p(name: str, src: int, dst: int, dep: int) -> int:
-        return b.add("send_recv", name, "bf16", [dep], device=dst, stream="p2p", bytes=act_bytes * 1.0, group=2,
-                     attrs={"ranks": [src * stride, dst * stride] if src < dst else [dst * stride, src * stride]})
+        if screen:
+            if (src, dst) not in sends:
+                sends[(src, dst)] = b.cost("send_recv", "bf16", {"bytes": act_bytes * 1.0, "group": 2}, ranks(src, dst))
+            return int(b.run(dst, "p2p", sends[(src, dst)], [dep]))
+        return int(b.add("send_recv", name, "bf16", [dep], device=dst, stream="p2p", bytes=act_bytes * 1.0, group=2,
+                         attrs=ranks(src, dst)))
 
     done: dict[tuple[str, int, int, int], int] = {}  # (F/B, stage, chunk, micro-batch) -> op id
     gathers: dict[tuple[int, int], int | None] = {}
