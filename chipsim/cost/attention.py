@@ -10,7 +10,7 @@ from functools import lru_cache
 from chipsim.cost.base import OpCost, compute_energy, fixed_seconds, memory_part, register_cost
 from chipsim.hardware.chip import Chip
 from chipsim.workload.graph import Op
-from chipsim.workload.kinds import DTYPE_BYTES, attention_flops
+from chipsim.workload.kinds import DTYPE_BYTES, attention_flops, v_head_dim
 
 Q_TILE = 128  # query rows per CTA in flash-style kernels
 KV_BLOCK = 128  # keys per step of a decode kernel's loop over the KV cache
@@ -88,7 +88,9 @@ def decode_loop_seconds(op: Op, chip: Chip, backend: str) -> float:
     splits = max(1, chip.compute_units // pairs) if cal.attention_split_kv.get(backend, False) else 1
     ctas = pairs * splits
     blocks = math.ceil(s["seq_kv"] / splits / KV_BLOCK)
-    # a block's time is its bytes' (calibrated on 16-bit caches at head dim 128): an FP8 cache halves it
-    block_s = (cal.attention_decode_block_s[backend] * s["head_dim"] / REFERENCE_HEAD_DIM
+    # a block's time is its bytes' (calibrated on 16-bit keys and values of head dim 128): an FP8 cache
+    # halves it, MLA's shared latent is read once
+    dims = s["head_dim"] if op.attrs.get("shared_kv") else s["head_dim"] + v_head_dim(s)
+    block_s = (cal.attention_decode_block_s[backend] * dims / (2 * REFERENCE_HEAD_DIM)
                * DTYPE_BYTES.get(op.dtype, 2) / REFERENCE_BYTES)
     return math.ceil(ctas / chip.compute_units) * blocks * block_s

@@ -73,8 +73,6 @@ class IterationModel:
                  tp: int = 1, kv_dtype: str = "bf16", system: System | None = None) -> None:
         if model.heads % tp:
             raise InputError(f"heads ({model.heads}) must be divisible by tp ({tp})", key="tp")
-        if model.mla is not None:
-            raise InputError(f"{model.model_id}: MLA attention is not served yet", key="model")
         if not chip.peak_flops_per_s.get(quant.gemm_dtype):
             raise InputError(f"chip '{chip.name}' has no {quant.gemm_dtype} tensor cores for quantization "
                              f"'{quant.name}'", key="quantization")
@@ -85,7 +83,7 @@ class IterationModel:
         self.network = Fabric(system) if system is not None and tp > 1 else None
         self.heads = model.heads // tp
         self.kv_heads = max(1, model.kv_heads // tp)  # replicated when tp > kv_heads
-        self._layer_cache: dict[int, list[Part]] = {}
+        self._layer_cache: dict[tuple[int, bool], list[Part]] = {}
         self._attn_cache: dict[tuple[int, int, int], list[Part]] = {}
         self._head_cache: dict[tuple[int, int], list[Part]] = {}
         self._step_cache: dict[tuple[object, ...], StepCost] = {}
@@ -93,8 +91,11 @@ class IterationModel:
     # ---------------------------------------------------------------- memory
     @property
     def kv_bytes_per_token(self) -> float:
-        """KV-cache bytes one token takes on one GPU (every layer's key and value)."""
+        """KV-cache bytes one token takes on one GPU (every layer's key and value; MLA's compressed
+        latent and rope key, which every tensor-parallel rank holds whole)."""
         m = self.model
+        if m.mla is not None:
+            return m.layers * (m.mla.kv_lora_rank + m.mla.qk_rope_head_dim) * DTYPE_BYTES[self.kv_dtype]
         return 2.0 * m.layers * self.kv_heads * m.head_dim * DTYPE_BYTES[self.kv_dtype]
 
     @property
@@ -152,27 +153,31 @@ class IterationModel:
         else:  # fp8 / fp4: the activations' cast fused into the previous kernel (the engines' fused quant)
             b.add("gemm", name, q.gemm_dtype, [], m=m, n=n, k=k)
 
-    def _layer(self, tokens: int) -> list[Part]:
-        """The token-proportional ops of one layer at `tokens` tokens (everything but attention)."""
-        if tokens not in self._layer_cache:
+    def _layer(self, tokens: int, moe: bool) -> list[Part]:
+        """The token-proportional ops of one layer (an MoE one, or a dense one) at `tokens` tokens:
+        everything but attention."""
+        if (tokens, moe) not in self._layer_cache:
             m, tp, t = self.model, self.tp, tokens
             b = WorkloadBuilder("layer")
             d = m.d_model
             fused = self.profile.fused
             b.add("norm", "attn_norm", "bf16", [], rows=t, cols=d,  # residual add fused, or a module call
                   attrs={"type": "rms_norm"} if fused else {"type": "rms_norm", "host_calls": UNFUSED_MODULE_CALLS})
-            self._gemm(b, "qkv", t, d, (self.heads + 2 * self.kv_heads) * m.head_dim)
+            if m.mla is not None:
+                self._mla_projections(b, t)
+            else:
+                self._gemm(b, "qkv", t, d, (self.heads + 2 * self.kv_heads) * m.head_dim)
             if not fused:  # rotary on q and k, the KV-cache write of k and v, as kernels of their own
                 kv = t * self.kv_heads * m.head_dim
                 b.add("elementwise", "rope_q", "bf16", [], numel=t * self.heads * m.head_dim, attrs={"op": "rope"})
                 b.add("elementwise", "rope_k", "bf16", [], numel=kv, attrs={"op": "rope"})
                 b.add("elementwise", "cache_k", "bf16", [], numel=kv, attrs={"op": "copy"})
                 b.add("elementwise", "cache_v", "bf16", [], numel=kv, attrs={"op": "copy"})
-            self._gemm(b, "o", t, self.heads * m.head_dim, d)
+            self._gemm(b, "o", t, self.heads * (m.mla.v_head_dim if m.mla else m.head_dim), d)
             if tp > 1:
                 b.add("all_reduce", "o_all_reduce", "bf16", [], bytes=t * d * 2, group=tp)
             b.add("norm", "mlp_norm", "bf16", [], rows=t, cols=d, attrs={"type": "rms_norm"})
-            if m.is_moe:
+            if moe:
                 self._moe(b, t)
             else:
                 ffn = m.ffn // tp
@@ -184,22 +189,40 @@ class IterationModel:
             if not fused:
                 for name in ("attn_residual", "mlp_residual"):
                     b.add("elementwise", name, "bf16", [], numel=t * d, attrs={"op": "add"})
-            self._layer_cache[tokens] = self._parts(b)
-        return self._layer_cache[tokens]
+            self._layer_cache[(tokens, moe)] = self._parts(b)
+        return self._layer_cache[(tokens, moe)]
+
+    def _mla_projections(self, b: WorkloadBuilder, t: int) -> None:
+        """MLA's (DeepSeek-V2/V3) token-wise projections: the query's down- and up-projection (or one
+        projection), the keys' and values' down-projection to the cached latent and rope key (replicated
+        over tp), an RMSNorm on each latent. Their up-projection is the attention's (`_attention`)."""
+        a, d = self.model.mla, self.model.d_model
+        assert a is not None
+        if a.q_lora_rank:
+            self._gemm(b, "q_down", t, d, a.q_lora_rank)
+            b.add("norm", "q_norm", "bf16", [], rows=t, cols=a.q_lora_rank, attrs={"type": "rms_norm"})
+            self._gemm(b, "q_up", t, a.q_lora_rank, self.heads * a.qk_head_dim)
+        else:
+            self._gemm(b, "q", t, d, self.heads * a.qk_head_dim)
+        self._gemm(b, "kv_down", t, d, a.kv_lora_rank + a.qk_rope_head_dim)
+        b.add("norm", "kv_norm", "bf16", [], rows=t, cols=a.kv_lora_rank, attrs={"type": "rms_norm"})
 
     def _moe(self, b: WorkloadBuilder, t: int) -> None:
         """Router and the experts as one grouped GEMM per projection (experts split by tp's ranks:
         expert tensor parallelism inside the engine's TP group)."""
         m = self.model
         width = m.expert_ffn // self.tp
-        per_expert = max(1, math.ceil(t * m.topk / m.experts))
+        # the experts `t` tokens route to (each picks `topk` of them, uniformly: the expected number of
+        # distinct ones): a decode batch of a few tokens reads only those experts' weights
+        active = max(1, min(m.experts, round(m.experts * (1 - (1 - m.topk / m.experts) ** t))))
+        per_expert = max(1, math.ceil(t * m.topk / active))
         self._gemm(b, "router", t, m.d_model, m.experts, quantized=False)
         gate_up = 2 * width if m.gated else width
         b.add("gemm", "experts_gate_up", self.quant.gemm_dtype, [], m=per_expert, n=gate_up, k=m.d_model,
-              batch=m.experts, attrs={"grouped": True})
+              batch=active, attrs={"grouped": True})
         b.add("elementwise", "experts_act", "bf16", [], numel=t * m.topk * width, attrs={"op": "silu_mul"})
         b.add("gemm", "experts_down", self.quant.gemm_dtype, [], m=per_expert, n=m.d_model, k=width,
-              batch=m.experts, attrs={"grouped": True})
+              batch=active, attrs={"grouped": True})
         if m.shared_experts:
             shared = m.shared_experts * m.expert_ffn // self.tp
             self._gemm(b, "shared_gate_up", t, m.d_model, 2 * shared)
@@ -209,9 +232,25 @@ class IterationModel:
         key = (batch, seq_q, seq_kv)
         if key not in self._attn_cache:
             b = WorkloadBuilder("attention")
-            b.add("attention", "attention", self.kv_dtype, [], batch=batch, heads=self.heads, kv_heads=self.kv_heads,
-                  seq_q=seq_q, seq_kv=seq_kv, head_dim=self.model.head_dim, causal=seq_q > 1,
-                  attrs={"backend": self.profile.attention_backend})
+            backend = {"backend": self.profile.attention_backend}
+            a = self.model.mla
+            if a is None:
+                b.add("attention", "attention", self.kv_dtype, [], batch=batch, heads=self.heads,
+                      kv_heads=self.kv_heads, seq_q=seq_q, seq_kv=seq_kv, head_dim=self.model.head_dim,
+                      causal=seq_q > 1, attrs=backend)
+            elif seq_q == 1:  # MLA decode, absorbed: every head attends to the cached latent (MQA over it)
+                h, rank = self.heads, a.kv_lora_rank
+                b.add("gemm", "q_absorb", "bf16", [], m=batch, k=a.qk_nope_head_dim, n=rank, batch=h)
+                b.add("attention", "attention", self.kv_dtype, [], batch=batch, heads=h, kv_heads=1, seq_q=1,
+                      seq_kv=seq_kv, head_dim=rank + a.qk_rope_head_dim, v_head_dim=rank,
+                      attrs={**backend, "shared_kv": True})
+                b.add("gemm", "v_absorb", "bf16", [], m=batch, k=rank, n=a.v_head_dim, batch=h)
+            else:  # MLA prefill: the chunk's context decompressed to every head's keys and values
+                self._gemm(b, "kv_up", batch * seq_kv, a.kv_lora_rank,
+                           self.heads * (a.qk_nope_head_dim + a.v_head_dim))
+                b.add("attention", "attention", "bf16", [], batch=batch, heads=self.heads, kv_heads=self.heads,
+                      seq_q=seq_q, seq_kv=seq_kv, head_dim=a.qk_head_dim, v_head_dim=a.v_head_dim, causal=True,
+                      attrs=backend)
             self._attn_cache[key] = self._parts(b)
         return self._attn_cache[key]
 
@@ -250,14 +289,17 @@ class IterationModel:
 
     def _cost(self, tokens: int, chunks: tuple[tuple[int, int], ...], decode: int, mean_ctx: int,
               logits: int) -> StepCost:
-        layer = list(self._layer(tokens))
+        attention: list[Part] = []
         # the prefill chunks run as one variable-length attention kernel: chunks of one shape as its batch
         for (q, ctx), n in Counter(chunks).items():
-            layer += self._attention(n, q, max(q, ctx))
+            attention += self._attention(n, q, max(q, ctx))
         if decode:
-            layer += self._attention(decode, 1, max(1, mean_ctx))
-        layers = self.model.layers
-        parts = [(o * layers, c * layers, ce * layers, me * layers, h * layers) for o, c, ce, me, h in layer]
+            attention += self._attention(decode, 1, max(1, mean_ctx))
+        m = self.model
+        moe = m.moe_layers if m.is_moe else 0
+        groups = [(self._layer(tokens, kind), n) for kind, n in ((False, m.layers - moe), (True, moe)) if n]
+        parts = [(o * n, c * n, ce * n, me * n, h * n) for ops, n in [*groups, (attention, m.layers)]
+                 for o, c, ce, me, h in ops]
         parts += self._head(tokens, logits)
         power = self.chip.power
         scale = sustained_scale(power, min(1.0, power.min_clock_hz / self.chip.clock_hz), [p[:4] for p in parts])

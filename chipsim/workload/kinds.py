@@ -153,7 +153,8 @@ def _attention_work(s: Shape, dtype: str, attrs: Attrs) -> tuple[float, float]:
     e = _nbytes(dtype)
     rows_q, rows_kv = s["batch"] * s["heads"] * s["seq_q"] * e, s["batch"] * s["kv_heads"] * s["seq_kv"] * e
     q, o = rows_q * s["head_dim"], rows_q * v_head_dim(s)
-    kv = rows_kv * (s["head_dim"] + v_head_dim(s))
+    # MLA's absorbed decode attends to its cached latent as keys and (its first dims) as values: read once
+    kv = rows_kv * (s["head_dim"] if attrs.get("shared_kv") else s["head_dim"] + v_head_dim(s))
     fwd = attention_flops(s)
     if s["pass"] == "fwd":
         return fwd, q + kv + o  # read q, k, v; write o
@@ -318,7 +319,9 @@ register(OpKind(
     ("fwd 2 · batch · heads · seq_q · seq_kv · (head_dim + v_head_dim) (visible keys only when causal); bwd 2.5x",
      "fwd q+k+v+o; bwd 1.5·(q+o) + 3·(k+v)"),
     attrs={"backend": Attr(_one_of("attention backend", *ATTENTION_BACKENDS), f"{', '.join(ATTENTION_BACKENDS)} (default flash): which "
-                                                         "`calibration.attention` efficiencies apply")},
+                                                         "`calibration.attention` efficiencies apply"),
+           "shared_kv": Attr(_boolean, "keys and values are one cached tensor, read once (MLA's latent in absorbed "
+                                       "decode: head_dim = kv_lora_rank + rope dims, v_head_dim = kv_lora_rank)")},
     check=_attention_check, integer_keys=("batch", "heads", "kv_heads", "seq_q", "seq_kv", "head_dim", "v_head_dim")))
 register(OpKind(
     "elementwise", {"numel": None}, "elementwise", _elementwise_work,

@@ -232,6 +232,25 @@ def test_disaggregated_prefill_and_decode() -> None:
     assert two["gpus"] == 4 and two["requests"] == 200
 
 
+def test_mla_and_moe_models_are_served() -> None:
+    """DeepSeek-V3 (MLA, 3 dense then 58 MoE layers of 256 experts): its KV cache is the compressed
+    latent, whole on every tensor-parallel rank; a decode batch reads only the experts its tokens route to."""
+    ds = _setup(model="deepseek-v3", chip="h200_sxm", tp=8, quantization="fp8", kv_cache_dtype="fp8",
+                lengths={"input": 1000, "output": 200}, requests=16, arrival={"process": "closed", "concurrency": 8})
+    assert ds.iteration.kv_bytes_per_token == 61 * (512 + 64)  # one byte each, not split over tp
+    one, many = (ds.iteration.step([], n, n * 1000, n).seconds for n in (1, 64))
+    assert one < many < 8 * one  # 64 tokens touch ~222 of 256 experts, one token 8
+    run = run_serving(ds).summary
+    assert run["requests"] == 16 and 0.005 < run["tpot_mean_s"] < 0.1
+    # a dense layer stays dense: the first three layers cost less than MoE ones at large batch
+    it = ds.iteration
+    dense, moe = (sum(max(o, c) for o, c, *_ in it._layer(4096, kind)) for kind in (False, True))
+    assert dense < moe
+    mixtral = _setup(model="mixtral-8x7b", tp=2, lengths={"input": 512, "output": 64})
+    step1, step32 = (mixtral.iteration.step([], n, n * 512, n).seconds for n in (1, 32))
+    assert step32 < 2.5 * step1  # one token reads 2 of 8 experts; 32 read all 8
+
+
 def test_fp8_kv_cache_halves_the_decode_attention() -> None:
     from chipsim.serving.quant import quantization
 
