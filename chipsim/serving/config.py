@@ -355,7 +355,6 @@ def _lengths(sec: Section, requests: int, seed: int) -> tuple[np.ndarray, np.nda
 
 def resolve_serving(config: RunConfig) -> ServingSetup:
     """The config's `serving:` section, resolved and checked (see the module notes)."""
-    from chipsim.network.system import system_for
     from chipsim.serving.quant import check_kv_dtype, quantization
 
     assert config.serving is not None
@@ -407,23 +406,13 @@ def resolve_serving(config: RunConfig) -> ServingSetup:
     _check_lengths(sec, where, model, inputs, outputs)
 
     def engine(tp: int, key: str, outputs: np.ndarray) -> IterationModel:
-        node = system if system is not None and tp <= system.gpus_per_node else None
-        if tp > 1 and node is None:
-            try:
-                node = system_for(chip.name, tp)
-            except InputError as exc:
-                raise sec.error(key, exc.message) from None
         try:
-            iteration = IterationModel(model, chip, quant, profile, tp=tp, kv_dtype=kv_dtype, system=node)
-            capacity = iteration.kv_capacity_tokens()
+            return checked_iteration(model, chip, system, tp, quant, kv_dtype, profile, inputs, outputs)
         except InputError as exc:
-            raise sec.error(key if split else (exc.key or "model"), exc.message) from None
-        _check_capacity(sec, where, profile, capacity, inputs, outputs)
-        try:  # a chip that cannot run one of the iteration's kernels says so now, not half-way
-            iteration.step([(16, 16)], 1, 16, 2)
-        except InputError as exc:
-            raise sec.error(None, f"{chip.name} cannot run this engine's iteration: {exc.message}") from None
-        return iteration
+            at = {"tp": key, "lengths": where, "chip": None}.get(exc.key or "", exc.key)
+            if at == "engine_settings.max_tokens" and not sec.has("engine_settings"):
+                at = where
+            raise sec.error(at, exc.message) from None
 
     disagg = None
     if split:
@@ -502,23 +491,49 @@ def _check_lengths(sec: Section, where: str, model: ModelConfig, inputs: np.ndar
                          + ("; bound the distribution with `max`" if where == "lengths" and over < len(total) else ""))
 
 
-def _check_capacity(sec: Section, where: str, profile: EngineProfile, capacity: int, inputs: np.ndarray,
-                    outputs: np.ndarray) -> None:
+def checked_iteration(model: ModelConfig, chip: Chip, system: System | None, tp: int, quant: Quantization,
+                      kv_dtype: str, profile: EngineProfile, inputs: np.ndarray, outputs: np.ndarray) -> IterationModel:
+    """The iteration model of one engine instance, checked as a config is: `tp` runs inside a node
+    (`system`'s when it holds tp GPUs, else the chip's node), the weights fit, the KV cache holds the
+    longest request, a prompt fits an iteration without chunked prefill, the chip runs every kernel.
+    An InputError's key is the serving key at fault: tp, lengths, engine_settings(.max_tokens), chip."""
+    from chipsim.network.system import system_for
+
+    node = system if system is not None and tp <= system.gpus_per_node else None
+    if tp > 1 and node is None:
+        try:
+            node = system_for(chip.name, tp)
+        except InputError as exc:
+            raise InputError(f"tp {tp} needs a node of {chip.name} for its all-reduces: {exc.message}",
+                             key="tp") from None
+    if node is not None and tp > node.gpus_per_node:
+        raise InputError(f"tensor parallelism runs inside one node: {node.gpus_per_node} {chip.name} GPUs "
+                         f"({node.name}), got tp {tp}", key="tp")
+    try:
+        iteration = IterationModel(model, chip, quant, profile, tp=tp, kv_dtype=kv_dtype, system=node)
+        capacity = iteration.kv_capacity_tokens()
+    except InputError as exc:
+        raise InputError(exc.message, key=exc.key or "tp") from None
     block = profile.block_size
     held = capacity // block * block
     total = inputs + outputs
     worst = int(np.argmax(total))
     need = -(-int(total[worst]) // block) * block
     if held < block:
-        raise sec.error("engine_settings", f"the KV cache holds {capacity:,} tokens: not one block of {block}")
+        raise InputError(f"the KV cache holds {capacity:,} tokens: not one block of {block}", key="engine_settings")
     if need > held:
-        raise sec.error(where, f"the KV cache holds {held:,} tokens; the longest request needs {need:,} "
-                               f"({int(inputs[worst]):,} + {int(outputs[worst]):,}): raise tp, use an fp8 KV cache or "
-                               f"a quantization, or shorten the requests")
+        raise InputError(f"the KV cache holds {held:,} tokens per GPU after {iteration.weight_bytes / 1e9:.1f} GB of "
+                         f"weights ({quant.name}, tp {tp} on {chip.name}); the longest request needs {need:,} "
+                         f"({int(inputs[worst]):,} + {int(outputs[worst]):,}): raise tp, use an fp8 KV cache or a "
+                         f"quantization, or shorten the requests", key="lengths")
     if not profile.chunked_prefill and int(inputs.max()) > profile.max_tokens:
-        raise sec.error("engine_settings.max_tokens" if sec.has("engine_settings") else where,
-                        f"without chunked prefill a prompt of {int(inputs.max()):,} tokens never fits an iteration of "
-                        f"max_tokens {profile.max_tokens:,}")
+        raise InputError(f"without chunked prefill a prompt of {int(inputs.max()):,} tokens never fits an iteration "
+                         f"of max_tokens {profile.max_tokens:,}", key="engine_settings.max_tokens")
+    try:  # a chip that cannot run one of the iteration's kernels says so now, not half-way
+        iteration.step([(16, 16)], 1, 16, 2)
+    except InputError as exc:
+        raise InputError(f"{chip.name} cannot run this engine's iteration: {exc.message}", key="chip") from None
+    return iteration
 
 
 def load_serving(path: str | Path) -> ServingSetup:

@@ -72,7 +72,7 @@ class IterationModel:
     def __init__(self, model: ModelConfig, chip: Chip, quant: Quantization, profile: EngineProfile, *,
                  tp: int = 1, kv_dtype: str = "bf16", system: System | None = None) -> None:
         if model.heads % tp:
-            raise InputError(f"heads ({model.heads}) must be divisible by tp ({tp})", key="tp")
+            raise InputError(f"{model.model_id}'s {model.heads} heads are not divisible by tp {tp}", key="tp")
         if not chip.peak_flops_per_s.get(quant.gemm_dtype):
             raise InputError(f"chip '{chip.name}' has no {quant.gemm_dtype} tensor cores for quantization "
                              f"'{quant.name}'", key="quantization")
@@ -80,6 +80,7 @@ class IterationModel:
         self.tp, self.kv_dtype = tp, kv_dtype
         if tp > 1 and system is None:
             raise InputError("tensor parallelism needs a system (a node) for its all-reduces", key="tp")
+        self.system = system  # the node whose fabric carries the all-reduces (None at tp 1)
         self.network = Fabric(system) if system is not None and tp > 1 else None
         self.heads = model.heads // tp
         self.kv_heads = max(1, model.kv_heads // tp)  # replicated when tp > kv_heads

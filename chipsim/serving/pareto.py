@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from chipsim.errors import InputError
-from chipsim.serving.config import ArrivalSpec, ServingSetup
+from chipsim.serving.config import ArrivalSpec, ServingSetup, checked_iteration
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -120,8 +120,6 @@ def with_hardware(setup: ServingSetup, *, chip: Chip | str | None = None, quanti
     node (`system_for`) when tp > 1. An impossible combination raises InputError (key `chip`,
     `quantization`, `tp` or `kv_cache_dtype`, no file)."""
     from chipsim.hardware.registry import load_chip
-    from chipsim.network.system import System, system_for
-    from chipsim.serving.iteration import IterationModel
     from chipsim.serving.quant import quantization as quant_named
 
     if chip is None:
@@ -137,41 +135,15 @@ def with_hardware(setup: ServingSetup, *, chip: Chip | str | None = None, quanti
     tp = setup.tp if tp is None else int(tp)
     if not 1 <= tp <= MAX_TP:
         raise InputError(f"expected a tensor-parallel size from 1 to {MAX_TP}, got {tp}", key="tp")
-    model = setup.model
-    if model.heads % tp:
-        raise InputError(f"{model.model_id}'s {model.heads} heads are not divisible by tp {tp}", key="tp")
-    system: System | None = None
     same_chip = new_chip is setup.chip or new_chip.name == setup.chip.name
-    if same_chip and setup.system is not None and tp <= setup.system.gpus_per_node:
-        system = setup.system
-    elif tp > 1:
-        try:
-            system = system_for(new_chip.name, tp)
-        except InputError as exc:
-            raise InputError(f"tp {tp} needs a node of {new_chip.name} for its all-reduces: {exc.message}",
-                             key="tp") from None
-    if system is not None and tp > system.gpus_per_node:
-        raise InputError(f"tensor parallelism runs inside one node: {system.gpus_per_node} {new_chip.name} GPUs "
-                         f"({system.name}), got tp {tp}", key="tp")
+    system = setup.system if same_chip and setup.system is not None and tp <= setup.system.gpus_per_node else None
     kv = setup.kv_dtype
     if kv != "bf16" and new_chip.peak_flops_per_s.get(kv, 0.0) <= 0:
         raise InputError(f"chip '{new_chip.name}' has no {kv} attention kernels for a {kv} KV cache",
                          key="kv_cache_dtype")
-    iteration = IterationModel(model, new_chip, quant, setup.profile, tp=tp, kv_dtype=kv, system=system)
-    capacity = iteration.kv_capacity_tokens()  # the weights must fit
-    block = setup.profile.block_size
-    held = capacity // block * block
-    total = setup.input_lens + setup.output_lens
-    worst = int(np.argmax(total))
-    need = -(-int(total[worst]) // block) * block
-    if need > held:
-        raise InputError(f"{new_chip.name}'s KV cache holds {held:,} tokens per GPU after {model.model_id}'s "
-                         f"{iteration.weight_bytes / 1e9:.1f} GB of weights ({quant.name}, tp {tp}); the longest "
-                         f"request needs {need:,}", key="tp")
-    try:
-        iteration.step([(16, 16)], 1, 16, 2)
-    except InputError as exc:
-        raise InputError(f"{new_chip.name} cannot run this engine's iteration: {exc.message}", key="chip") from None
+    iteration = checked_iteration(setup.model, new_chip, system, tp, quant, kv, setup.profile, setup.input_lens,
+                                  setup.output_lens)
+    system = iteration.system
     return replace(setup, chip=new_chip, system=system, tp=tp, quant=quant, iteration=iteration)
 
 
