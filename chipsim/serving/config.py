@@ -368,6 +368,9 @@ def resolve_serving(config: RunConfig) -> ServingSetup:
         raise sec.error("tp", f"expected a tensor-parallel size up to 64, got {tp}")
     chip, system = _hardware(sec, tp)
     profile = _engine(sec)
+    if profile.name == "trtllm" and chip.vendor.strip().upper() == "AMD":
+        raise sec.error("engine", f"TensorRT-LLM runs on NVIDIA GPUs only; {chip.name} is an AMD chip: use vllm or "
+                                  f"sglang (their ROCm builds)")
     try:
         quant = quantization(sec.string("quantization", "none"))
     except InputError as exc:

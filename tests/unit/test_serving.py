@@ -56,6 +56,7 @@ def _write(tmp_path: Path, serving: dict[str, Any], name: str = "serve.yaml", **
     ({"kv_cache_dtype": "fp4"}, "serving.kv_cache_dtype"),
     ({"chip": "a100_sxm", "kv_cache_dtype": "fp8"}, "serving.kv_cache_dtype"),
     ({"chip": "a100_sxm", "quantization": "fp8"}, "serving.quantization"),  # a zero fp8 rate: no format
+    ({"chip": "mi300x", "engine": "trtllm"}, "serving.engine"),  # TensorRT-LLM is NVIDIA's only
     ({"tp": 3, "system": "dgx_h100"}, "serving.tp"),
     ({"tp": 0}, "serving.tp"),
     ({"tp": 16}, "serving.tp"),
