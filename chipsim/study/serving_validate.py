@@ -92,6 +92,8 @@ def model_id_of(name: str) -> str:
     text = name.strip().lower().split("/")[-1]
     text = re.sub(r"[-_](instruct|chat|hf|base|it|fp8|awq|gptq|int4|int8)$", "", text)
     text = re.sub(r"[-_](instruct|chat|hf|base|it|fp8|awq|gptq|int4|int8)$", "", text)
+    # DeepSeek-R1 and V3's updates share DeepSeek-V3's architecture (HF config.json: DeepseekV3ForCausalLM)
+    text = re.sub(r"^deepseek-(r1|v3)([-_.][\w.]+)?$", "deepseek-v3", text)
     candidates = [text, text.replace("llama-3.1-", "llama3-"), text.replace("llama-3.1-", "llama3.1-"),
                   text.replace("llama-3.3-", "llama3-"), text.replace("llama-3-", "llama3-"),
                   text.replace("llama-2-", "llama2-"), text.replace("gpt-j-", "gptj-"), text.replace("-", "")]
@@ -228,12 +230,16 @@ def simulate_scenario(s: Scenario, cache: dict[Any, Any]) -> dict[str, Any]:
     def lengths(_: int) -> tuple[int, int]:
         return inp, out
 
+    # a row's GPUs beyond one engine's tp are data-parallel replicas: the load is split over them
+    replicas = max(1, s.gpus // s.tp)
     if s.load == "closed":  # every client's first request at once, as a benchmark starts
+        b = max(1, -(-b // replicas))
         arrivals = Arrivals(lengths, count=b * CLOSED_LOOP_ROUNDS, concurrency=b)
     elif s.load == "max":
         arrivals = Arrivals(lengths, count=MAX_LOAD_REQUESTS, times=[0.0] * MAX_LOAD_REQUESTS)
     elif s.load == "poisson":
-        arrivals = Arrivals(lengths, count=POISSON_REQUESTS, times=poisson_times(s.rate, POISSON_REQUESTS, SEED))
+        arrivals = Arrivals(lengths, count=POISSON_REQUESTS,
+                            times=poisson_times(s.rate / replicas, POISSON_REQUESTS, SEED))
     else:
         arrivals = Arrivals(lengths, count=max(1, b), times=[0.0] * max(1, b))
     result.update(summarize(simulate_serving(model, arrivals), s.tp))

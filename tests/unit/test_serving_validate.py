@@ -33,6 +33,9 @@ def test_names_and_formats_map_to_the_zoo_and_the_quantizations() -> None:
     assert model_id_of("Llama-3.1-8B-Instruct") == "llama3-8b"
     assert model_id_of("meta-llama/Llama-2-70B-chat-hf") == "llama2-70b"
     assert model_id_of("GPT-J-6B") == "gptj-6b"
+    assert model_id_of("deepseek-ai/DeepSeek-R1") == model_id_of("DeepSeek-V3-0324") == "deepseek-v3"
+    with pytest.raises(Unsupported):
+        model_id_of("DeepSeek-R1-Distill-Llama-70B")  # a Llama, not DeepSeek-V3's architecture
     assert quantization_of({"quant_method": "fp8", "precision": "FP8"}) == ("fp8", "fp8")
     assert quantization_of({"quant_method": "none recorded", "precision": "not recorded (16-bit assumed)"}) == \
         ("none", "bf16")
@@ -83,3 +86,16 @@ def test_the_cli_detects_the_serving_schema(cli, tmp_path: Path) -> None:  # typ
     assert pd.read_csv(tmp_path / "pred.csv")["predicted_value"].notna().all()
     code, _, stderr = cli(["validate", str(csv), "--plot", str(tmp_path / "x.png")])
     assert code == 2 and "--plot" in stderr
+
+
+def test_a_rows_load_is_split_over_its_data_parallel_replicas() -> None:
+    """8 GPUs serving at tp 1 are 8 engines: a request rate or a concurrency is the system's, shared."""
+    base = {"engine": "trtllm", "model": "Llama-3.1-8B", "gpu": "H100", "tp": 1, "input_len": 1024, "output_len": 128,
+            "metric_name": "output_throughput", "unit": "tokens/s", "metric_value": 1.0}
+    rows = pd.DataFrame([{**base, "gpus": 1, "batch_or_concurrency": "", "request_rate": "2"},
+                         {**base, "gpus": 8, "batch_or_concurrency": "", "request_rate": "16"}])
+    out, skipped = validate_serving(rows)
+    assert skipped.empty
+    one, eight = out["predicted_value"]
+    assert one == pytest.approx(2 * 128, rel=0.05)  # below saturation the throughput is the load's
+    assert eight == pytest.approx(8 * one, rel=1e-9)  # 8 replicas of 2 req/s each
