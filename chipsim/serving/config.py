@@ -43,7 +43,7 @@ from chipsim.network.system import System
 from chipsim.serving.disagg import Disaggregation, KVLink
 from chipsim.serving.engine import Arrivals, poisson_times
 from chipsim.serving.iteration import IterationModel
-from chipsim.serving.profiles import OVERRIDABLE, PROFILES, EngineProfile
+from chipsim.serving.profiles import OVERRIDABLE, PROFILES, EngineProfile, for_chip
 from chipsim.serving.quant import KV_DTYPES, Quantization
 from chipsim.training.run import model_from_section
 
@@ -170,11 +170,12 @@ class ServingSetup:
 # ---------------------------------------------------------------- pieces
 
 
-def _engine(sec: Section) -> EngineProfile:
+def _engine(sec: Section, chip: Chip) -> EngineProfile:
     name = sec.string("engine")
     base = PROFILES.get(name.split()[0].lower() if name.strip() else name)
     if base is None:
         raise sec.error("engine", f"unknown engine profile {brief(name)}; expected one of {', '.join(PROFILES)}")
+    base = for_chip(base, chip)
     settings = sec.section("engine_settings", {})
     for k in settings.data:
         if k not in OVERRIDABLE:
@@ -367,7 +368,7 @@ def resolve_serving(config: RunConfig) -> ServingSetup:
     if tp > 64:
         raise sec.error("tp", f"expected a tensor-parallel size up to 64, got {tp}")
     chip, system = _hardware(sec, tp)
-    profile = _engine(sec)
+    profile = _engine(sec, chip)
     if profile.name == "trtllm" and chip.vendor.strip().upper() == "AMD":
         raise sec.error("engine", f"TensorRT-LLM runs on NVIDIA GPUs only; {chip.name} is an AMD chip: use vllm or "
                                   f"sglang (their ROCm builds)")

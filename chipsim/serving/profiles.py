@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from chipsim.errors import InputError
+from chipsim.hardware.chip import Chip
 
 
 @dataclass(frozen=True)
@@ -52,12 +53,13 @@ PROFILES: dict[str, EngineProfile] = {p.name: p for p in (
                   chunked_prefill=True, block_size=32, memory_fraction=0.9, attention_backend="cudnn",
                   graphs="all", admission="reserve", all_reduce_s=8e-6, source="calibrated on published/serving_calibration.csv (TensorRT-LLM rows)"),
     # vLLM V1 (engine core in its own process, CUDA graphs for decode, chunked prefill always on);
-    # defaults: max_num_seqs 256 (1024 on H100/H200 in recent releases), max_num_batched_tokens 8192
-    # with chunked prefill, gpu_memory_utilization 0.9, block_size 16 (vllm/config.py)
+    # defaults of its OpenAI server: max_num_seqs 256, max_num_batched_tokens 2048, raised to 1024 and
+    # 8192 on GPUs of 70 GiB or more other than the A100 (`for_chip`; vllm/engine/arg_utils.py,
+    # get_batch_defaults), gpu_memory_utilization 0.9, block_size 16
     # host time: vLLM V1 moved the API server, detokenization and input preparation off the engine's
     # critical path (vLLM blog, 2025-01-24: on Llama-8B / H100 the GPU step is ~5 ms and CPU work had
     # been a large share of it); what remains in the GPU's path is assumed 1.5 ms, as SGLang's
-    EngineProfile("vllm", iteration_s=1.5e-3, per_sequence_s=5.0e-6, max_batch=256, max_tokens=8192,
+    EngineProfile("vllm", iteration_s=1.5e-3, per_sequence_s=5.0e-6, max_batch=256, max_tokens=2048,
                   chunked_prefill=True, block_size=16, memory_fraction=0.9, attention_backend="flash",
                   graphs="decode", admission="greedy", all_reduce_s=8e-6, source="assumption: no vLLM rows in the calibration data"),
     # SGLang (overlap scheduler hides most host work, radix cache, CUDA graphs up to batch 160-256);
@@ -81,6 +83,15 @@ PROFILES: dict[str, EngineProfile] = {p.name: p for p in (
 )}
 OVERRIDABLE = ("iteration_s", "per_sequence_s", "max_batch", "max_tokens", "chunked_prefill", "block_size",
                "memory_fraction", "admission", "prefix_caching")
+
+
+def for_chip(profile: EngineProfile, chip: Chip) -> EngineProfile:
+    """The profile's defaults on `chip`: vLLM raises its batch and token limits on GPUs of 70 GiB or
+    more, except the A100 (vllm/engine/arg_utils.py, get_batch_defaults: the larger token budget cut
+    the A100's throughput, vLLM PR #17885)."""
+    if profile.name == "vllm" and chip.hbm.capacity_bytes >= 70 * 2**30 and "a100" not in chip.name.lower():
+        return replace(profile, max_batch=1024, max_tokens=8192)
+    return profile
 
 
 def engine_profile(name: str, overrides: dict[str, Any] | None = None, key: str = "engine") -> EngineProfile:

@@ -196,17 +196,18 @@ def _iteration_model(s: Scenario, cache: dict[Any, Any]) -> Any:
     from chipsim.models import load_model
     from chipsim.network.system import system_for
     from chipsim.serving.iteration import IterationModel
-    from chipsim.serving.profiles import engine_profile
+    from chipsim.serving.profiles import engine_profile, for_chip
     from chipsim.serving.quant import quantization
 
     key = ("model", s.model, s.chip, s.tp, s.profile, s.quant, s.kv_dtype, s.load, s.batch)
     if key not in cache:
-        profile = engine_profile(s.profile)
+        chip = load_chip(s.chip)
+        profile = for_chip(engine_profile(s.profile), chip)
         if s.load == "static":  # one batch as a group: every prompt prefilled together, then decoded
             profile = replace(profile, chunked_prefill=False, max_tokens=1 << 30, max_batch=s.batch,
                               admission="reserve")
         system = system_for(s.chip, s.tp) if s.tp > 1 else None
-        cache[key] = IterationModel(load_model(s.model), load_chip(s.chip), quantization(s.quant), profile, tp=s.tp,
+        cache[key] = IterationModel(load_model(s.model), chip, quantization(s.quant), profile, tp=s.tp,
                                     kv_dtype=s.kv_dtype, system=system)
     return cache[key]
 

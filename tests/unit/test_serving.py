@@ -395,3 +395,12 @@ def test_the_shipped_example_runs() -> None:
     assert setup.requests == 1000 and setup.arrival.process == "poisson"
     assert math.isclose(setup.input_lens.mean(), 1024, rel_tol=0.1)
     assert math.isclose(setup.output_lens.mean(), 128, rel_tol=0.05)
+
+
+def test_vllm_takes_its_device_defaults_and_settings_win() -> None:
+    big = _setup(engine="vllm")  # an H100: 80 GB
+    small = _setup(engine="vllm", chip="a100_sxm")
+    tuned = _setup(engine="vllm", engine_settings={"max_batch": 64})
+    assert (big.profile.max_batch, big.profile.max_tokens) == (1024, 8192)
+    assert (small.profile.max_batch, small.profile.max_tokens) == (256, 2048)
+    assert tuned.profile.max_batch == 64 and tuned.profile.max_tokens == 8192
