@@ -86,11 +86,16 @@ OVERRIDABLE = ("iteration_s", "per_sequence_s", "max_batch", "max_tokens", "chun
 
 
 def for_chip(profile: EngineProfile, chip: Chip) -> EngineProfile:
-    """The profile's defaults on `chip`: vLLM raises its batch and token limits on GPUs of 70 GiB or
-    more, except the A100 (vllm/engine/arg_utils.py, get_batch_defaults: the larger token budget cut
-    the A100's throughput, vLLM PR #17885)."""
-    if profile.name == "vllm" and chip.hbm.capacity_bytes >= 70 * 2**30 and "a100" not in chip.name.lower():
+    """The profile's defaults on `chip`, as the engines pick them by device memory: vLLM raises its
+    batch and token limits on GPUs of 70 GiB or more except the A100 (vllm/engine/arg_utils.py,
+    get_batch_defaults: the larger budget cut the A100's throughput, vLLM PR #17885); SGLang's chunked
+    prefill is 2,048 tokens under 35 GiB, 8,192 under 160 GiB, else 16,384 (B200, MI300;
+    sglang/srt/server_args.py)."""
+    gib = chip.hbm.capacity_bytes / 2**30
+    if profile.name == "vllm" and gib >= 70 and "a100" not in chip.name.lower():
         return replace(profile, max_batch=1024, max_tokens=8192)
+    if profile.name == "sglang":
+        return replace(profile, max_tokens=2048 if gib < 35 else 8192 if gib < 160 else 16384)
     return profile
 
 

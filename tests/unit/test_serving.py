@@ -404,3 +404,5 @@ def test_vllm_takes_its_device_defaults_and_settings_win() -> None:
     assert (big.profile.max_batch, big.profile.max_tokens) == (1024, 8192)
     assert (small.profile.max_batch, small.profile.max_tokens) == (256, 2048)
     assert tuned.profile.max_batch == 64 and tuned.profile.max_tokens == 8192
+    assert _setup(engine="sglang", chip="mi300x").profile.max_tokens == 16384  # 192 GB
+    assert _setup(engine="sglang").profile.max_tokens == 8192
