@@ -157,6 +157,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise InputError("this run config has no `serving:` section (chipsim run runs it)", file=str(path),
                          key="serving")
     setup = resolve_serving(config)
+    if axes is not None and setup.disagg is not None:
+        raise InputError("--sweep varies one engine instance's chip, quantization and tp (closed loops); this "
+                         "config's `serving.disaggregation` splits prefill and decode: leave one of them out",
+                         file=str(path), key="--sweep")
     out_dir = Path(args.out) if args.out else None
     reports = ["csv", "plots"] + (["timeline"] if "timeline" in config.report else [])
     if out_dir is not None:

@@ -406,3 +406,13 @@ def test_vllm_takes_its_device_defaults_and_settings_win() -> None:
     assert tuned.profile.max_batch == 64 and tuned.profile.max_tokens == 8192
     assert _setup(engine="sglang", chip="mi300x").profile.max_tokens == 16384  # 192 GB
     assert _setup(engine="sglang").profile.max_tokens == 8192
+
+
+def test_a_disaggregated_config_serves_from_the_cli_but_not_in_a_sweep(tmp_path: Path, cli: Callable) -> None:
+    path = _write(tmp_path, {**BASE, "requests": 60, "disaggregation": {"prefill": {"tp": 1}, "decode": {"tp": 1}}})
+    rc, out, err = cli(["serve", path, "--json"])
+    assert rc == 0, err
+    summary = _strict(out)["serving"]
+    assert summary["gpus"] == 2 and summary["requests"] == 60 and "disaggregated" in summary["disaggregation"]
+    rc, out, err = cli(["serve", path, "--sweep", "concurrency=1,4"])
+    assert rc == 2 and "--sweep" in err and "disaggregation" in err and "Traceback" not in err
