@@ -32,6 +32,7 @@ import pandas as pd
 
 from chipsim.errors import InputError
 from chipsim.serving.config import ArrivalSpec, ServingSetup, checked_iteration
+from chipsim.serving.profiles import PROFILES, for_chip
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -141,10 +142,13 @@ def with_hardware(setup: ServingSetup, *, chip: Chip | str | None = None, quanti
     if kv != "bf16" and new_chip.peak_flops_per_s.get(kv, 0.0) <= 0:
         raise InputError(f"chip '{new_chip.name}' has no {kv} attention kernels for a {kv} KV cache",
                          key="kv_cache_dtype")
-    iteration = checked_iteration(setup.model, new_chip, system, tp, quant, kv, setup.profile, setup.input_lens,
+    profile = setup.profile
+    if profile == for_chip(PROFILES[profile.name], setup.chip):  # the engine's own defaults: the new chip's
+        profile = for_chip(PROFILES[profile.name], new_chip)
+    iteration = checked_iteration(setup.model, new_chip, system, tp, quant, kv, profile, setup.input_lens,
                                   setup.output_lens)
-    system = iteration.system
-    return replace(setup, chip=new_chip, system=system, tp=tp, quant=quant, iteration=iteration)
+    return replace(setup, chip=new_chip, system=iteration.system, tp=tp, quant=quant, profile=profile,
+                   iteration=iteration)
 
 
 def point_requests(requests: int, concurrency: int) -> int:

@@ -202,3 +202,17 @@ def test_serve_sweep_cli_prints_the_table_and_writes_csv_and_png(tmp_path: Path,
                       (["serve", tmp_path / "nope.yaml", "--sweep", "tp=1"], "nope.yaml")):
         rc, out, err = cli(argv)
         assert rc == 2 and out == "" and key in err and err.count("\n") == 1, (argv, err)
+
+
+def test_a_changed_chip_takes_the_engines_defaults_for_it() -> None:
+    from chipsim.config.runconfig import parse_run_config
+    from chipsim.serving.config import resolve_serving
+
+    base = {"model": "llama3-8b", "chip": "a100_sxm", "engine": "vllm", "requests": 20,
+            "arrival": {"process": "closed", "concurrency": 4}, "lengths": {"input": 512, "output": 32}}
+    a100 = resolve_serving(parse_run_config({"serving": base}))
+    assert (a100.profile.max_batch, a100.profile.max_tokens) == (256, 2048)
+    h100 = with_hardware(a100, chip="h100_sxm")
+    assert (h100.profile.max_batch, h100.profile.max_tokens) == (1024, 8192)
+    tuned = resolve_serving(parse_run_config({"serving": {**base, "engine_settings": {"max_tokens": 4096}}}))
+    assert with_hardware(tuned, chip="h100_sxm").profile.max_tokens == 4096  # a setting stays the user's
