@@ -53,7 +53,7 @@ MAX_REQUESTS = 1_000_000
 MAX_TOKENS = 1 << 24  # a length or an engine setting beyond this is a typo, not a request
 ADMISSIONS = ("reserve", "greedy")
 KEYS = ("model", "chip", "system", "tp", "engine", "engine_settings", "quantization", "kv_cache_dtype", "requests",
-        "seed", "arrival", "lengths", "shared_prefix", "disaggregation")
+        "seed", "arrival", "lengths", "shared_prefix", "disaggregation", "dp_attention")
 ARRIVAL_KEYS = {"poisson": ("rate",), "gamma": ("rate", "cv"), "closed": ("concurrency", "think"), "burst": (),
                 "trace": ("file",)}
 
@@ -113,6 +113,7 @@ class ServingSetup:
     iteration: IterationModel = field(repr=False, compare=False)  # a disaggregated run's: the decode instances'
     shared_prefix: int = 0  # prompt tokens every request shares
     disagg: Disaggregation | None = field(default=None, repr=False, compare=False)
+    dp_attention: bool = False  # each of the tp GPUs attends for its own requests; experts split over them
 
     @property
     def gpus(self) -> int:
@@ -162,7 +163,7 @@ class ServingSetup:
             "requested": self.requests, "seed": self.seed, "arrival_label": a.label(),
             "lengths_label": self.lengths_label,
             "input_len_mean": float(self.input_lens.mean()), "output_len_mean": float(self.output_lens.mean()),
-            "shared_prefix": self.shared_prefix,
+            "shared_prefix": self.shared_prefix, "dp_attention": self.dp_attention,
             "disaggregation": self.disagg.label() if self.disagg is not None else None,
         }
 
@@ -402,6 +403,9 @@ def resolve_serving(config: RunConfig) -> ServingSetup:
         requests = int(sec.number("requests", 1000, minimum=1, maximum=MAX_REQUESTS, integer=True))
         inputs, outputs, label = _lengths(sec.section("lengths"), requests, seed)
         where = "lengths"
+    dp_attention = sec.boolean("dp_attention", False)
+    if dp_attention and split:
+        raise sec.error("dp_attention", "give it for one aggregated instance, not with `disaggregation`")
     shared_prefix = sec.integer("shared_prefix", 0, minimum=0)
     if shared_prefix and shared_prefix >= int(inputs.min()):
         raise sec.error("shared_prefix", f"expected fewer tokens than the shortest prompt ({int(inputs.min()):,}), "
@@ -411,7 +415,7 @@ def resolve_serving(config: RunConfig) -> ServingSetup:
 
     def engine(tp: int, key: str, outputs: np.ndarray) -> IterationModel:
         try:
-            return checked_iteration(model, chip, system, tp, quant, kv_dtype, profile, inputs, outputs)
+            return checked_iteration(model, chip, system, tp, quant, kv_dtype, profile, inputs, outputs, dp_attention)
         except InputError as exc:
             at = {"tp": key, "lengths": where, "chip": None}.get(exc.key or "", exc.key)
             if at == "engine_settings.max_tokens" and not sec.has("engine_settings"):
@@ -429,7 +433,7 @@ def resolve_serving(config: RunConfig) -> ServingSetup:
     else:
         iteration = engine(tp, "tp", outputs)
     return ServingSetup(config.name, config.file, model, chip, system, tp, profile, quant, kv_dtype, requests, seed,
-                        arrival, inputs, outputs, label, iteration, shared_prefix, disagg)
+                        arrival, inputs, outputs, label, iteration, shared_prefix, disagg, dp_attention)
 
 
 def _disaggregation(sec: Section) -> tuple[tuple[int, int], tuple[int, int]] | None:
@@ -496,7 +500,8 @@ def _check_lengths(sec: Section, where: str, model: ModelConfig, inputs: np.ndar
 
 
 def checked_iteration(model: ModelConfig, chip: Chip, system: System | None, tp: int, quant: Quantization,
-                      kv_dtype: str, profile: EngineProfile, inputs: np.ndarray, outputs: np.ndarray) -> IterationModel:
+                      kv_dtype: str, profile: EngineProfile, inputs: np.ndarray, outputs: np.ndarray,
+                      dp_attention: bool = False) -> IterationModel:
     """The iteration model of one engine instance, checked as a config is: `tp` runs inside a node
     (`system`'s when it holds tp GPUs, else the chip's node), the weights fit, the KV cache holds the
     longest request, a prompt fits an iteration without chunked prefill, the chip runs every kernel.
@@ -514,7 +519,8 @@ def checked_iteration(model: ModelConfig, chip: Chip, system: System | None, tp:
         raise InputError(f"tensor parallelism runs inside one node: {node.gpus_per_node} {chip.name} GPUs "
                          f"({node.name}), got tp {tp}", key="tp")
     try:
-        iteration = IterationModel(model, chip, quant, profile, tp=tp, kv_dtype=kv_dtype, system=node)
+        iteration = IterationModel(model, chip, quant, profile, tp=tp, kv_dtype=kv_dtype, system=node,
+                                   dp_attention=dp_attention)
         capacity = iteration.kv_capacity_tokens()
     except InputError as exc:
         raise InputError(exc.message, key=exc.key or "tp") from None

@@ -1,5 +1,6 @@
-"""Disaggregated serving: prompts prefilled on prefill instances, their KV caches sent to decode
-instances that generate the rest (Splitwise, DistServe, NVIDIA Dynamo, vLLM's P/D disaggregation).
+"""Serving on several engine instances. Disaggregated serving: prompts prefilled on prefill instances,
+their KV caches sent to decode instances that generate the rest (Splitwise, DistServe, NVIDIA Dynamo,
+vLLM's P/D disaggregation); and data-parallel attention ranks (`simulate_dp_ranks`).
 
 Simulated in two passes, since a prefill instance never waits for a decode instance (its KV cache is
 sent and freed; a decode instance that has no room queues the request): first each prefill instance
@@ -101,24 +102,73 @@ def simulate_disaggregated(spec: Disaggregation, arrivals: Arrivals,
             r.id, r.arrival_s = i, arrivals.times[i]  # the client's request: its own arrival
             requests[i] = r
         decode_traces.append(trace)
-    served = [r for r in requests if r is not None]
+    return merge([r for r in requests if r is not None], prefill_traces, spec.prefill.tp, decode_traces,
+                 spec.decode.tp)
+
+
+def merge(served: list[Request], other: list[ServingTrace], other_tp: int, main: list[ServingTrace],
+          main_tp: int, warmup: int = 0) -> ServingTrace:
+    """One trace of several engine instances: `main` (the ones whose requests are `served`, and whose
+    KV cache, batch and iteration log are reported: the mean instance's, the first one's log) and
+    `other` (prefill instances: their time and energy only). Energy and busy time are per GPU, averaged
+    over every instance's GPUs."""
+    traces = other + main
+    tps = [other_tp] * len(other) + [main_tp] * len(main)
+    gpus = sum(tps)
     itl = array("d")
-    for t in decode_traces:
+    for t in main:
         itl.extend(t.itl_s)
-    traces = prefill_traces + decode_traces
-    tps = [spec.prefill.tp] * len(prefill_traces) + [spec.decode.tp] * len(decode_traces)
-    gpus = spec.gpus
     makespan = max(t.makespan_s for t in traces)
-    share = 1.0 / len(decode_traces)  # KV and batch figures: the mean decode instance's
+    share = 1.0 / len(main)
     return ServingTrace(
-        served, sum(t.iterations for t in traces), makespan,
+        sorted(served, key=lambda r: r.id), sum(t.iterations for t in traces), makespan,
         energy_j=sum(t.energy_j * tp for t, tp in zip(traces, tps, strict=True)) / gpus,
         gpu_busy_s=sum(t.gpu_busy_s * tp for t, tp in zip(traces, tps, strict=True)) / gpus,
         itl_s=itl,
-        kv_utilization=sum(t.kv_utilization * t.makespan_s for t in decode_traces) * share / makespan,
-        kv_peak=max(t.kv_peak for t in decode_traces),
+        kv_utilization=sum(t.kv_utilization * t.makespan_s for t in main) * share / makespan,
+        kv_peak=max(t.kv_peak for t in main),
         preemptions=sum(t.preemptions for t in traces),
-        batch_mean=sum(t.batch_mean * t.makespan_s for t in decode_traces) * share / makespan,
-        kv_capacity_tokens=decode_traces[0].kv_capacity_tokens,
-        steps=decode_traces[0].steps,
-        prefix_hit_tokens=sum(t.prefix_hit_tokens for t in prefill_traces))
+        batch_mean=sum(t.batch_mean * t.makespan_s for t in main) * share / makespan,
+        kv_capacity_tokens=main[0].kv_capacity_tokens,
+        steps=main[0].steps,
+        warmup=warmup,
+        prefix_hit_tokens=sum(t.prefix_hit_tokens for t in traces))
+
+
+def simulate_dp_ranks(model: IterationModel, arrivals: Arrivals,
+                      progress: Callable[[int, int], None] | None = None, log: bool = False) -> ServingTrace:
+    """Data-parallel attention: each of the `model.tp` GPUs schedules its own requests (request i on
+    rank i % tp; a closed loop's clients dealt the same way), its MoE layers exchanging tokens with
+    the others by all-to-all (`IterationModel(dp_attention=True)` prices that exchange at its own
+    batch, the ranks' loads being alike). Each rank is simulated in turn and the traces merged."""
+    n = model.tp
+    lengths = arrivals.lengths
+    traces: list[ServingTrace] = []
+    served: list[Request] = []
+    done = 0
+    for k in range(n):
+        if arrivals.concurrency:
+            clients = len(range(k, arrivals.concurrency, n))
+            mine = list(range(k, arrivals.count, n))
+            if not clients or not mine:
+                continue
+            part = Arrivals(lambda j, m=mine: lengths(m[j]), len(mine),  # type: ignore[misc]
+                            concurrency=clients, think_s=arrivals.think_s, seed=arrivals.seed + k,
+                            warmup=len(range(k, arrivals.warmup, n)), shared_prefix=arrivals.shared_prefix)
+        else:
+            assert arrivals.times is not None
+            mine = list(range(k, len(arrivals.times), n))
+            if not mine:
+                continue
+            part = Arrivals(lambda j, m=mine: lengths(m[j]), len(mine),  # type: ignore[misc]
+                            times=[arrivals.times[i] for i in mine], shared_prefix=arrivals.shared_prefix)
+        offset = done
+        trace = simulate_serving(model, part, None if progress is None else
+                                 lambda f, _, o=offset: progress(o + f, arrivals.count),  # type: ignore[misc]
+                                 log=log and not traces)
+        done += len(mine)
+        for r in trace.requests:
+            r.id = mine[r.id]
+        served += trace.requests
+        traces.append(trace)
+    return merge(served, [], 1, traces, 1, arrivals.warmup)

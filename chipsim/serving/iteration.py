@@ -12,8 +12,8 @@ allows for that mix (`sustained_scale`); an engine that launches a step eagerly 
 takes at least the host's time to dispatch its ops one by one. The engine's host work per iteration
 (`EngineProfile`) is added on top.
 
-Costs are cached by the iteration's shape, rounded (`bucket`): token counts to 16 up to 1,024 and
-to 128 beyond, context lengths to 64 up to 4,096 and to 256 beyond.
+Costs are cached by the iteration's shape, rounded (`bucket`): token counts exact up to 16, to 16 up to
+1,024 and to 128 beyond, context lengths to 64 up to 4,096 and to 256 beyond.
 """
 
 from __future__ import annotations
@@ -48,9 +48,10 @@ ACTIVATION_RESERVE = 0.04  # of HBM kept for activations and workspaces besides 
 
 
 def bucket(n: int, fine: int = 16, coarse: int = 128, knee: int = 1024) -> int:
-    """`n` rounded up: to `fine` up to `knee`, to `coarse` beyond (0 stays 0)."""
-    if n <= 0:
-        return 0
+    """`n` rounded up: to `fine` up to `knee`, to `coarse` beyond; below `fine`, exact (a decode batch
+    of a few tokens routes to few experts)."""
+    if n <= fine:
+        return max(n, 0)
     step = fine if n <= knee else coarse
     return -(-n // step) * step
 
@@ -70,8 +71,13 @@ class IterationModel:
     """One GPU of a `tp`-way tensor-parallel engine serving `model` on `chip` (see the module notes)."""
 
     def __init__(self, model: ModelConfig, chip: Chip, quant: Quantization, profile: EngineProfile, *,
-                 tp: int = 1, kv_dtype: str = "bf16", system: System | None = None) -> None:
-        if model.heads % tp:
+                 tp: int = 1, kv_dtype: str = "bf16", system: System | None = None,
+                 dp_attention: bool = False) -> None:
+        if dp_attention and (not model.is_moe or tp < 2 or model.experts % tp):
+            raise InputError(f"data-parallel attention splits an MoE model's experts over its {tp} GPUs: it needs "
+                             f"an MoE model with experts divisible by tp ({model.model_id}: {model.experts or 'no'} "
+                             f"experts)", key="dp_attention")
+        if model.heads % tp and not dp_attention:
             raise InputError(f"{model.model_id}'s {model.heads} heads are not divisible by tp {tp}", key="tp")
         if not chip.peak_flops_per_s.get(quant.gemm_dtype):
             raise InputError(f"chip '{chip.name}' has no {quant.gemm_dtype} tensor cores for quantization "
@@ -82,8 +88,13 @@ class IterationModel:
             raise InputError("tensor parallelism needs a system (a node) for its all-reduces", key="tp")
         self.system = system  # the node whose fabric carries the all-reduces (None at tp 1)
         self.network = Fabric(system) if system is not None and tp > 1 else None
-        self.heads = model.heads // tp
-        self.kv_heads = max(1, model.kv_heads // tp)  # replicated when tp > kv_heads
+        # data-parallel attention (SGLang's --enable-dp-attention with expert parallelism): each GPU
+        # attends for its own requests with whole heads and whole dense layers, the experts split over
+        # the tp GPUs, tokens sent to them and back by all-to-all
+        self.dp_attention = dp_attention
+        self.attn_tp = 1 if dp_attention else tp
+        self.heads = model.heads // self.attn_tp
+        self.kv_heads = max(1, model.kv_heads // self.attn_tp)  # replicated when tp > kv_heads
         self._layer_cache: dict[tuple[int, bool], list[Part]] = {}
         self._attn_cache: dict[tuple[int, int, int], list[Part]] = {}
         self._head_cache: dict[tuple[int, int], list[Part]] = {}
@@ -101,11 +112,14 @@ class IterationModel:
 
     @property
     def weight_bytes(self) -> float:
-        """This GPU's weights: the block linears in the quantized format, the rest 16-bit, split by tp."""
+        """This GPU's weights: the block linears in the quantized format, the rest 16-bit, split by tp
+        (with data-parallel attention only the experts are split)."""
         m = self.model
-        linear = sum(m.layer_params(i)[0] + m.layer_params(i)[1] for i in range(m.layers))
+        dense = sum(m.layer_params(i)[0] for i in range(m.layers))
+        expert = sum(m.layer_params(i)[1] for i in range(m.layers))
         other = m.embedding_params() + m.head_params()
-        return (linear * self.quant.weight_bytes + other * 2.0) / self.tp
+        return ((dense * self.quant.weight_bytes + other * 2.0) / self.attn_tp
+                + expert * self.quant.weight_bytes / self.tp)
 
     def kv_capacity_tokens(self) -> int:
         """Tokens the KV cache holds: the memory left after weights and a reserve, times the engine's
@@ -175,17 +189,17 @@ class IterationModel:
                 b.add("elementwise", "cache_k", "bf16", [], numel=kv, attrs={"op": "copy"})
                 b.add("elementwise", "cache_v", "bf16", [], numel=kv, attrs={"op": "copy"})
             self._gemm(b, "o", t, self.heads * (m.mla.v_head_dim if m.mla else m.head_dim), d)
-            if tp > 1:
+            if self.attn_tp > 1:
                 b.add("all_reduce", "o_all_reduce", "bf16", [], bytes=t * d * 2, group=tp)
             b.add("norm", "mlp_norm", "bf16", [], rows=t, cols=d, attrs={"type": "rms_norm"})
             if moe:
                 self._moe(b, t)
             else:
-                ffn = m.ffn // tp
+                ffn = m.ffn // self.attn_tp
                 self._gemm(b, "gate_up", t, d, 2 * ffn if m.gated else ffn)
                 b.add("elementwise", "act", "bf16", [], numel=t * ffn, attrs={"op": "silu_mul"})
                 self._gemm(b, "down", t, ffn, d)
-            if tp > 1:
+            if self.attn_tp > 1:
                 b.add("all_reduce", "mlp_all_reduce", "bf16", [], bytes=t * d * 2, group=tp)
             if not fused:
                 for name in ("attn_residual", "mlp_residual"):
@@ -212,20 +226,29 @@ class IterationModel:
         """Router and the experts as one grouped GEMM per projection (experts split by tp's ranks:
         expert tensor parallelism inside the engine's TP group)."""
         m = self.model
-        width = m.expert_ffn // self.tp
-        # the experts `t` tokens route to (each picks `topk` of them, uniformly: the expected number of
+        # tensor parallelism splits every expert's width over the GPUs; with data-parallel attention each
+        # GPU holds experts/tp whole experts and receives its share of every GPU's tokens
+        ep = self.tp if self.dp_attention else 1
+        width = m.expert_ffn // (1 if self.dp_attention else self.tp)
+        local, routed = m.experts // ep, t * ep  # this GPU's experts, and the tokens routed among them all
+        # the experts the tokens route to (each picks `topk` of them, uniformly: the expected number of
         # distinct ones): a decode batch of a few tokens reads only those experts' weights
-        active = max(1, min(m.experts, round(m.experts * (1 - (1 - m.topk / m.experts) ** t))))
-        per_expert = max(1, math.ceil(t * m.topk / active))
+        active = max(1, min(local, round(local * (1 - (1 - m.topk / m.experts) ** routed))))
+        per_expert = max(1, math.ceil(routed * m.topk / ep / active))
         self._gemm(b, "router", t, m.d_model, m.experts, quantized=False)
+        exchange = t * m.topk * m.d_model * 2  # each token's copies to its experts' GPUs (bf16)
+        if ep > 1:
+            b.add("all_to_all", "moe_dispatch", "bf16", [], bytes=exchange, group=ep)
         gate_up = 2 * width if m.gated else width
         b.add("gemm", "experts_gate_up", self.quant.gemm_dtype, [], m=per_expert, n=gate_up, k=m.d_model,
               batch=active, attrs={"grouped": True})
         b.add("elementwise", "experts_act", "bf16", [], numel=t * m.topk * width, attrs={"op": "silu_mul"})
         b.add("gemm", "experts_down", self.quant.gemm_dtype, [], m=per_expert, n=m.d_model, k=width,
               batch=active, attrs={"grouped": True})
+        if ep > 1:
+            b.add("all_to_all", "moe_combine", "bf16", [], bytes=exchange, group=ep)
         if m.shared_experts:
-            shared = m.shared_experts * m.expert_ffn // self.tp
+            shared = m.shared_experts * m.expert_ffn // self.attn_tp
             self._gemm(b, "shared_gate_up", t, m.d_model, 2 * shared)
             self._gemm(b, "shared_down", t, shared, m.d_model)
 
@@ -268,7 +291,7 @@ class IterationModel:
         b = WorkloadBuilder("head")
         b.add("elementwise", "embedding", "bf16", [], numel=tokens * m.d_model, attrs={"op": "embedding"})
         if logits:
-            vocab = -(-m.vocab // self.tp)
+            vocab = -(-m.vocab // self.attn_tp)
             b.add("norm", "final_norm", "bf16", [], rows=logits, cols=m.d_model, attrs={"type": "rms_norm"})
             self._gemm(b, "lm_head", logits, m.d_model, vocab, quantized=False)
             b.add("softmax", "sampling", "fp32", [], rows=logits, cols=vocab)

@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from chipsim.serving.config import ServingSetup
-from chipsim.serving.disagg import simulate_disaggregated
+from chipsim.serving.disagg import simulate_disaggregated, simulate_dp_ranks
 from chipsim.serving.engine import IterationLog, ServingTrace, simulate_serving
 from chipsim.serving.metrics import request_frame, summarize
 
@@ -47,6 +47,8 @@ def simulate(setup: ServingSetup, progress: Callable[[int, int], None] | None = 
     """The engine's trace of `setup`: one instance, or disaggregated prefill and decode instances."""
     if setup.disagg is not None:
         return simulate_disaggregated(setup.disagg, setup.arrivals(), progress, log=log)
+    if setup.dp_attention:
+        return simulate_dp_ranks(setup.iteration, setup.arrivals(), progress, log=log)
     return simulate_serving(setup.iteration, setup.arrivals(), progress, log=log)
 
 
