@@ -66,7 +66,6 @@ class Arrivals:
     count: int
     times: list[float] | None = None
     concurrency: int = 0
-    stagger_s: float = 0.0  # closed loop: the clients' first requests spread evenly over this time
     think_s: float = 0.0  # closed loop: mean time from a finish to the client's next request (exponential)
     warmup: int = 0  # requests (the first ones sent) left out of the metrics: the start-up transient
     seed: int = 0  # of the turnaround times
@@ -140,6 +139,10 @@ class ServingTrace:
 
 
 MAX_ITERATIONS = 20_000_000
+# requests per client of a benchmark's closed loop (its length): fitted on the AIConfigurator rows of
+# published/serving_calibration.csv (median TTFT APE, H100 / H200: 4 rounds 45% / 102%, 6 with a 1 ms
+# think time 46% / 109%, 10 rounds 43% / 52%, 16 with 2 ms 38% / 84%; TPOT moves < 1.5 points)
+BENCHMARK_ROUNDS = 10
 
 
 def simulate_serving(model: IterationModel, arrivals: Arrivals,
@@ -189,7 +192,7 @@ def simulate_serving(model: IterationModel, arrivals: Arrivals,
     waiting: deque[Request] = deque()
     if arrivals.concurrency:
         clients = min(arrivals.concurrency, arrivals.count)
-        pending = [(arrivals.stagger_s * i / clients, i) for i in range(clients)]
+        pending = [(0.0, i) for i in range(clients)]  # every client's first request at once
         made = clients
     else:
         assert arrivals.times is not None

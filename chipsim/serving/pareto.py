@@ -32,6 +32,7 @@ import pandas as pd
 
 from chipsim.errors import InputError
 from chipsim.serving.config import ArrivalSpec, ServingSetup, checked_iteration
+from chipsim.serving.engine import BENCHMARK_ROUNDS
 from chipsim.serving.profiles import PROFILES, for_chip
 
 if TYPE_CHECKING:
@@ -44,7 +45,6 @@ AXES = ("chip", "quantization", "tp", "concurrency")
 DEFAULT_CONCURRENCY = (1, 4, 16, 64, 256)
 MAX_TP = 64
 MAX_CONCURRENCY = 100_000
-ROUNDS = 10  # requests per client, as a serving benchmark's closed loop runs (serving_validate's CLOSED_LOOP_ROUNDS)
 COLUMNS = ["chip", "quantization", "tp", "gpus", "concurrency", "requests", "output_tokens_per_s_per_gpu",
            "tokens_per_s_per_user", "ttft_p99_s", "tpot_mean_s", "energy_per_output_token_j", "avg_power_w",
            "feasible", "reason", "pareto"]
@@ -154,7 +154,7 @@ def with_hardware(setup: ServingSetup, *, chip: Chip | str | None = None, quanti
 def point_requests(requests: int, concurrency: int) -> int:
     """Requests in a closed loop of `concurrency` clients: 10 per client (a benchmark's length), at most
     the setup's count, at least 2 per client."""
-    return max(2 * concurrency, min(requests, ROUNDS * concurrency))
+    return max(2 * concurrency, min(requests, BENCHMARK_ROUNDS * concurrency))
 
 
 def closed_loop(setup: ServingSetup, concurrency: int) -> ServingSetup:

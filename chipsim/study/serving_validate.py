@@ -27,14 +27,12 @@ from typing import Any
 import pandas as pd
 
 from chipsim.errors import InputError
+from chipsim.serving.engine import BENCHMARK_ROUNDS
 from chipsim.study.validate import Unsupported, chip_name_for_device
 
 SERVING_COLUMNS = ("engine", "model", "gpu", "tp", "input_len", "output_len", "batch_or_concurrency",
                    "metric_name", "metric_value", "unit")
-# requests per client in a closed-loop row: the benchmark's length, fitted on the AIConfigurator rows
-# of published/serving_calibration.csv (median TTFT APE, H100 / H200: 4 rounds 45% / 102%, 6 with
-# a 1 ms think time 46% / 109%, 10 rounds 43% / 52%, 16 with 2 ms 38% / 84%; TPOT moves < 1.5 points)
-CLOSED_LOOP_ROUNDS = 10
+CLOSED_LOOP_ROUNDS = BENCHMARK_ROUNDS  # requests per client in a closed-loop row
 MAX_LOAD_REQUESTS = 2000
 POISSON_REQUESTS = 1000
 SEED = 0
