@@ -68,7 +68,7 @@ class Arrivals:
     concurrency: int = 0
     think_s: float = 0.0  # closed loop: mean time from a finish to the client's next request (exponential)
     warmup: int = 0  # requests (the first ones sent) left out of the metrics: the start-up transient
-    seed: int = 0  # of the turnaround times
+    seed: int = 0  # of the think times
     shared_prefix: int = 0  # prompt tokens every request shares (a system prompt): cached once, with prefix caching
     prefilled: bool = False  # requests arrive with their prompt's KV cache and first token (a decode instance)
 
