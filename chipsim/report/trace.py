@@ -36,7 +36,7 @@ def to_ns(seconds: float) -> int:
     return round(seconds * 1e9)
 
 
-def _us(ns: int) -> float | int:
+def to_us(ns: int) -> float | int:
     """Integer nanoseconds as the format's microseconds: the shortest decimal that reads back as
     `ns` (an int when whole, else a float whose repr has at most three decimals)."""
     whole, rest = divmod(ns, 1000)
@@ -91,10 +91,10 @@ def chrome_trace(results: Sequence[Result]) -> dict[str, Any]:
             start_ns, end_ns = span_ns[r.id]
             events.append({
                 "name": r.name, "cat": r.kind, "ph": "X", "pid": pid, "tid": tid_of[r.id],
-                "ts": _us(start_ns), "dur": _us(end_ns - start_ns),
+                "ts": to_us(start_ns), "dur": to_us(end_ns - start_ns),
                 "args": {"id": r.id, "device": r.device, "stream": r.stream, "flops": r.flops, "bytes": r.bytes,
                          "energy_j": r.energy_j, "bound": r.bound, "clock_scale": r.clock_scale,
-                         "issued_us": _us(to_ns(r.issue_s))},
+                         "issued_us": to_us(to_ns(r.issue_s))},
             })
         for r in result.records:
             for dep in r.deps:
@@ -107,10 +107,10 @@ def chrome_trace(results: Sequence[Result]) -> dict[str, Any]:
                 out_ns = max(dep_start_ns, dep_end_ns - 1)
                 in_ns = min(start_ns + 1, max(start_ns, end_ns - 1))
                 events.append({"name": _FLOW_NAME, "cat": _FLOW_NAME, "ph": "s", "id": flow_id, "pid": pid,
-                               "tid": tid_of[dep], "ts": _us(out_ns)})
+                               "tid": tid_of[dep], "ts": to_us(out_ns)})
                 events.append({"name": _FLOW_NAME, "cat": _FLOW_NAME, "ph": "f", "bp": "e", "id": flow_id,
-                               "pid": pid, "tid": tid_of[r.id], "ts": _us(in_ns)})
+                               "pid": pid, "tid": tid_of[r.id], "ts": to_us(in_ns)})
         for t, watts in result.power_timeline:
-            events.append({"name": "board power (W)", "ph": "C", "pid": pid, "ts": _us(to_ns(t)),
+            events.append({"name": "board power (W)", "ph": "C", "pid": pid, "ts": to_us(to_ns(t)),
                            "args": {"W": round(watts, 3)}})
     return {"traceEvents": events}

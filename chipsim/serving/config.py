@@ -113,7 +113,11 @@ class ServingSetup:
     iteration: IterationModel = field(repr=False, compare=False)  # a disaggregated run's: the decode instances'
     shared_prefix: int = 0  # prompt tokens every request shares
     disagg: Disaggregation | None = field(default=None, repr=False, compare=False)
-    dp_attention: bool = False  # each of the tp GPUs attends for its own requests; experts split over them
+
+    @property
+    def dp_attention(self) -> bool:
+        """Each of the tp GPUs attends for its own requests, the experts split over them."""
+        return self.iteration.dp_attention
 
     @property
     def gpus(self) -> int:
@@ -370,9 +374,6 @@ def resolve_serving(config: RunConfig) -> ServingSetup:
         raise sec.error("tp", f"expected a tensor-parallel size up to 64, got {tp}")
     chip, system = _hardware(sec, tp)
     profile = _engine(sec, chip)
-    if profile.name == "trtllm" and chip.vendor.strip().upper() == "AMD":
-        raise sec.error("engine", f"TensorRT-LLM runs on NVIDIA GPUs only; {chip.name} is an AMD chip: use vllm or "
-                                  f"sglang (their ROCm builds)")
     try:
         quant = quantization(sec.string("quantization", "none"))
     except InputError as exc:
@@ -381,9 +382,6 @@ def resolve_serving(config: RunConfig) -> ServingSetup:
         kv_dtype = check_kv_dtype(sec.string("kv_cache_dtype", "bf16"))
     except InputError as exc:
         raise sec.error("kv_cache_dtype", exc.message) from None
-    if kv_dtype != "bf16" and chip.peak_flops_per_s.get(kv_dtype, 0.0) <= 0:
-        raise sec.error("kv_cache_dtype", f"chip '{chip.name}' has no {kv_dtype} attention kernels; expected "
-                                          f"{' or '.join(d for d in KV_DTYPES if chip.peak_flops_per_s.get(d, 0) > 0)}")
     seed = sec.integer("seed", 0, minimum=0)
     arrival, trace_in, trace_out = _arrival(sec.section("arrival"))
     if split and arrival.process == "closed":
@@ -424,20 +422,21 @@ def resolve_serving(config: RunConfig) -> ServingSetup:
 
     disagg = None
     if split:
-        (p_tp, p_count), (d_tp, d_count) = split
+        (p_tp, p_count), (d_tp, d_count), link = split
         decode = engine(d_tp, "disaggregation.decode.tp", outputs)
         prefill = engine(p_tp, "disaggregation.prefill.tp", np.ones_like(outputs))
-        disagg = Disaggregation(prefill, decode, p_count, d_count, _kv_link(sec, system, chip, p_tp * p_count
-                                                                            + d_tp * d_count))
+        disagg = Disaggregation(prefill, decode, p_count, d_count,
+                                _kv_link(sec, link, system, chip, p_tp * p_count + d_tp * d_count))
         iteration, tp = decode, d_tp
     else:
         iteration = engine(tp, "tp", outputs)
     return ServingSetup(config.name, config.file, model, chip, system, tp, profile, quant, kv_dtype, requests, seed,
-                        arrival, inputs, outputs, label, iteration, shared_prefix, disagg, dp_attention)
+                        arrival, inputs, outputs, label, iteration, shared_prefix, disagg)
 
 
-def _disaggregation(sec: Section) -> tuple[tuple[int, int], tuple[int, int]] | None:
-    """(tp, instances) of the prefill and of the decode instances, or None (one aggregated instance)."""
+def _disaggregation(sec: Section) -> tuple[tuple[int, int], tuple[int, int], str] | None:
+    """(tp, instances) of the prefill and of the decode instances and the KV link's name, or None (one
+    aggregated instance)."""
     if not sec.has("disaggregation"):
         return None
     if sec.has("tp"):
@@ -454,9 +453,9 @@ def _disaggregation(sec: Section) -> tuple[tuple[int, int], tuple[int, int]] | N
             raise k.error("tp", f"expected a tensor-parallel size up to 64, got {tp}")
         out.append((tp, int(k.number("instances", 1, minimum=1, maximum=1024, integer=True))))
         k.done()
-    d.string("link", "auto", choices=("auto", "nvlink", "network"))  # checked now, used by _kv_link
+    link = d.string("link", "auto", choices=("auto", "nvlink", "network"))
     d.done()
-    return out[0], out[1]
+    return out[0], out[1], link
 
 
 # a KV cache sent across nodes: one 400 Gb/s NIC per GPU (ConnectX-7, as DGX H100/H200 and HGX B200
@@ -465,16 +464,15 @@ DEFAULT_NIC_BYTES_PER_S = 50e9
 DEFAULT_NIC_LATENCY_S = 5e-6
 
 
-def _kv_link(sec: Section, system: System | None, chip: Chip, gpus: int) -> KVLink:
-    """NVLink when the instances share a node (the chip's node size), else the system's network."""
-    d = sec.section("disaggregation")
-    name = d.string("link", "auto", choices=("auto", "nvlink", "network"))
+def _kv_link(sec: Section, name: str, system: System | None, chip: Chip, gpus: int) -> KVLink:
+    """The link `name` (auto: NVLink when the instances share a node, else the system's network)."""
     per_node = system.gpus_per_node if system is not None else 8
     if name == "auto":
         name = "nvlink" if gpus <= per_node else "network"
     if name == "nvlink":
         if gpus > per_node:
-            raise d.error("link", f"{gpus} GPUs of prefill and decode instances do not fit one node of {per_node}")
+            raise sec.error("disaggregation.link", f"{gpus} GPUs of prefill and decode instances do not fit one "
+                                                   f"node of {per_node}")
         if system is not None:
             return KVLink("nvlink", system.fabric.bandwidth_bytes_per_s, system.fabric.latency_s)
         return KVLink("nvlink", chip.link.bandwidth_bytes_per_s, chip.link.latency_s)
@@ -502,11 +500,20 @@ def _check_lengths(sec: Section, where: str, model: ModelConfig, inputs: np.ndar
 def checked_iteration(model: ModelConfig, chip: Chip, system: System | None, tp: int, quant: Quantization,
                       kv_dtype: str, profile: EngineProfile, inputs: np.ndarray, outputs: np.ndarray,
                       dp_attention: bool = False) -> IterationModel:
-    """The iteration model of one engine instance, checked as a config is: `tp` runs inside a node
-    (`system`'s when it holds tp GPUs, else the chip's node), the weights fit, the KV cache holds the
-    longest request, a prompt fits an iteration without chunked prefill, the chip runs every kernel.
-    An InputError's key is the serving key at fault: tp, lengths, engine_settings(.max_tokens), chip."""
+    """The iteration model of one engine instance, checked as a config is: the engine runs on the chip,
+    which has the KV cache's format; `tp` runs inside a node (`system`'s when it holds tp GPUs, else
+    the chip's node), the weights fit, the KV cache holds the longest request, a prompt fits an
+    iteration without chunked prefill, the chip runs every kernel. An InputError's key is the serving
+    key at fault: engine, kv_cache_dtype, tp, lengths, engine_settings(.max_tokens), chip."""
     from chipsim.network.system import system_for
+
+    if profile.name == "trtllm" and chip.vendor.strip().upper() == "AMD":
+        raise InputError(f"TensorRT-LLM runs on NVIDIA GPUs only; {chip.name} is an AMD chip: use vllm or sglang "
+                         f"(their ROCm builds)", key="engine")
+    if kv_dtype != "bf16" and chip.peak_flops_per_s.get(kv_dtype, 0.0) <= 0:
+        raise InputError(f"chip '{chip.name}' has no {kv_dtype} attention kernels; expected "
+                         f"{' or '.join(d for d in KV_DTYPES if chip.peak_flops_per_s.get(d, 0) > 0)}",
+                         key="kv_cache_dtype")
 
     node = system if system is not None and tp <= system.gpus_per_node else None
     if tp > 1 and node is None:

@@ -23,7 +23,7 @@ import heapq
 import math
 from array import array
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -52,9 +52,6 @@ class Request:
         """Tokens to prefill: the prompt, plus what it had generated when it was preempted."""
         return self.input_len + (self.generated if self.preemptions else 0)
 
-    @property
-    def prefilling(self) -> bool:
-        return self.cached < self.prompt
 
 
 @dataclass
@@ -242,7 +239,7 @@ def simulate_serving(model: IterationModel, arrivals: Arrivals,
                 break
             now = max(now, pending[0][0])
             continue
-        # (r.prefilling spelled out: this runs every iteration over the whole batch)
+        # (no sequence still prefilling, cached < prompt, spelled out: this runs every iteration over the batch)
         if running and len(running) <= fast_batch and not (waiting and admissible(waiting[0], len(running))) and \
                 not any(r.cached < (r.input_len + r.generated if r.preemptions else r.input_len) for r in running):
             # only decode steps until the next finish or arrival: the same batch, its contexts one token
@@ -457,7 +454,3 @@ def poisson_times(rate: float, count: int, seed: int, cv: float = 1.0) -> list[f
         shape = 1.0 / (cv * cv)
         gaps = rng.gamma(shape, 1.0 / (rate * shape), count)
     return list(np.cumsum(gaps) - gaps[0])
-
-
-def iter_finished(trace: ServingTrace) -> Iterator[Request]:
-    return (r for r in trace.requests if not math.isnan(r.finish_s))

@@ -223,8 +223,9 @@ class IterationModel:
         b.add("norm", "kv_norm", "bf16", [], rows=t, cols=a.kv_lora_rank, attrs={"type": "rms_norm"})
 
     def _moe(self, b: WorkloadBuilder, t: int) -> None:
-        """Router and the experts as one grouped GEMM per projection (experts split by tp's ranks:
-        expert tensor parallelism inside the engine's TP group)."""
+        """Router and the experts as one grouped GEMM per projection: every expert's width split over the
+        tp GPUs (expert tensor parallelism), or with data-parallel attention whole experts split over
+        them (expert parallelism), the tokens dispatched and combined by all-to-all."""
         m = self.model
         # tensor parallelism splits every expert's width over the GPUs; with data-parallel attention each
         # GPU holds experts/tp whole experts and receives its share of every GPU's tokens

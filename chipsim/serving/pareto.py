@@ -138,15 +138,11 @@ def with_hardware(setup: ServingSetup, *, chip: Chip | str | None = None, quanti
         raise InputError(f"expected a tensor-parallel size from 1 to {MAX_TP}, got {tp}", key="tp")
     same_chip = new_chip is setup.chip or new_chip.name == setup.chip.name
     system = setup.system if same_chip and setup.system is not None and tp <= setup.system.gpus_per_node else None
-    kv = setup.kv_dtype
-    if kv != "bf16" and new_chip.peak_flops_per_s.get(kv, 0.0) <= 0:
-        raise InputError(f"chip '{new_chip.name}' has no {kv} attention kernels for a {kv} KV cache",
-                         key="kv_cache_dtype")
     profile = setup.profile
     if profile == for_chip(PROFILES[profile.name], setup.chip):  # the engine's own defaults: the new chip's
         profile = for_chip(PROFILES[profile.name], new_chip)
-    iteration = checked_iteration(setup.model, new_chip, system, tp, quant, kv, profile, setup.input_lens,
-                                  setup.output_lens)
+    iteration = checked_iteration(setup.model, new_chip, system, tp, quant, setup.kv_dtype, profile,
+                                  setup.input_lens, setup.output_lens, setup.dp_attention)
     return replace(setup, chip=new_chip, system=iteration.system, tp=tp, quant=quant, profile=profile,
                    iteration=iteration)
 

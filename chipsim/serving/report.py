@@ -133,11 +133,7 @@ def request_timeline(frame: pd.DataFrame) -> dict[str, Any]:
     from arrival to its first token, then 'decode' to its last; counters of requests in the engine and
     decoding. Times in whole nanoseconds written as microseconds (`chipsim.report.trace`'s convention).
     The first `TIMELINE_MAX_REQUESTS` requests by arrival only."""
-    from chipsim.report.trace import to_ns
-
-    def us(ns: int) -> float | int:
-        whole, rest = divmod(ns, 1000)
-        return whole if rest == 0 else ns / 1000
+    from chipsim.report.trace import to_ns, to_us
 
     done = frame[frame["finish_s"].notna()].sort_values(["arrival_s", "id"]).head(TIMELINE_MAX_REQUESTS)
     events: list[dict[str, Any]] = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "requests"}}]
@@ -152,24 +148,19 @@ def request_timeline(frame: pd.DataFrame) -> dict[str, Any]:
         args = {"id": int(r.id), "input_len": int(r.input_len), "output_len": int(r.output_len),
                 "preemptions": int(r.preemptions)}
         events.append({"ph": "X", "name": "waiting + prefill", "cat": "ttft", "pid": 1, "tid": lane,
-                       "ts": us(start), "dur": us(first - start), "args": args})
+                       "ts": to_us(start), "dur": to_us(first - start), "args": args})
         if end > first:
-            events.append({"ph": "X", "name": "decode", "cat": "decode", "pid": 1, "tid": lane, "ts": us(first),
-                           "dur": us(end - first), "args": args})
+            events.append({"ph": "X", "name": "decode", "cat": "decode", "pid": 1, "tid": lane, "ts": to_us(first),
+                           "dur": to_us(end - first), "args": args})
     changes: list[tuple[int, int, int]] = []  # (time, d in engine, d decoding)
     for r in done.itertuples(index=False):
         changes += [(to_ns(r.arrival_s), 1, 0), (to_ns(r.first_token_s), 0, 1), (to_ns(r.finish_s), -1, -1)]
     inside = decoding = 0
     for t, d_in, d_dec in sorted(changes):
         inside, decoding = inside + d_in, decoding + d_dec
-        events.append({"ph": "C", "name": "requests", "pid": 1, "ts": us(t),
+        events.append({"ph": "C", "name": "requests", "pid": 1, "ts": to_us(t),
                        "args": {"in engine": inside, "decoding": decoding}})
     return {"traceEvents": events, "otherData": {"requests_shown": len(done), "requests": int(len(frame))}}
-
-
-def _us(ns: int) -> float | int:
-    whole, rest = divmod(ns, 1000)
-    return whole if rest == 0 else ns / 1000
 
 
 def iteration_events(steps: IterationLog, limit: int = TIMELINE_MAX_ITERATIONS) -> tuple[list[dict[str, Any]],
@@ -180,6 +171,8 @@ def iteration_events(steps: IterationLog, limit: int = TIMELINE_MAX_ITERATIONS) 
     the KV cache's use (% of blocks), each written when it changes. The first `limit` iterations only:
     a cut ends the track with an instant event saying how many were left out. Also returns the
     `otherData` entries (`iterations`, `iterations_shown`)."""
+    from chipsim.report.trace import to_us
+
     a = steps.arrays()
     total = len(steps)
     k = min(total, limit)
@@ -201,17 +194,17 @@ def iteration_events(steps: IterationLog, limit: int = TIMELINE_MAX_ITERATIONS) 
     def counters(ns: int, batch: int, use: float) -> None:
         nonlocal batch_now, kv_now
         if batch != batch_now:
-            events.append({"ph": "C", "name": "batch size", "pid": pid, "ts": _us(ns), "args": {"sequences": batch}})
+            events.append({"ph": "C", "name": "batch size", "pid": pid, "ts": to_us(ns), "args": {"sequences": batch}})
             batch_now = batch
         if use != kv_now:
-            events.append({"ph": "C", "name": "KV utilization", "pid": pid, "ts": _us(ns), "args": {"used %": use}})
+            events.append({"ph": "C", "name": "KV utilization", "pid": pid, "ts": to_us(ns), "args": {"used %": use}})
             kv_now = use
 
     for i in range(k):
         prefill, decode = p_seq[i], d_seq[i]
         name = "prefill+decode" if prefill and decode else "prefill" if prefill else "decode-only"
-        events.append({"ph": "X", "name": name, "cat": "iteration", "pid": pid, "tid": 0, "ts": _us(start[i]),
-                       "dur": _us(end[i] - start[i]),
+        events.append({"ph": "X", "name": name, "cat": "iteration", "pid": pid, "tid": 0, "ts": to_us(start[i]),
+                       "dur": to_us(end[i] - start[i]),
                        "args": {"tokens": p_tok[i] + decode, "prefill tokens": p_tok[i], "sequences": prefill + decode,
                                 "KV use %": kv[i]}})
         counters(start[i], prefill + decode, kv[i])
@@ -219,7 +212,7 @@ def iteration_events(steps: IterationLog, limit: int = TIMELINE_MAX_ITERATIONS) 
             counters(end[i], 0, 0.0)
     if k < total:
         events.append({"ph": "i", "name": f"timeline cut: {total - k:,} later iterations not shown", "s": "p",
-                       "pid": pid, "tid": 0, "ts": _us(end[-1] if end else 0),
+                       "pid": pid, "tid": 0, "ts": to_us(end[-1] if end else 0),
                        "args": {"iterations": total, "iterations_shown": k}})
     return events, {"iterations": total, "iterations_shown": k}
 

@@ -142,6 +142,11 @@ class Scenario:
     batch: int  # clients, or the static batch
     rate: float = math.inf
 
+    @property
+    def replicas(self) -> int:
+        """The row's GPUs beyond one engine's tp: data-parallel engine instances sharing its load."""
+        return max(1, self.gpus // self.tp)
+
 
 def _int(row: Mapping[str, Any], key: str, default: int | None = None) -> int:
     if not _present(row, key):
@@ -229,16 +234,14 @@ def simulate_scenario(s: Scenario, cache: dict[Any, Any]) -> dict[str, Any]:
     def lengths(_: int) -> tuple[int, int]:
         return inp, out
 
-    # a row's GPUs beyond one engine's tp are data-parallel replicas: the load is split over them
-    replicas = max(1, s.gpus // s.tp)
-    if s.load == "closed":  # every client's first request at once, as a benchmark starts
-        b = max(1, -(-b // replicas))
+    if s.load == "closed":  # every client's first request at once, as a benchmark starts; over the replicas
+        b = max(1, -(-b // s.replicas))
         arrivals = Arrivals(lengths, count=b * CLOSED_LOOP_ROUNDS, concurrency=b)
     elif s.load == "max":
         arrivals = Arrivals(lengths, count=MAX_LOAD_REQUESTS, times=[0.0] * MAX_LOAD_REQUESTS)
     elif s.load == "poisson":
         arrivals = Arrivals(lengths, count=POISSON_REQUESTS,
-                            times=poisson_times(s.rate / replicas, POISSON_REQUESTS, SEED))
+                            times=poisson_times(s.rate / s.replicas, POISSON_REQUESTS, SEED))
     else:
         arrivals = Arrivals(lengths, count=max(1, b), times=[0.0] * max(1, b))
     result.update(summarize(simulate_serving(model, arrivals), s.tp))
@@ -248,7 +251,7 @@ def simulate_scenario(s: Scenario, cache: dict[Any, Any]) -> dict[str, Any]:
 
 def _value(s: Scenario, family: str, stat: str, metric: str, unit: str, cache: dict[Any, Any]) -> float:
     r = simulate_scenario(s, cache)
-    replicas = max(1, s.gpus // s.tp)  # data-parallel engine instances on the row's GPUs
+    replicas = s.replicas
     if family == "prefill_time_batch":
         seconds = r["prefill_time_batch_s"]
     elif family == "decode_step_time":

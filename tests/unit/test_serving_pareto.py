@@ -216,3 +216,17 @@ def test_a_changed_chip_takes_the_engines_defaults_for_it() -> None:
     assert (h100.profile.max_batch, h100.profile.max_tokens) == (1024, 8192)
     tuned = resolve_serving(parse_run_config({"serving": {**base, "engine_settings": {"max_tokens": 4096}}}))
     assert with_hardware(tuned, chip="h100_sxm").profile.max_tokens == 4096  # a setting stays the user's
+
+
+def test_with_hardware_keeps_data_parallel_attention_and_checks_the_engine_on_the_chip() -> None:
+    from chipsim.config.runconfig import parse_run_config
+    from chipsim.serving.config import resolve_serving
+
+    base = {"model": "mixtral-8x7b", "chip": "h100_sxm", "tp": 2, "engine": "trtllm", "dp_attention": True,
+            "requests": 8, "arrival": {"process": "closed", "concurrency": 2}, "lengths": {"input": 256, "output": 16}}
+    setup = resolve_serving(parse_run_config({"serving": base}))
+    moved = with_hardware(setup, chip="h200_sxm")
+    assert setup.dp_attention and moved.dp_attention and moved.iteration.heads == setup.model.heads
+    with pytest.raises(InputError) as info:
+        with_hardware(setup, chip="mi300x")  # TensorRT-LLM does not run on AMD chips
+    assert info.value.key == "engine"
