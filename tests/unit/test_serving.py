@@ -276,6 +276,22 @@ def test_an_unfused_eager_engine_is_host_bound_at_small_batches_and_tp_scales_po
     assert prefill[1] > 0.75 * prefill[0]  # the engine's all-reduce eats most of TP8's gain
 
 
+def test_trtllm_launches_context_steps_op_by_op_and_replays_decode_steps_from_graphs() -> None:
+    from dataclasses import replace
+
+    from chipsim.serving.iteration import IterationModel
+
+    it = _setup(model="llama2-7b", quantization="fp8", kv_cache_dtype="fp8").iteration
+    graphed = IterationModel(it.model, it.chip, it.quant, replace(it.profile, graphs="all"), tp=it.tp,
+                             kv_dtype=it.kv_dtype)
+    # an FP8 128-token prompt's kernels are shorter than their dispatch: the host sets the pace
+    short, long = ([(128, 128)], 0, 0, 1), ([(2048, 2048)], 0, 0, 1)
+    assert it.step(*short).seconds > 1.3 * graphed.step(*short).seconds
+    assert it.step(*long).seconds == graphed.step(*long).seconds  # a long prompt's GPU time hides it
+    decode = ([], 64, 64 * 1024, 64)
+    assert it.step(*decode).seconds == graphed.step(*decode).seconds
+
+
 def test_fp8_raises_kv_capacity_and_decode_throughput() -> None:
     decode_heavy: dict[str, Any] = {"arrival": {"process": "closed", "concurrency": 64}, "requests": 128,
                                     "lengths": {"input": 128, "output": 512}}
