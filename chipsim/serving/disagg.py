@@ -19,6 +19,7 @@ import math
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from chipsim.serving.engine import Arrivals, Request, ServingTrace, simulate_serving
 from chipsim.serving.iteration import IterationModel
@@ -54,6 +55,26 @@ class Disaggregation:
                 f"{self.decode_instances} decode instance(s) of tp {self.decode.tp}, KV over {self.link.name}")
 
 
+def _deal(count: int, instances: int) -> list[tuple[int, list[int]]]:
+    """Requests 0..count-1 dealt round robin: (instance k, its requests i with i % instances == k), for
+    the instances that get any."""
+    return [(k, mine) for k in range(instances) if (mine := list(range(k, count, instances)))]
+
+
+def _share(mine: list[int], lengths: Callable[[int], tuple[int, int]], times: list[float],
+           **options: Any) -> Arrivals:
+    """The open arrivals of requests `mine` (their lengths and times), renumbered from 0."""
+    return Arrivals(lambda j: lengths(mine[j]), len(mine), times=[times[i] for i in mine], **options)
+
+
+def _offset(progress: Callable[[int, int], None] | None, done: int,
+            total: int) -> Callable[[int, int], None] | None:
+    """`progress` of one instance's run, counted after the `done` requests already served."""
+    if progress is None:
+        return None
+    return lambda finished, _: progress(done + finished, total)
+
+
 def simulate_disaggregated(spec: Disaggregation, arrivals: Arrivals,
                            progress: Callable[[int, int], None] | None = None, log: bool = False) -> ServingTrace:
     """Serve an open stream of `arrivals` on `spec`'s instances (see the module notes). The trace's
@@ -65,21 +86,12 @@ def simulate_disaggregated(spec: Disaggregation, arrivals: Arrivals,
     total = 2 * count
     done_before = 0
 
-    def tick(offset: int) -> Callable[[int, int], None] | None:
-        if progress is None:
-            return None
-        return lambda finished, _: progress(offset + finished, total)
-
     # 1. prefill: request i on instance i % P, as a prompt with one output token
     first: list[float] = [math.nan] * count
     prefill_traces = []
-    for k in range(spec.prefill_instances):
-        mine = list(range(k, count, spec.prefill_instances))
-        if not mine:
-            continue
-        part = Arrivals(lambda j, m=mine: (lengths[m[j]][0], 1), len(mine),  # type: ignore[misc]
-                        times=[arrivals.times[i] for i in mine], shared_prefix=arrivals.shared_prefix)
-        trace = simulate_serving(spec.prefill, part, tick(done_before))
+    for _, mine in _deal(count, spec.prefill_instances):
+        part = _share(mine, lambda i: (lengths[i][0], 1), arrivals.times, shared_prefix=arrivals.shared_prefix)
+        trace = simulate_serving(spec.prefill, part, _offset(progress, done_before, total))
         done_before += len(mine)
         for r in trace.requests:
             first[mine[r.id]] = r.first_token_s
@@ -89,13 +101,9 @@ def simulate_disaggregated(spec: Disaggregation, arrivals: Arrivals,
     ready = [first[i] + spec.link.seconds(lengths[i][0] * per_token) for i in range(count)]
     requests: list[Request | None] = [None] * count
     decode_traces = []
-    for k in range(spec.decode_instances):
-        mine = list(range(k, count, spec.decode_instances))
-        if not mine:
-            continue
-        part = Arrivals(lambda j, m=mine: lengths[m[j]], len(mine),  # type: ignore[misc]
-                        times=[ready[i] for i in mine], prefilled=True)
-        trace = simulate_serving(spec.decode, part, tick(done_before), log=log and k == 0)
+    for k, mine in _deal(count, spec.decode_instances):
+        part = _share(mine, lengths.__getitem__, ready, prefilled=True)
+        trace = simulate_serving(spec.decode, part, _offset(progress, done_before, total), log=log and k == 0)
         done_before += len(mine)
         for r in trace.requests:
             i = mine[r.id]
@@ -146,26 +154,21 @@ def simulate_dp_ranks(model: IterationModel, arrivals: Arrivals,
     traces: list[ServingTrace] = []
     served: list[Request] = []
     done = 0
-    for k in range(n):
+    if arrivals.concurrency:  # a closed loop's clients dealt like its requests
+        shares = [(k, mine) for k, mine in _deal(arrivals.count, n) if k < arrivals.concurrency]
+    else:
+        assert arrivals.times is not None
+        shares = _deal(len(arrivals.times), n)
+    for k, mine in shares:
         if arrivals.concurrency:
-            clients = len(range(k, arrivals.concurrency, n))
-            mine = list(range(k, arrivals.count, n))
-            if not clients or not mine:
-                continue
             part = Arrivals(lambda j, m=mine: lengths(m[j]), len(mine),  # type: ignore[misc]
-                            concurrency=clients, think_s=arrivals.think_s, seed=arrivals.seed + k,
-                            warmup=len(range(k, arrivals.warmup, n)), shared_prefix=arrivals.shared_prefix)
+                            concurrency=len(range(k, arrivals.concurrency, n)), think_s=arrivals.think_s,
+                            seed=arrivals.seed + k, warmup=len(range(k, arrivals.warmup, n)),
+                            shared_prefix=arrivals.shared_prefix)
         else:
             assert arrivals.times is not None
-            mine = list(range(k, len(arrivals.times), n))
-            if not mine:
-                continue
-            part = Arrivals(lambda j, m=mine: lengths(m[j]), len(mine),  # type: ignore[misc]
-                            times=[arrivals.times[i] for i in mine], shared_prefix=arrivals.shared_prefix)
-        offset = done
-        trace = simulate_serving(model, part, None if progress is None else
-                                 lambda f, _, o=offset: progress(o + f, arrivals.count),  # type: ignore[misc]
-                                 log=log and not traces)
+            part = _share(mine, lengths, arrivals.times, shared_prefix=arrivals.shared_prefix)
+        trace = simulate_serving(model, part, _offset(progress, done, arrivals.count), log=log and not traces)
         done += len(mine)
         for r in trace.requests:
             r.id = mine[r.id]
