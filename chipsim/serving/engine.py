@@ -136,9 +136,10 @@ class ServingTrace:
 
 
 MAX_ITERATIONS = 20_000_000
-# requests per client of a benchmark's closed loop (its length): fitted on the AIConfigurator rows of
-# published/serving_calibration.csv (median TTFT APE, H100 / H200: 4 rounds 45% / 102%, 6 with a 1 ms
-# think time 46% / 109%, 10 rounds 43% / 52%, 16 with 2 ms 38% / 84%; TPOT moves < 1.5 points)
+# requests per client of a benchmark's closed loop (its length): genai-perf's request count in
+# AIConfigurator's harness, 10 x the concurrency (eval/benchmarks/genai_perf_runner.py); with its
+# engine settings (chipsim.study.serving_validate.harness_settings) the H200 rows' median TTFT APE is
+# 18% counting every round (46% with the engine's defaults)
 BENCHMARK_ROUNDS = 10
 
 

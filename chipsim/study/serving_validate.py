@@ -10,10 +10,13 @@ How a row's load is run:
   count them: the synchronized first wave (whose prompts queue for the token budget) is part of
   the mean TTFT;
 - `max load` / an infinite `request_rate`: every request there at once, the engine choosing its batch
-  (`MAX_LOAD_REQUESTS` requests);
-- a finite `request_rate`: Poisson arrivals at that rate;
+  (`MAX_LOAD_REQUESTS` requests, or the count the row states: "200 prompts", "--num-prompts 50");
+- a finite `request_rate`: Poisson arrivals at that rate (`POISSON_REQUESTS`, or the row's count);
 - static-batch rows (`prefill_time_batch`, `decode_step_time`, `first_token_latency`, and the
   per-GPU throughput of a fixed batch run to completion): that batch as one group, no new admissions.
+
+A row from a benchmark harness whose engine configuration is published runs the engine so configured
+(`harness_settings`: AIConfigurator's TensorRT-LLM servers).
 """
 
 from __future__ import annotations
@@ -87,7 +90,7 @@ def model_id_of(name: str) -> str:
     llama2-70b, GPT-J-6B -> gptj-6b."""
     from chipsim.models import known_models
 
-    text = name.strip().lower().split("/")[-1]
+    text = re.sub(r"\s*\(.*\)\s*$", "", name.strip().lower()).split("/")[-1]  # "Name (org/name)" -> name
     text = re.sub(r"[-_](instruct|chat|hf|base|it|fp8|awq|gptq|int4|int8)$", "", text)
     text = re.sub(r"[-_](instruct|chat|hf|base|it|fp8|awq|gptq|int4|int8)$", "", text)
     # DeepSeek-R1 and V3's updates share DeepSeek-V3's architecture (HF config.json: DeepseekV3ForCausalLM)
@@ -108,10 +111,15 @@ def quantization_of(row: Mapping[str, Any]) -> tuple[str, str]:
     text = method if method and not method.startswith("none") else precision
     if not text or text.startswith(("none", "not recorded", "fp16", "bf16", "16-bit")):
         return "none", "bf16"
-    if "fp8" in text:  # the engines' FP8 checkpoints keep an FP8 KV cache too
+    # the engines' FP8 and NVFP4 checkpoints keep an FP8 KV cache too: ModelOpt's export declares
+    # kv_cache_quant_algo FP8 (hf_quant_config.json) and the engines' "auto" KV dtype follows it
+    if "fp8" in text:
         return "fp8", "fp8"
-    for words, quant in ((("awq", "gptq", "int4", "w4a16"), "int4_awq"), (("int8", "w8a16"), "int8_weight"),
-                         (("nvfp4", "fp4"), "nvfp4"), (("mxfp4",), "mxfp4")):
+    if "mxfp4" in text:  # gpt-oss: MXFP4 experts, 16-bit attention and KV cache
+        return "mxfp4", "bf16"
+    if "fp4" in text:
+        return "nvfp4", "fp8"
+    for words, quant in ((("awq", "gptq", "int4", "w4a16"), "int4_awq"), (("int8", "w8a16"), "int8_weight")):
         if any(w in text for w in words):
             return quant, "bf16"
     raise Unsupported(f"quantization {text!r} (known: none, fp8, int4 awq/gptq, int8, nvfp4, mxfp4)")
@@ -141,6 +149,8 @@ class Scenario:
     load: str  # closed, max, poisson, static
     batch: int  # clients, or the static batch
     rate: float = math.inf
+    requests: int = 0  # the run's requests where the row states them ("200 prompts"), else 0: the default count
+    settings: tuple[tuple[str, Any], ...] = ()  # engine settings the row's benchmark harness ran with
 
     @property
     def replicas(self) -> int:
@@ -160,6 +170,38 @@ def _int(row: Mapping[str, Any], key: str, default: int | None = None) -> int:
     if not value.is_integer() or value < 1:
         raise Unsupported(f"column '{key}': expected a positive integer, got {row[key]!r}")
     return int(value)
+
+
+# AIConfigurator's TensorRT-LLM benchmark servers (ai-dynamo/aiconfigurator): one server per
+# configuration, swept over concurrencies 1-128, with max_batch_size its batch size (128 unless set)
+# and max_num_tokens = max_batch_size + isl + 1500, chunked prefill off (the TensorRT-LLM default)
+# (generator/rule_plugin/benchmark/trtllm.rule; the older generator/backends/trtllm.py: bs + isl + 1500,
+# templates/trtllm/extra_engine_args.yaml.j2: enable_chunked_prefill default false). A prompt is
+# prefilled whole, one or two per iteration: a closed loop's clients do not stay in step.
+AIC_MAX_BATCH = 128
+
+
+def harness_settings(row: Mapping[str, Any], profile: str, input_len: int) -> tuple[tuple[str, Any], ...]:
+    """The engine settings a row's benchmark harness is documented to run with (none if unknown)."""
+    if profile == "trtllm" and "aiconfigurator" in str(row.get("source", "")).lower():
+        return (("chunked_prefill", False), ("max_batch", AIC_MAX_BATCH),
+                ("max_tokens", AIC_MAX_BATCH + input_len + 1500))
+    return ()
+
+
+_COUNT = re.compile(r"(?:(\d[\d,]*)\s+(?:prompts|requests)\b|num[-_ ]prompts[ =]+(\d+))")
+
+
+def request_count(row: Mapping[str, Any]) -> int:
+    """The number of requests a row's run sent, where its load or notes say so ("max load (all requests
+    at once, 200 prompts)", "--num-prompts 50"); 0 where neither does. A short run's throughput includes
+    its ramp-up and drain, and its latencies a queue that never reaches steady state."""
+    for key in ("batch_or_concurrency", "notes"):
+        if _present(row, key):
+            found = _COUNT.search(str(row[key]).lower())
+            if found:
+                return int((found.group(1) or found.group(2)).replace(",", ""))
+    return 0
 
 
 def scenario_for_row(row: Mapping[str, Any], chip_override: str | None = None) -> tuple[Scenario, str, str]:
@@ -189,8 +231,11 @@ def scenario_for_row(row: Mapping[str, Any], chip_override: str | None = None) -
         load, batch = "poisson", 0
     else:
         load, batch, rate = "closed", _int(row, "batch_or_concurrency"), math.inf
-    scenario = Scenario(model_id_of(str(row["model"])), chip, tp, gpus, profile_of(str(row["engine"])), quant, kv,
-                        _int(row, "input_len"), _int(row, "output_len"), load, batch, rate)
+    profile, input_len = profile_of(str(row["engine"])), _int(row, "input_len")
+    scenario = Scenario(model_id_of(str(row["model"])), chip, tp, gpus, profile, quant, kv, input_len,
+                        _int(row, "output_len"), load, batch, rate,
+                        request_count(row) if load in ("max", "poisson") else 0,
+                        harness_settings(row, profile, input_len) if load != "static" else ())
     return scenario, family, stat
 
 
@@ -202,10 +247,10 @@ def _iteration_model(s: Scenario, cache: dict[Any, Any]) -> Any:
     from chipsim.serving.profiles import engine_profile, for_chip
     from chipsim.serving.quant import quantization
 
-    key = ("model", s.model, s.chip, s.tp, s.profile, s.quant, s.kv_dtype, s.load, s.batch)
+    key = ("model", s.model, s.chip, s.tp, s.profile, s.quant, s.kv_dtype, s.load, s.batch, s.settings)
     if key not in cache:
         chip = load_chip(s.chip)
-        profile = for_chip(engine_profile(s.profile), chip)
+        profile = replace(for_chip(engine_profile(s.profile), chip), **dict(s.settings))
         if s.load == "static":  # one batch as a group: every prompt prefilled together, then decoded
             profile = replace(profile, chunked_prefill=False, max_tokens=1 << 30, max_batch=s.batch,
                               admission="reserve")
@@ -238,10 +283,11 @@ def simulate_scenario(s: Scenario, cache: dict[Any, Any]) -> dict[str, Any]:
         b = max(1, -(-b // s.replicas))
         arrivals = Arrivals(lengths, count=b * CLOSED_LOOP_ROUNDS, concurrency=b)
     elif s.load == "max":
-        arrivals = Arrivals(lengths, count=MAX_LOAD_REQUESTS, times=[0.0] * MAX_LOAD_REQUESTS)
+        n = max(1, -(-s.requests // s.replicas)) if s.requests else MAX_LOAD_REQUESTS
+        arrivals = Arrivals(lengths, count=n, times=[0.0] * n)
     elif s.load == "poisson":
-        arrivals = Arrivals(lengths, count=POISSON_REQUESTS,
-                            times=poisson_times(s.rate / s.replicas, POISSON_REQUESTS, SEED))
+        n = max(1, -(-s.requests // s.replicas)) if s.requests else POISSON_REQUESTS
+        arrivals = Arrivals(lengths, count=n, times=poisson_times(s.rate / s.replicas, n, SEED))
     else:
         arrivals = Arrivals(lengths, count=max(1, b), times=[0.0] * max(1, b))
     result.update(summarize(simulate_serving(model, arrivals), s.tp))
@@ -291,6 +337,13 @@ def validate_serving(frame: pd.DataFrame, chip: str | None = None,
     return out.rename(columns={"detail": "family"}), skipped.rename(columns={"detail": "family"})
 
 
+def _load_label(row: Mapping[str, Any]) -> str:
+    """A row's load in words: its concurrency or batch, else its request rate."""
+    if _present(row, "batch_or_concurrency"):
+        return str(row["batch_or_concurrency"])
+    return f"{row['request_rate']} req/s" if _present(row, "request_rate") else "unstated load"
+
+
 def serving_summary(predictions: pd.DataFrame) -> pd.DataFrame:
     """Median and p90 APE per metric family (and GPU), plus the worst row of each."""
     done = predictions[predictions["skipped_reason"] == ""]
@@ -300,5 +353,5 @@ def serving_summary(predictions: pd.DataFrame) -> pd.DataFrame:
         rows.append({"family": family, "gpu": gpu, "rows": len(part), "median_ape": part["ape"].median(),
                      "p90_ape": part["ape"].quantile(0.9),
                      "worst": f"{worst['ape']:.0%} {worst['model']} tp{worst['tp']:g} {worst['input_len']}/"
-                              f"{worst['output_len']} at {worst['batch_or_concurrency']} {worst['metric_name']}"})
+                              f"{worst['output_len']} at {_load_label(worst)} {worst['metric_name']}"})
     return pd.DataFrame(rows, columns=["family", "gpu", "rows", "median_ape", "p90_ape", "worst"])

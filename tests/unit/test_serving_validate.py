@@ -10,9 +10,12 @@ import pytest
 
 from chipsim.study.serving_validate import (
     Unsupported,
+    harness_settings,
     model_id_of,
     parse_metric,
+    predict_row,
     quantization_of,
+    request_count,
     validate_serving,
 )
 
@@ -40,6 +43,9 @@ def test_names_and_formats_map_to_the_zoo_and_the_quantizations() -> None:
     assert quantization_of({"quant_method": "none recorded", "precision": "not recorded (16-bit assumed)"}) == \
         ("none", "bf16")
     assert quantization_of({"quant_method": "AWQ", "precision": "INT4"})[0] == "int4_awq"
+    # ModelOpt's NVFP4 checkpoints declare an FP8 KV cache; gpt-oss's MXFP4 keeps a 16-bit one
+    assert quantization_of({"quant_method": "nvfp4", "precision": "FP4"}) == ("nvfp4", "fp8")
+    assert quantization_of({"quant_method": "MXFP4", "precision": "FP4"}) == ("mxfp4", "bf16")
     with pytest.raises(Unsupported):
         model_id_of("Falcon-180B")
     with pytest.raises(Unsupported):
@@ -99,3 +105,30 @@ def test_a_rows_load_is_split_over_its_data_parallel_replicas() -> None:
     one, eight = out["predicted_value"]
     assert one == pytest.approx(2 * 128, rel=0.05)  # below saturation the throughput is the load's
     assert eight == pytest.approx(8 * one, rel=1e-9)  # 8 replicas of 2 req/s each
+
+
+def test_a_rows_request_count_sets_the_runs_length() -> None:
+    """"N prompts" in the load or the notes is the run's request count: one prompt at "max load" is a
+    batch of one, and a Poisson run of 50 requests ends before a queue of 1,000 would build."""
+    assert request_count({"batch_or_concurrency": "max load (all requests at once, 1,500 prompts)"}) == 1500
+    assert request_count({"batch_or_concurrency": "", "notes": "bench_serving --num-prompts 50 --request-rate 10"}) == 50
+    assert request_count({"batch_or_concurrency": "max load (IFB, engine-chosen batch)", "notes": ""}) == 0
+    row = _row(batch_or_concurrency="max load (all requests at once, 1 prompts)", request_rate="inf",
+               metric_name="e2e_latency_mean", input_len=128, output_len=256)
+    one, _ = predict_row(row, {})
+    default, _ = predict_row({**row, "batch_or_concurrency": "max load"}, {})
+    assert one < 0.2 * default  # alone: prefill plus 255 small decode steps, no queue of 2,000
+    assert one == pytest.approx(predict_row(_row(batch_or_concurrency="1", metric_name="e2e_latency_mean",
+                                                 input_len=128, output_len=256), {})[0], rel=0.05)
+
+
+def test_aiconfigurator_rows_run_the_engine_as_its_harness_configured_it() -> None:
+    """AIConfigurator's TensorRT-LLM servers prefill whole prompts within max_num_tokens = 128 + isl +
+    1500: one or two a step, so its closed-loop clients spread out instead of prefilling in waves."""
+    aic = _row(source="NVIDIA AIConfigurator silicon_sample.csv", metric_name="ttft", batch_or_concurrency="32")
+    settings = dict(harness_settings(aic, "trtllm", 1024))
+    assert settings == {"chunked_prefill": False, "max_batch": 128, "max_tokens": 128 + 1024 + 1500}
+    assert harness_settings(aic, "vllm", 1024) == () and harness_settings(_row(), "trtllm", 1024) == ()
+    spread, _ = predict_row(aic, {})
+    waves, _ = predict_row({**aic, "source": "another benchmark"}, {})
+    assert spread < 0.7 * waves  # 32 prompts of 1,024 tokens no longer queue for one 8,192-token budget
