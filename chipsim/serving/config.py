@@ -20,6 +20,7 @@ serving:
   seed: 0
   arrival: {process: poisson, rate: 10}
   lengths: {input: {dist: normal, mean: 1024, std: 128}, output: 128}
+  speculative: {method: eagle, tokens: 3, acceptance: 0.7}   # optional: mtp, eagle, or draft with a model
 ```
 """
 
@@ -45,6 +46,7 @@ from chipsim.serving.engine import Arrivals, poisson_times
 from chipsim.serving.iteration import IterationModel
 from chipsim.serving.profiles import OVERRIDABLE, PROFILES, EngineProfile, for_chip
 from chipsim.serving.quant import KV_DTYPES, Quantization
+from chipsim.serving.speculative import Speculation
 from chipsim.training.run import model_from_section
 
 PROCESSES = ("poisson", "gamma", "closed", "burst", "trace")
@@ -53,7 +55,7 @@ MAX_REQUESTS = 1_000_000
 MAX_TOKENS = 1 << 24  # a length or an engine setting beyond this is a typo, not a request
 ADMISSIONS = ("reserve", "greedy")
 KEYS = ("model", "chip", "system", "tp", "engine", "engine_settings", "quantization", "kv_cache_dtype", "requests",
-        "seed", "arrival", "lengths", "shared_prefix", "disaggregation", "dp_attention")
+        "seed", "arrival", "lengths", "shared_prefix", "disaggregation", "dp_attention", "speculative")
 ARRIVAL_KEYS = {"poisson": ("rate",), "gamma": ("rate", "cv"), "closed": ("concurrency", "think"), "burst": (),
                 "trace": ("file",)}
 
@@ -169,6 +171,7 @@ class ServingSetup:
             "input_len_mean": float(self.input_lens.mean()), "output_len_mean": float(self.output_lens.mean()),
             "shared_prefix": self.shared_prefix, "dp_attention": self.dp_attention,
             "disaggregation": self.disagg.label() if self.disagg is not None else None,
+            "speculative": spec.label() if (spec := self.iteration.speculation) is not None else None,
         }
 
 
@@ -401,6 +404,7 @@ def resolve_serving(config: RunConfig) -> ServingSetup:
         requests = int(sec.number("requests", 1000, minimum=1, maximum=MAX_REQUESTS, integer=True))
         inputs, outputs, label = _lengths(sec.section("lengths"), requests, seed)
         where = "lengths"
+    speculation = _speculation(sec, model) if sec.has("speculative") else None
     dp_attention = sec.boolean("dp_attention", False)
     if dp_attention and split:
         raise sec.error("dp_attention", "give it for one aggregated instance, not with `disaggregation`")
@@ -411,9 +415,10 @@ def resolve_serving(config: RunConfig) -> ServingSetup:
     sec.done()
     _check_lengths(sec, where, model, inputs, outputs)
 
-    def engine(tp: int, key: str, outputs: np.ndarray) -> IterationModel:
+    def engine(tp: int, key: str, outputs: np.ndarray, decodes: bool = True) -> IterationModel:
         try:
-            return checked_iteration(model, chip, system, tp, quant, kv_dtype, profile, inputs, outputs, dp_attention)
+            return checked_iteration(model, chip, system, tp, quant, kv_dtype, profile, inputs, outputs, dp_attention,
+                                     speculation if decodes else None)
         except InputError as exc:
             at = {"tp": key, "lengths": where, "chip": None}.get(exc.key or "", exc.key)
             if at == "engine_settings.max_tokens" and not sec.has("engine_settings"):
@@ -424,7 +429,7 @@ def resolve_serving(config: RunConfig) -> ServingSetup:
     if split:
         (p_tp, p_count), (d_tp, d_count), link = split
         decode = engine(d_tp, "disaggregation.decode.tp", outputs)
-        prefill = engine(p_tp, "disaggregation.prefill.tp", np.ones_like(outputs))
+        prefill = engine(p_tp, "disaggregation.prefill.tp", np.ones_like(outputs), decodes=False)
         disagg = Disaggregation(prefill, decode, p_count, d_count,
                                 _kv_link(sec, link, system, chip, p_tp * p_count + d_tp * d_count))
         iteration, tp = decode, d_tp
@@ -432,6 +437,41 @@ def resolve_serving(config: RunConfig) -> ServingSetup:
         iteration = engine(tp, "tp", outputs)
     return ServingSetup(config.name, config.file, model, chip, system, tp, profile, quant, kv_dtype, requests, seed,
                         arrival, inputs, outputs, label, iteration, shared_prefix, disagg)
+
+
+def _speculation(sec: Section, model: ModelConfig) -> Speculation:
+    """`speculative: {method, tokens, acceptance[, model]}`: the drafter, its tokens per step and their
+    acceptance rate (MTP's defaults to DeepSeek-V3's reported 0.85; EAGLE's and a draft model's depend on
+    the drafter and the data, so they are given)."""
+    from chipsim.serving.speculative import MAX_TOKENS, METHODS, MTP_ACCEPTANCE
+
+    spec = sec.section("speculative")
+    _only(spec, ("method", "tokens", "acceptance", "model"))
+    method = spec.string("method", choices=METHODS)
+    if method == "mtp" and not model.mtp_depth:
+        raise spec.error("method", f"{model.model_id} has no multi-token-prediction module (mtp_depth 0); expected "
+                                   f"eagle or draft")
+    tokens = spec.integer("tokens", model.mtp_depth, minimum=1) if method == "mtp" else spec.integer("tokens", minimum=1)
+    if tokens > MAX_TOKENS:
+        raise spec.error("tokens", f"expected at most {MAX_TOKENS} drafted tokens per step, got {tokens}")
+    if method != "mtp" and not spec.has("acceptance"):
+        raise spec.error("acceptance", f"expected the {method} drafter's per-token acceptance rate on your data "
+                                       f"(between 0 and 1, e.g. 0.7)")
+    acceptance = spec.number("acceptance", MTP_ACCEPTANCE, positive=True)
+    if acceptance >= 1:
+        raise spec.error("acceptance", f"expected a probability below 1, got {acceptance:g}")
+    draft = None
+    if method == "draft":
+        if not spec.has("model"):
+            raise spec.error("model", "expected the draft model: a zoo id or a mapping of dimensions")
+        draft = model_from_section(spec)
+        if draft.vocab != model.vocab:
+            raise spec.error("model", f"a draft model proposes tokens of the target's vocabulary: {draft.model_id} has "
+                                      f"{draft.vocab:,}, {model.model_id} {model.vocab:,}")
+    elif spec.has("model"):
+        raise spec.error("model", f"only method draft takes a model; {method} drafts with the target's own layers")
+    spec.done()
+    return Speculation(method, tokens, acceptance, draft)
 
 
 def _disaggregation(sec: Section) -> tuple[tuple[int, int], tuple[int, int], str] | None:
@@ -499,7 +539,7 @@ def _check_lengths(sec: Section, where: str, model: ModelConfig, inputs: np.ndar
 
 def checked_iteration(model: ModelConfig, chip: Chip, system: System | None, tp: int, quant: Quantization,
                       kv_dtype: str, profile: EngineProfile, inputs: np.ndarray, outputs: np.ndarray,
-                      dp_attention: bool = False) -> IterationModel:
+                      dp_attention: bool = False, speculation: Speculation | None = None) -> IterationModel:
     """The iteration model of one engine instance, checked as a config is: the engine runs on the chip,
     which has the KV cache's format; `tp` runs inside a node (`system`'s when it holds tp GPUs, else
     the chip's node), the weights fit, the KV cache holds the longest request, a prompt fits an
@@ -527,7 +567,7 @@ def checked_iteration(model: ModelConfig, chip: Chip, system: System | None, tp:
                          f"({node.name}), got tp {tp}", key="tp")
     try:
         iteration = IterationModel(model, chip, quant, profile, tp=tp, kv_dtype=kv_dtype, system=node,
-                                   dp_attention=dp_attention)
+                                   dp_attention=dp_attention, speculation=speculation)
         capacity = iteration.kv_capacity_tokens()
     except InputError as exc:
         raise InputError(exc.message, key=exc.key or "tp") from None

@@ -140,7 +140,8 @@ def merge(served: list[Request], other: list[ServingTrace], other_tp: int, main:
         kv_capacity_tokens=main[0].kv_capacity_tokens,
         steps=main[0].steps,
         warmup=warmup,
-        prefix_hit_tokens=sum(t.prefix_hit_tokens for t in traces))
+        prefix_hit_tokens=sum(t.prefix_hit_tokens for t in traces),
+        tokens_per_decode_step=sum(t.tokens_per_decode_step for t in main) * share)
 
 
 def simulate_dp_ranks(model: IterationModel, arrivals: Arrivals,

@@ -14,7 +14,9 @@ KV blocks (`block_size` tokens) are taken as a sequence grows. Admission (`Engin
 nothing is ever evicted (TensorRT-LLM's GUARANTEED_NO_EVICT); `greedy` admits while its prompt fits
 and, when a running sequence cannot grow, preempts the latest-arrived running one: its blocks are
 freed and it is recomputed later from its prompt and the tokens it had produced (vLLM's recompute).
-A prompt's last chunk emits the first token at the iteration's end; each decode step emits one.
+A prompt's last chunk emits the first token at the iteration's end; each decode step emits one, or
+with speculative decoding (`IterationModel.speculation`) verifies the sequence's drafted tokens (each
+takes a token of the budget and a KV slot) and emits the ones accepted in a row plus one.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import numpy as np
 
 from chipsim.errors import InputError
 from chipsim.serving.iteration import IterationModel
+from chipsim.serving.speculative import accepted
 
 
 @dataclass(slots=True)
@@ -133,6 +136,7 @@ class ServingTrace:
     warmup: int = 0  # the first requests (by id) that the metrics leave out
     steps: IterationLog | None = None  # every iteration, when simulated with log=True
     prefix_hit_tokens: int = 0  # prompt tokens admitted with their KV from the prefix cache
+    tokens_per_decode_step: float = 1.0  # tokens a decoding sequence emits per step (> 1 speculating)
 
 
 MAX_ITERATIONS = 20_000_000
@@ -211,6 +215,10 @@ def simulate_serving(model: IterationModel, arrivals: Arrivals,
     fast_batch = min(max_batch, max_tokens)  # a batch of decode steps that always fits one iteration
     warm = min(arrivals.warmup, max(0, arrivals.count - 1))
     think = np.random.default_rng(arrivals.seed) if arrivals.think_s > 0 else None
+    spec = model.speculation  # each decoding sequence verifies spec.tokens drafted tokens and the next one
+    verify = model.decode_tokens  # tokens of the budget (and KV slots) a decoding sequence takes
+    drafts = np.random.default_rng([arrivals.seed, 7]) if spec is not None else None
+    decode_steps = decode_emitted = 0
 
     def admissible(r: Request, batch: int) -> bool:
         """Whether the scheduler could admit `r` beside `batch` decoding sequences now."""
@@ -241,7 +249,8 @@ def simulate_serving(model: IterationModel, arrivals: Arrivals,
             now = max(now, pending[0][0])
             continue
         # (no sequence still prefilling, cached < prompt, spelled out: this runs every iteration over the batch)
-        if running and len(running) <= fast_batch and not (waiting and admissible(waiting[0], len(running))) and \
+        if spec is None and running and len(running) <= fast_batch and \
+                not (waiting and admissible(waiting[0], len(running))) and \
                 not any(r.cached < (r.input_len + r.generated if r.preemptions else r.input_len) for r in running):
             # only decode steps until the next finish or arrival: the same batch, its contexts one token
             # longer each step; step them without touching each request
@@ -313,8 +322,11 @@ def simulate_serving(model: IterationModel, arrivals: Arrivals,
                 elif chunk > budget:
                     i += 1
                     continue
+            elif verify > budget:
+                i += 1
+                continue
             else:
-                chunk = 1
+                chunk = verify
             # reserve: the whole sequence's blocks are held from admission on, so nothing ever grows
             grow = 0 if reserve else -(-(c + chunk - r.shared) // block) - r.blocks
             if grow > 0:
@@ -355,7 +367,7 @@ def simulate_serving(model: IterationModel, arrivals: Arrivals,
                 free -= whole
                 r.blocks = whole
                 slots -= 1
-                budget -= 1
+                budget -= min(verify, budget)
                 running.append(r)
                 decoding.append(r)
                 decode_ctx += r.cached
@@ -398,14 +410,20 @@ def simulate_serving(model: IterationModel, arrivals: Arrivals,
         if steps is not None:
             steps.append(now, end, sum(c for _, c in prefill_reqs), len(prefill), len(decoding), used)
         done: list[Request] = []
-        for r in decoding:
-            r.cached += 1
-            r.generated += 1
-            if r.id >= warm:
-                itl.append(end - r.last_token_s)
+        emitted = accepted(drafts, len(decoding), spec) if drafts is not None and spec is not None else None
+        for j, r in enumerate(decoding):
+            n = 1 if emitted is None else min(int(emitted[j]), r.output_len - r.generated)
+            r.cached += n
+            r.generated += n
+            if r.id >= warm:  # n tokens at once: n gaps of a 1/n share each, the rate the client sees
+                gap = (end - r.last_token_s) / n
+                for _ in range(n):
+                    itl.append(gap)
+            decode_emitted += n
             r.last_token_s = end
             if r.generated >= r.output_len:
                 done.append(r)
+        decode_steps += len(decoding)
         for r, c in prefill_reqs:
             r.cached += c
             if prefix_blocks and not prefix_ready and r.cached >= prefix_blocks * block:
@@ -440,7 +458,8 @@ def simulate_serving(model: IterationModel, arrivals: Arrivals,
     return ServingTrace(requests, iterations, now, energy, busy, itl,
                         kv_utilization=kv_area / now if now else 0.0, kv_peak=kv_peak, preemptions=preemptions,
                         batch_mean=batch_area / now if now else 0.0, kv_capacity_tokens=total_blocks * block,
-                        warmup=warm, steps=steps, prefix_hit_tokens=hits)
+                        warmup=warm, steps=steps, prefix_hit_tokens=hits,
+                        tokens_per_decode_step=decode_emitted / decode_steps if decode_steps else 1.0)
 
 
 def poisson_times(rate: float, count: int, seed: int, cv: float = 1.0) -> list[float]:

@@ -10,7 +10,9 @@ fabric, the LM head for the sequences that emit a token. Kernels run back to bac
 CUDA graph (`calibration.latency.graph_launch` per kernel), at the clock the chip's power limit
 allows for that mix (`sustained_scale`); an engine that launches a step eagerly (`EngineProfile.graphs`)
 takes at least the host's time to dispatch its ops one by one. The engine's host work per iteration
-(`EngineProfile`) is added on top.
+(`EngineProfile`) is added on top. With speculative decoding (`chipsim.serving.speculative`) a decoding
+sequence runs its drafted tokens and the next one through the model (attention over its cache, the
+LM head on each), after the drafter's passes.
 
 Costs are cached by the iteration's shape, rounded (`bucket`): token counts exact up to 16, to 16 up to
 1,024 and to 128 beyond, context lengths to 64 up to 4,096 and to 256 beyond.
@@ -33,6 +35,7 @@ from chipsim.network.fabric import Fabric
 from chipsim.network.system import System
 from chipsim.serving.profiles import EngineProfile
 from chipsim.serving.quant import Quantization
+from chipsim.serving.speculative import Speculation
 from chipsim.workload.graph import WorkloadBuilder
 from chipsim.workload.kinds import DTYPE_BYTES
 
@@ -72,7 +75,7 @@ class IterationModel:
 
     def __init__(self, model: ModelConfig, chip: Chip, quant: Quantization, profile: EngineProfile, *,
                  tp: int = 1, kv_dtype: str = "bf16", system: System | None = None,
-                 dp_attention: bool = False) -> None:
+                 dp_attention: bool = False, speculation: Speculation | None = None) -> None:
         if dp_attention and (not model.is_moe or tp < 2 or model.experts % tp):
             raise InputError(f"data-parallel attention splits an MoE model's experts over its {tp} GPUs: it needs "
                              f"an MoE model with experts divisible by tp ({model.model_id}: {model.experts or 'no'} "
@@ -96,9 +99,19 @@ class IterationModel:
         self.heads = model.heads // self.attn_tp
         self.kv_heads = max(1, model.kv_heads // self.attn_tp)  # replicated when tp > kv_heads
         self._layer_cache: dict[tuple[int, bool], list[Part]] = {}
-        self._attn_cache: dict[tuple[int, int, int], list[Part]] = {}
+        self._attn_cache: dict[tuple[int, int, int, bool], list[Part]] = {}
         self._head_cache: dict[tuple[int, int], list[Part]] = {}
         self._step_cache: dict[tuple[object, ...], StepCost] = {}
+        # speculative decoding: each decoding sequence verifies its drafted tokens and the next one
+        self.speculation = speculation
+        self.decode_tokens = 1 + (speculation.tokens if speculation is not None else 0)
+        self.draft: IterationModel | None = None
+        if speculation is not None and speculation.method == "mtp" and not model.mtp_depth:
+            raise InputError(f"{model.model_id} has no multi-token-prediction module to draft with: use eagle or "
+                             f"draft", key="speculative.method")
+        if speculation is not None and speculation.draft_model is not None:
+            self.draft = IterationModel(speculation.draft_model, chip, quant, profile, tp=tp, kv_dtype=kv_dtype,
+                                        system=system)
 
     # ---------------------------------------------------------------- memory
     @property
@@ -107,8 +120,17 @@ class IterationModel:
         latent and rope key, which every tensor-parallel rank holds whole)."""
         m = self.model
         if m.mla is not None:
-            return m.layers * (m.mla.kv_lora_rank + m.mla.qk_rope_head_dim) * DTYPE_BYTES[self.kv_dtype]
-        return 2.0 * m.layers * self.kv_heads * m.head_dim * DTYPE_BYTES[self.kv_dtype]
+            per_layer = (m.mla.kv_lora_rank + m.mla.qk_rope_head_dim) * DTYPE_BYTES[self.kv_dtype]
+        else:
+            per_layer = 2.0 * self.kv_heads * m.head_dim * DTYPE_BYTES[self.kv_dtype]
+        return per_layer * (m.layers + self._draft_layers) + (self.draft.kv_bytes_per_token if self.draft else 0.0)
+
+    @property
+    def _draft_layers(self) -> int:
+        """Layers of the target's shape the drafter adds (an MTP module, or an EAGLE head), each with
+        its own KV cache and weights."""
+        s = self.speculation
+        return 0 if s is None or s.method == "draft" else (self.model.mtp_depth if s.method == "mtp" else 1)
 
     @property
     def weight_bytes(self) -> float:
@@ -118,8 +140,14 @@ class IterationModel:
         dense = sum(m.layer_params(i)[0] for i in range(m.layers))
         expert = sum(m.layer_params(i)[1] for i in range(m.layers))
         other = m.embedding_params() + m.head_params()
+        if self._draft_layers:  # an MTP module is a block of the last layer's shape; EAGLE's head a dense layer
+            mtp = self.speculation is not None and self.speculation.method == "mtp"
+            extra = m.layer_params(m.layers - 1) if mtp else (m.attn_params() + m.mlp_params(m.ffn), 0)
+            dense += self._draft_layers * extra[0]
+            expert += self._draft_layers * extra[1]
+        drafter = self.draft.weight_bytes if self.draft is not None else 0.0
         return ((dense * self.quant.weight_bytes + other * 2.0) / self.attn_tp
-                + expert * self.quant.weight_bytes / self.tp)
+                + expert * self.quant.weight_bytes / self.tp + drafter)
 
     def kv_capacity_tokens(self) -> int:
         """Tokens the KV cache holds: the memory left after weights and a reserve, times the engine's
@@ -253,8 +281,11 @@ class IterationModel:
             self._gemm(b, "shared_gate_up", t, m.d_model, 2 * shared)
             self._gemm(b, "shared_down", t, shared, m.d_model)
 
-    def _attention(self, batch: int, seq_q: int, seq_kv: int) -> list[Part]:
-        key = (batch, seq_q, seq_kv)
+    def _attention(self, batch: int, seq_q: int, seq_kv: int, decode: bool = False) -> list[Part]:
+        """`batch` sequences of `seq_q` query tokens each over `seq_kv` keys: a prefill chunk, or a
+        decode step (`decode`, or one query token) verifying `seq_q` - 1 drafted tokens."""
+        decode = decode or seq_q == 1
+        key = (batch, seq_q, seq_kv, decode)
         if key not in self._attn_cache:
             b = WorkloadBuilder("attention")
             backend = {"backend": self.profile.attention_backend}
@@ -263,13 +294,13 @@ class IterationModel:
                 b.add("attention", "attention", self.kv_dtype, [], batch=batch, heads=self.heads,
                       kv_heads=self.kv_heads, seq_q=seq_q, seq_kv=seq_kv, head_dim=self.model.head_dim,
                       causal=seq_q > 1, attrs=backend)
-            elif seq_q == 1:  # MLA decode, absorbed: every head attends to the cached latent (MQA over it)
+            elif decode:  # MLA decode, absorbed: every head attends to the cached latent (MQA over it)
                 h, rank = self.heads, a.kv_lora_rank
-                b.add("gemm", "q_absorb", "bf16", [], m=batch, k=a.qk_nope_head_dim, n=rank, batch=h)
-                b.add("attention", "attention", self.kv_dtype, [], batch=batch, heads=h, kv_heads=1, seq_q=1,
-                      seq_kv=seq_kv, head_dim=rank + a.qk_rope_head_dim, v_head_dim=rank,
+                b.add("gemm", "q_absorb", "bf16", [], m=batch * seq_q, k=a.qk_nope_head_dim, n=rank, batch=h)
+                b.add("attention", "attention", self.kv_dtype, [], batch=batch, heads=h, kv_heads=1, seq_q=seq_q,
+                      seq_kv=seq_kv, head_dim=rank + a.qk_rope_head_dim, v_head_dim=rank, causal=seq_q > 1,
                       attrs={**backend, "shared_kv": True})
-                b.add("gemm", "v_absorb", "bf16", [], m=batch, k=rank, n=a.v_head_dim, batch=h)
+                b.add("gemm", "v_absorb", "bf16", [], m=batch * seq_q, k=rank, n=a.v_head_dim, batch=h)
             else:  # MLA prefill: the chunk's context decompressed to every head's keys and values
                 self._gemm(b, "kv_up", batch * seq_kv, a.kv_lora_rank,
                            self.heads * (a.qk_nope_head_dim + a.v_head_dim))
@@ -302,7 +333,8 @@ class IterationModel:
     def step(self, prefill: Sequence[tuple[int, int]], decode: int, decode_context: int, logits: int) -> StepCost:
         """An iteration of `prefill` chunks ((query tokens, context after the chunk) each) and `decode`
         decode steps over `decode_context` cached tokens in all, `logits` sequences sampling a token."""
-        tokens = sum(q for q, _ in prefill) + decode
+        tokens = sum(q for q, _ in prefill) + decode * self.decode_tokens
+        logits += decode * (self.decode_tokens - 1)  # a verifying sequence samples every position
         chunks = tuple(sorted((bucket(q), ctx_bucket(ctx)) for q, ctx in prefill))
         mean_ctx = ctx_bucket(decode_context // decode) if decode else 0
         key = (bucket(tokens), chunks, decode, mean_ctx, logits)
@@ -312,20 +344,42 @@ class IterationModel:
         host = self.profile.iteration_s + self.profile.per_sequence_s * (len(prefill) + decode)
         return StepCost(cached.seconds + host, cached.joules + host * self.chip.power.idle_w, cached.seconds)
 
-    def _cost(self, tokens: int, chunks: tuple[tuple[int, int], ...], decode: int, mean_ctx: int,
-              logits: int) -> StepCost:
+    def _model_parts(self, tokens: int, chunks: tuple[tuple[int, int], ...], decode: int, mean_ctx: int,
+                     logits: int) -> list[Part]:
+        """Every op of one pass of the model over the iteration's tokens."""
         attention: list[Part] = []
         # the prefill chunks run as one variable-length attention kernel: chunks of one shape as its batch
         for (q, ctx), n in Counter(chunks).items():
             attention += self._attention(n, q, max(q, ctx))
         if decode:
-            attention += self._attention(decode, 1, max(1, mean_ctx))
+            q = self.decode_tokens
+            attention += self._attention(decode, q, max(q, mean_ctx), decode=True)
         m = self.model
         moe = m.moe_layers if m.is_moe else 0
         groups = [(self._layer(tokens, kind), n) for kind, n in ((False, m.layers - moe), (True, moe)) if n]
         parts = [(o * n, c * n, ce * n, me * n, h * n) for ops, n in [*groups, (attention, m.layers)]
                  for o, c, ce, me, h in ops]
-        parts += self._head(tokens, logits)
+        return parts + self._head(tokens, logits)
+
+    def _drafting(self, decode: int, mean_ctx: int) -> list[Part]:
+        """The drafter's passes before a verifying step: `tokens` in sequence, each over the decoding
+        sequences (a draft model's decode step, or one layer of the target's shape and its LM head)."""
+        s = self.speculation
+        if s is None or not decode:
+            return []
+        if self.draft is not None:
+            one = self.draft._model_parts(bucket(decode), (), decode, mean_ctx, decode)
+        else:
+            m = self.model
+            moe = s.method == "mtp" and m.is_moe_layer(m.layers - 1)
+            one = (self._layer(bucket(decode), moe) + self._attention(decode, 1, max(1, mean_ctx))
+                   + self._head(bucket(decode), decode))
+        k = s.tokens
+        return [(o * k, c * k, ce * k, me * k, h * k) for o, c, ce, me, h in one]
+
+    def _cost(self, tokens: int, chunks: tuple[tuple[int, int], ...], decode: int, mean_ctx: int,
+              logits: int) -> StepCost:
+        parts = self._model_parts(tokens, chunks, decode, mean_ctx, logits) + self._drafting(decode, mean_ctx)
         power = self.chip.power
         scale = sustained_scale(power, min(1.0, power.min_clock_hz / self.chip.clock_hz), [p[:4] for p in parts])
         seconds = sum(max(o, c / scale) for o, c, *_ in parts)

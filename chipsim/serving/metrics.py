@@ -55,7 +55,7 @@ def summarize(trace: ServingTrace, gpus: int) -> dict[str, Any]:
         "requests_per_s": len(done) / span if span else math.nan,
         "kv_utilization_mean": trace.kv_utilization, "kv_utilization_peak": trace.kv_peak,
         "kv_capacity_tokens": trace.kv_capacity_tokens, "batch_mean": trace.batch_mean,
-        "preemptions": trace.preemptions,
+        "preemptions": trace.preemptions, "tokens_per_decode_step": trace.tokens_per_decode_step,
         "prefix_hit_rate": trace.prefix_hit_tokens / in_tokens if in_tokens else math.nan,
         "avg_power_w": trace.energy_j / span if span else math.nan,  # per GPU
         "energy_per_output_token_j": trace.energy_j * gpus / out_tokens if out_tokens else math.nan,

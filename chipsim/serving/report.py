@@ -60,6 +60,8 @@ def render_summary(summary: Mapping[str, Any]) -> str:
         f"power         {_num(s['avg_power_w'])} W per GPU; {_num(s['energy_per_output_token_j'], 3)} J per output "
         f"token",
     ]
+    if s.get("speculative"):
+        lines.append(f"speculative   {s['speculative']}: {s['tokens_per_decode_step']:.3g} tokens per decode step")
     return "\n".join(lines)
 
 
