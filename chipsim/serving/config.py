@@ -53,6 +53,7 @@ PROCESSES = ("poisson", "gamma", "closed", "burst", "trace")
 DISTRIBUTIONS = {"uniform": ("low", "high"), "normal": ("mean", "std"), "lognormal": ("mean", "sigma")}
 MAX_REQUESTS = 1_000_000
 MAX_TOKENS = 1 << 24  # a length or an engine setting beyond this is a typo, not a request
+MAX_EXPERT_PARALLEL = 1024  # GPUs of one data-parallel-attention, expert-parallel engine (DeepSeek decodes on 144)
 ADMISSIONS = ("reserve", "greedy")
 KEYS = ("model", "chip", "system", "tp", "engine", "engine_settings", "quantization", "kv_cache_dtype", "requests",
         "seed", "arrival", "lengths", "shared_prefix", "disaggregation", "dp_attention", "speculative")
@@ -206,7 +207,9 @@ def _engine(sec: Section, chip: Chip) -> EngineProfile:
     return replace(base, **over)
 
 
-def _hardware(sec: Section, tp: int) -> tuple[Chip, System | None]:
+def _hardware(sec: Section, tp: int, across_nodes: bool = False) -> tuple[Chip, System | None]:
+    """The chip, and the system its `tp` GPUs run in: a node, or with data-parallel attention
+    (`across_nodes`) as many of a cluster's nodes as the expert-parallel group needs."""
     from chipsim.hardware.registry import load_chip
     from chipsim.network.system import load_system, system_for
 
@@ -237,9 +240,12 @@ def _hardware(sec: Section, tp: int) -> tuple[Chip, System | None]:
         except InputError as exc:
             raise sec.error("system", f"tp {tp} needs a node for its all-reduces: {exc.message}; give `system`") \
                 from None
-    if system is not None and tp > system.gpus_per_node:
+    if system is not None and tp > system.gpus_per_node and not across_nodes:
         raise sec.error("tp", f"tensor parallelism runs inside one node; system '{system.name}' has "
-                              f"{system.gpus_per_node} GPUs per node, got tp {tp}")
+                              f"{system.gpus_per_node} GPUs per node, got tp {tp} (an MoE model's experts spread "
+                              f"over nodes with dp_attention: true)")
+    if system is not None and tp > system.world:
+        raise sec.error("tp", f"system '{system.name}' has {system.world} GPUs, got tp {tp}")
     return chip, system
 
 
@@ -371,11 +377,14 @@ def resolve_serving(config: RunConfig) -> ServingSetup:
     sec = Section(config.serving, file, "serving")
     _only(sec, KEYS)
     model = model_from_section(sec)
-    split = _disaggregation(sec)
+    dp_attention = sec.boolean("dp_attention", False)
+    limit = MAX_EXPERT_PARALLEL if dp_attention else 64
+    split = _disaggregation(sec, limit)
     tp = max(split[0][0], split[1][0]) if split else sec.integer("tp", 1, minimum=1)
-    if tp > 64:
-        raise sec.error("tp", f"expected a tensor-parallel size up to 64, got {tp}")
-    chip, system = _hardware(sec, tp)
+    if tp > limit:
+        raise sec.error("tp", f"expected a tensor-parallel size up to 64 (with dp_attention, an expert-parallel "
+                              f"group up to {MAX_EXPERT_PARALLEL}), got {tp}")
+    chip, system = _hardware(sec, tp, dp_attention)
     profile = _engine(sec, chip)
     try:
         quant = quantization(sec.string("quantization", "none"))
@@ -405,9 +414,6 @@ def resolve_serving(config: RunConfig) -> ServingSetup:
         inputs, outputs, label = _lengths(sec.section("lengths"), requests, seed)
         where = "lengths"
     speculation = _speculation(sec, model) if sec.has("speculative") else None
-    dp_attention = sec.boolean("dp_attention", False)
-    if dp_attention and split:
-        raise sec.error("dp_attention", "give it for one aggregated instance, not with `disaggregation`")
     shared_prefix = sec.integer("shared_prefix", 0, minimum=0)
     if shared_prefix and shared_prefix >= int(inputs.min()):
         raise sec.error("shared_prefix", f"expected fewer tokens than the shortest prompt ({int(inputs.min()):,}), "
@@ -474,7 +480,7 @@ def _speculation(sec: Section, model: ModelConfig) -> Speculation:
     return Speculation(method, tokens, acceptance, draft)
 
 
-def _disaggregation(sec: Section) -> tuple[tuple[int, int], tuple[int, int], str] | None:
+def _disaggregation(sec: Section, limit: int) -> tuple[tuple[int, int], tuple[int, int], str] | None:
     """(tp, instances) of the prefill and of the decode instances and the KV link's name, or None (one
     aggregated instance)."""
     if not sec.has("disaggregation"):
@@ -489,8 +495,8 @@ def _disaggregation(sec: Section) -> tuple[tuple[int, int], tuple[int, int], str
         k = d.section(kind, {})
         _only(k, ("tp", "instances"))
         tp = k.integer("tp", 1, minimum=1)
-        if tp > 64:
-            raise k.error("tp", f"expected a tensor-parallel size up to 64, got {tp}")
+        if tp > limit:
+            raise k.error("tp", f"expected a tensor-parallel size up to {limit}, got {tp}")
         out.append((tp, int(k.number("instances", 1, minimum=1, maximum=1024, integer=True))))
         k.done()
     link = d.string("link", "auto", choices=("auto", "nvlink", "network"))
@@ -555,16 +561,17 @@ def checked_iteration(model: ModelConfig, chip: Chip, system: System | None, tp:
                          f"{' or '.join(d for d in KV_DTYPES if chip.peak_flops_per_s.get(d, 0) > 0)}",
                          key="kv_cache_dtype")
 
-    node = system if system is not None and tp <= system.gpus_per_node else None
+    node = system if system is not None and (tp <= system.gpus_per_node or dp_attention) else None
     if tp > 1 and node is None:
         try:
             node = system_for(chip.name, tp)
         except InputError as exc:
             raise InputError(f"tp {tp} needs a node of {chip.name} for its all-reduces: {exc.message}",
                              key="tp") from None
-    if node is not None and tp > node.gpus_per_node:
+    if node is not None and tp > (node.world if dp_attention else node.gpus_per_node):
         raise InputError(f"tensor parallelism runs inside one node: {node.gpus_per_node} {chip.name} GPUs "
-                         f"({node.name}), got tp {tp}", key="tp")
+                         f"({node.name}), got tp {tp}" if not dp_attention else
+                         f"{node.name} has {node.world} GPUs, got an expert-parallel group of {tp}", key="tp")
     try:
         iteration = IterationModel(model, chip, quant, profile, tp=tp, kv_dtype=kv_dtype, system=node,
                                    dp_attention=dp_attention, speculation=speculation)

@@ -75,6 +75,14 @@ def _offset(progress: Callable[[int, int], None] | None, done: int,
     return lambda finished, _: progress(done + finished, total)
 
 
+def _instance(model: IterationModel, arrivals: Arrivals, progress: Callable[[int, int], None] | None,
+              log: bool = False) -> ServingTrace:
+    """One engine instance's run: its data-parallel attention ranks, or one scheduler."""
+    if model.dp_attention:
+        return simulate_dp_ranks(model, arrivals, progress, log=log)
+    return simulate_serving(model, arrivals, progress, log=log)
+
+
 def simulate_disaggregated(spec: Disaggregation, arrivals: Arrivals,
                            progress: Callable[[int, int], None] | None = None, log: bool = False) -> ServingTrace:
     """Serve an open stream of `arrivals` on `spec`'s instances (see the module notes). The trace's
@@ -91,7 +99,7 @@ def simulate_disaggregated(spec: Disaggregation, arrivals: Arrivals,
     prefill_traces = []
     for _, mine in _deal(count, spec.prefill_instances):
         part = _share(mine, lambda i: (lengths[i][0], 1), arrivals.times, shared_prefix=arrivals.shared_prefix)
-        trace = simulate_serving(spec.prefill, part, _offset(progress, done_before, total))
+        trace = _instance(spec.prefill, part, _offset(progress, done_before, total))
         done_before += len(mine)
         for r in trace.requests:
             first[mine[r.id]] = r.first_token_s
@@ -103,7 +111,7 @@ def simulate_disaggregated(spec: Disaggregation, arrivals: Arrivals,
     decode_traces = []
     for k, mine in _deal(count, spec.decode_instances):
         part = _share(mine, lengths.__getitem__, ready, prefilled=True)
-        trace = simulate_serving(spec.decode, part, _offset(progress, done_before, total), log=log and k == 0)
+        trace = _instance(spec.decode, part, _offset(progress, done_before, total), log=log and k == 0)
         done_before += len(mine)
         for r in trace.requests:
             i = mine[r.id]
@@ -168,7 +176,8 @@ def simulate_dp_ranks(model: IterationModel, arrivals: Arrivals,
                             shared_prefix=arrivals.shared_prefix)
         else:
             assert arrivals.times is not None
-            part = _share(mine, lengths, arrivals.times, shared_prefix=arrivals.shared_prefix)
+            part = _share(mine, lengths, arrivals.times, shared_prefix=arrivals.shared_prefix,
+                          prefilled=arrivals.prefilled)
         trace = simulate_serving(model, part, _offset(progress, done, arrivals.count), log=log and not traces)
         done += len(mine)
         for r in trace.requests:

@@ -76,10 +76,10 @@ class IterationModel:
     def __init__(self, model: ModelConfig, chip: Chip, quant: Quantization, profile: EngineProfile, *,
                  tp: int = 1, kv_dtype: str = "bf16", system: System | None = None,
                  dp_attention: bool = False, speculation: Speculation | None = None) -> None:
-        if dp_attention and (not model.is_moe or tp < 2 or model.experts % tp):
+        if dp_attention and (not model.is_moe or tp < 2):
             raise InputError(f"data-parallel attention splits an MoE model's experts over its {tp} GPUs: it needs "
-                             f"an MoE model with experts divisible by tp ({model.model_id}: {model.experts or 'no'} "
-                             f"experts)", key="dp_attention")
+                             f"an MoE model and tp of 2 or more ({model.model_id}: {model.experts or 'no'} experts)",
+                             key="dp_attention")
         if model.heads % tp and not dp_attention:
             raise InputError(f"{model.model_id}'s {model.heads} heads are not divisible by tp {tp}", key="tp")
         if not chip.peak_flops_per_s.get(quant.gemm_dtype):
@@ -98,6 +98,7 @@ class IterationModel:
         self.attn_tp = 1 if dp_attention else tp
         self.heads = model.heads // self.attn_tp
         self.kv_heads = max(1, model.kv_heads // self.attn_tp)  # replicated when tp > kv_heads
+        self.local_experts = -(-model.experts // tp) if dp_attention else model.experts  # whole experts a GPU holds
         self._layer_cache: dict[tuple[int, bool], list[Part]] = {}
         self._attn_cache: dict[tuple[int, int, int, bool], list[Part]] = {}
         self._head_cache: dict[tuple[int, int], list[Part]] = {}
@@ -140,6 +141,10 @@ class IterationModel:
         dense = sum(m.layer_params(i)[0] for i in range(m.layers))
         expert = sum(m.layer_params(i)[1] for i in range(m.layers))
         other = m.embedding_params() + m.head_params()
+        # the routed experts: split over the tp GPUs (expert tensor parallelism), or with data-parallel
+        # attention whole experts, ceil(experts / tp) a GPU (the rest redundant copies of the busiest, as
+        # DeepSeek's EPLB places 288 on EP144)
+        expert_share = self.local_experts / m.experts if self.dp_attention else 1 / self.tp
         if self._draft_layers:  # an MTP module is a block of the last layer's shape; EAGLE's head a dense layer
             mtp = self.speculation is not None and self.speculation.method == "mtp"
             extra = m.layer_params(m.layers - 1) if mtp else (m.attn_params() + m.mlp_params(m.ffn), 0)
@@ -147,7 +152,7 @@ class IterationModel:
             expert += self._draft_layers * extra[1]
         drafter = self.draft.weight_bytes if self.draft is not None else 0.0
         return ((dense * self.quant.weight_bytes + other * 2.0) / self.attn_tp
-                + expert * self.quant.weight_bytes / self.tp + drafter)
+                + expert * self.quant.weight_bytes * expert_share + drafter)
 
     def kv_capacity_tokens(self) -> int:
         """Tokens the KV cache holds: the memory left after weights and a reserve, times the engine's
@@ -259,15 +264,14 @@ class IterationModel:
         # GPU holds experts/tp whole experts and receives its share of every GPU's tokens
         ep = self.tp if self.dp_attention else 1
         width = m.expert_ffn // (1 if self.dp_attention else self.tp)
-        local, routed = m.experts // ep, t * ep  # this GPU's experts, and the tokens routed among them all
+        local, routed = self.local_experts, t * ep  # this GPU's experts, and the tokens routed among them all
         # the experts the tokens route to (each picks `topk` of them, uniformly: the expected number of
         # distinct ones): a decode batch of a few tokens reads only those experts' weights
         active = max(1, min(local, round(local * (1 - (1 - m.topk / m.experts) ** routed))))
         per_expert = max(1, math.ceil(routed * m.topk / ep / active))
         self._gemm(b, "router", t, m.d_model, m.experts, quantized=False)
-        exchange = t * m.topk * m.d_model * 2  # each token's copies to its experts' GPUs (bf16)
         if ep > 1:
-            b.add("all_to_all", "moe_dispatch", "bf16", [], bytes=exchange, group=ep)
+            self._ep_exchange(b, "moe_dispatch", t, to_experts=True)
         gate_up = 2 * width if m.gated else width
         b.add("gemm", "experts_gate_up", self.quant.gemm_dtype, [], m=per_expert, n=gate_up, k=m.d_model,
               batch=active, attrs={"grouped": True})
@@ -275,11 +279,33 @@ class IterationModel:
         b.add("gemm", "experts_down", self.quant.gemm_dtype, [], m=per_expert, n=m.d_model, k=width,
               batch=active, attrs={"grouped": True})
         if ep > 1:
-            b.add("all_to_all", "moe_combine", "bf16", [], bytes=exchange, group=ep)
+            self._ep_exchange(b, "moe_combine", t, to_experts=False)
         if m.shared_experts:
             shared = m.shared_experts * m.expert_ffn // self.attn_tp
             self._gemm(b, "shared_gate_up", t, m.d_model, 2 * shared)
             self._gemm(b, "shared_down", t, shared, m.d_model)
+
+    def _ep_exchange(self, b: WorkloadBuilder, name: str, tokens: int, *, to_experts: bool) -> None:
+        """One all-to-all of an expert-parallel MoE layer, as DeepEP runs it (SGLang's and DeepSeek's
+        wide EP): each token's copies to its experts' GPUs inside a node; over several nodes a token
+        crosses the network once per node holding any of its experts (at most `route_nodes` with
+        node-limited routing), to the same local rank there, and is forwarded over NVLink. The
+        dispatch moves fp8 values with 1x128 scales into FP8 experts, the combine bf16."""
+        m = self.model
+        fp8 = to_experts and self.quant.gemm_dtype == "fp8"
+        width = m.d_model * ((1 + 4 / 128) if fp8 else 2.0)
+        copies = tokens * m.topk * width
+        gpn = self.system.gpus_per_node if self.system is not None else self.tp
+        if self.tp <= gpn or self.tp % gpn:
+            b.add("all_to_all", name, "bf16", [], bytes=copies, group=self.tp)
+            return
+        nodes = self.tp // gpn
+        reach = min(nodes, m.route_nodes or nodes)
+        per_token = reach * (1 - (1 - 1 / reach) ** m.topk)  # expected nodes a token's experts lie on
+        inter = (f"{name}_rdma", tokens * per_token * width, nodes, {"stride": gpn})
+        intra = (f"{name}_nvlink", copies, gpn, {"stride": 1})
+        for label, nbytes, group, attrs in ((inter, intra) if to_experts else (intra, inter)):
+            b.add("all_to_all", label, "bf16", [], bytes=nbytes, group=group, attrs=attrs)
 
     def _attention(self, batch: int, seq_q: int, seq_kv: int, decode: bool = False) -> list[Part]:
         """`batch` sequences of `seq_q` query tokens each over `seq_kv` keys: a prefill chunk, or a

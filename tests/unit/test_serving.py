@@ -448,3 +448,62 @@ def test_data_parallel_attention_splits_only_the_experts() -> None:
     assert a["requests"] == b["requests"] == 64 and b["gpus"] == 2 and b["dp_attention"]
     assert b["batch_mean"] < 0.75 * a["batch_mean"]  # each rank schedules half the clients
     assert run_serving(dp).summary == b  # the ranks' seeds are fixed: the same numbers
+
+
+def test_expert_parallelism_spans_nodes_with_data_parallel_attention() -> None:
+    """Wide EP (DeepSeek decodes on 144 GPUs, SGLang's large-scale EP): with dp_attention the group
+    spans a cluster's nodes, each GPU holding ceil(experts / GPUs) whole experts (the rest redundant
+    copies), its tokens dispatched over the network; without it, tensor parallelism stays in a node."""
+    common: dict[str, Any] = {"model": "qwen3-30b-a3b", "chip": "h100_sxm", "dp_attention": True, "requests": 96,
+                              "lengths": {"input": 512, "output": 32}, "arrival": {"process": "closed", "concurrency": 48}}
+    node, wide = _setup(tp=8, **common), _setup(tp=24, **common)
+    assert wide.system is not None and wide.system.world >= 24 and wide.system.gpus_per_node == 8
+    assert wide.iteration.local_experts == 6 and node.iteration.local_experts == 16  # 128 experts: 128 / 24 -> 6
+    assert wide.iteration.weight_bytes < node.iteration.weight_bytes
+    summary = run_serving(wide).summary
+    assert summary["requests"] == 96 and summary["gpus"] == 24 and summary["tpot_mean_s"] > 0
+    for over, key in (({"tp": 24, "dp_attention": False}, "serving.tp"),  # tensor parallelism: one node
+                      ({"tp": 16, "system": "dgx_h100"}, "serving.tp"),  # 8 GPUs
+                      ({"tp": 2000}, "serving.tp")):
+        with pytest.raises(InputError) as info:
+            _setup(**{**common, **over})
+        assert info.value.key == key, info.value
+
+
+def test_disaggregated_instances_with_data_parallel_attention() -> None:
+    """DeepSeek's layout in small: prefill and decode instances each an expert-parallel group with
+    data-parallel attention, every request's KV cache crossing between them."""
+    setup = _setup(model="qwen3-30b-a3b", chip="h100_sxm", dp_attention=True, requests=64,
+                   disaggregation={"prefill": {"tp": 4}, "decode": {"tp": 8}},
+                   arrival={"process": "poisson", "rate": 20}, lengths={"input": 1024, "output": 64})
+    assert setup.disagg is not None and setup.disagg.prefill.dp_attention and setup.disagg.decode.dp_attention
+    run = run_serving(setup)
+    assert run.summary["requests"] == 64 and run.summary["gpus"] == 12
+    frame = run.requests_frame()
+    assert frame["first_token_s"].notna().all() and (frame["finish_s"] > frame["first_token_s"]).all()
+
+
+def test_a_wide_expert_exchange_crosses_the_network_once_per_node() -> None:
+    """DeepEP's exchange over 4 nodes: a token's 8 expert copies cross the network once per node that
+    holds any of them (at most DeepSeek-V3's route_nodes = 4), so node-limited routing moves fewer
+    bytes than sending every copy; inside one node every copy goes to its expert's GPU."""
+    from dataclasses import replace
+
+    from chipsim.hardware.registry import load_chip
+    from chipsim.models import load_model
+    from chipsim.network.system import system_for
+    from chipsim.serving.iteration import IterationModel
+    from chipsim.serving.profiles import engine_profile
+    from chipsim.serving.quant import quantization
+
+    v3 = load_model("deepseek-v3")
+    assert v3.route_nodes == 4
+
+    def prefill_s(model: Any, gpus: int) -> float:
+        engine = IterationModel(model, load_chip("h800"), quantization("fp8"), engine_profile("sglang"), tp=gpus,
+                                system=system_for("h800", gpus), dp_attention=True)
+        return engine.step([(4096, 4096)], 0, 0, 1).gpu_seconds
+
+    anywhere = replace(v3, route_nodes=0)
+    assert prefill_s(v3, 64) < 0.9 * prefill_s(anywhere, 64)  # 8 nodes: a token reaches at most 4 of them
+    assert prefill_s(v3, 8) == prefill_s(anywhere, 8)  # one node: nothing crosses the network
