@@ -120,6 +120,12 @@ class ModelConfig:
     def gated(self) -> bool:
         return self.activation in GATED
 
+    def nodes_reached(self, nodes: int) -> float:
+        """Expected nodes a token's `topk` experts lie on when the experts spread over `nodes` (at most
+        `route_nodes` with node-limited routing): what a token's copies cost the network under DeepEP."""
+        reach = min(nodes, self.route_nodes or nodes)
+        return reach * (1 - (1 - 1 / reach) ** self.topk)
+
     def is_moe_layer(self, layer: int) -> bool:
         if not self.is_moe or layer < self.first_dense_layers:
             return False

@@ -453,11 +453,9 @@ def _speculation(sec: Section, model: ModelConfig) -> Speculation:
 
     spec = sec.section("speculative")
     _only(spec, ("method", "tokens", "acceptance", "model"))
-    method = spec.string("method", choices=METHODS)
-    if method == "mtp" and not model.mtp_depth:
-        raise spec.error("method", f"{model.model_id} has no multi-token-prediction module (mtp_depth 0); expected "
-                                   f"eagle or draft")
-    tokens = spec.integer("tokens", model.mtp_depth, minimum=1) if method == "mtp" else spec.integer("tokens", minimum=1)
+    method = spec.string("method", choices=METHODS)  # mtp on a model without MTP modules: IterationModel says so
+    tokens = spec.integer("tokens", max(1, model.mtp_depth), minimum=1) if method == "mtp" else \
+        spec.integer("tokens", minimum=1)
     if tokens > MAX_TOKENS:
         raise spec.error("tokens", f"expected at most {MAX_TOKENS} drafted tokens per step, got {tokens}")
     if method != "mtp" and not spec.has("acceptance"):

@@ -37,7 +37,7 @@ from chipsim.serving.profiles import EngineProfile
 from chipsim.serving.quant import Quantization
 from chipsim.serving.speculative import Speculation
 from chipsim.workload.graph import WorkloadBuilder
-from chipsim.workload.kinds import DTYPE_BYTES
+from chipsim.workload.kinds import BLOCK_SCALE_VALUES, DTYPE_BYTES
 
 # (seconds the clock does not stretch, compute s, compute J, memory J, host dispatch s when launched eagerly)
 Part = tuple[float, float, float, float, float]
@@ -293,16 +293,14 @@ class IterationModel:
         dispatch moves fp8 values with 1x128 scales into FP8 experts, the combine bf16."""
         m = self.model
         fp8 = to_experts and self.quant.gemm_dtype == "fp8"
-        width = m.d_model * ((1 + 4 / 128) if fp8 else 2.0)
+        width = m.d_model * ((1 + 4 / BLOCK_SCALE_VALUES) if fp8 else 2.0)
         copies = tokens * m.topk * width
         gpn = self.system.gpus_per_node if self.system is not None else self.tp
         if self.tp <= gpn or self.tp % gpn:
             b.add("all_to_all", name, "bf16", [], bytes=copies, group=self.tp)
             return
         nodes = self.tp // gpn
-        reach = min(nodes, m.route_nodes or nodes)
-        per_token = reach * (1 - (1 - 1 / reach) ** m.topk)  # expected nodes a token's experts lie on
-        inter = (f"{name}_rdma", tokens * per_token * width, nodes, {"stride": gpn})
+        inter = (f"{name}_rdma", tokens * m.nodes_reached(nodes) * width, nodes, {"stride": gpn})
         intra = (f"{name}_nvlink", copies, gpn, {"stride": 1})
         for label, nbytes, group, attrs in ((inter, intra) if to_experts else (intra, inter)):
             b.add("all_to_all", label, "bf16", [], bytes=nbytes, group=group, attrs=attrs)

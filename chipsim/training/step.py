@@ -41,10 +41,9 @@ from chipsim.network.system import System
 from chipsim.report.result import Result
 from chipsim.vocab import TRAINING_PRECISIONS
 from chipsim.workload.graph import WorkloadBuilder, make_op
+from chipsim.workload.kinds import BLOCK_SCALE_VALUES  # fp8_block: the cast writes the scales beside its data
 
 PRECISIONS = TRAINING_PRECISIONS  # the block linears' GEMM format (see chipsim.vocab)
-# fp8_block: one fp32 scale per 128 values, written by the cast beside its fp8 data
-BLOCK_SCALE_VALUES = 128
 # bytes of an activation or gradient value exchanged between ranks (bf16)
 ACT_BYTES = 2
 # Megatron's distributed optimizer reduces bf16 gradients (grad_reduce_in_fp32 off, NeMo's default)
@@ -282,9 +281,7 @@ class _PieceBuilder:
         if lay.ep <= gpn or lay.ep % gpn:
             return self._collective("all_to_all", name, copies, lay.ep, {**self.ep_group, **attrs}, dep, "ep")
         nodes = lay.ep // gpn
-        reach = min(nodes, m.route_nodes or nodes)
-        per_token = reach * (1 - (1 - 1 / reach) ** m.topk)  # expected nodes a token's experts lie on
-        network = tokens * per_token * width * lay.moe_imbalance
+        network = tokens * m.nodes_reached(nodes) * width * lay.moe_imbalance
         inter = ("all_to_all", f"{name}.rdma", network, nodes, {"stride": gpn, **attrs})
         intra = ("all_to_all", f"{name}.nvlink", copies, gpn, {"stride": 1})
         for kind, label, nbytes, group, group_attrs in ((inter, intra) if to_experts else (intra, inter)):

@@ -20,6 +20,8 @@ from chipsim.vocab import ALGORITHMS, ATTENTION_BACKENDS, NORM_TYPES
 from chipsim.vocab import COLLECTIVE_KINDS as COLLECTIVE_KINDS  # re-exported: the kinds the network costs
 from chipsim.workload.comm import MAX_GROUP, communicator
 
+# fp8 with block scales (DeepSeek-V3's recipe, DeepEP's fp8 dispatch): one fp32 scale per 128 values
+BLOCK_SCALE_VALUES = 128
 DTYPE_BYTES: dict[str, float] = {
     "fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1, "int4": 0.5, "int32": 4,
     "fp6": 0.75, "fp4": 0.5,
