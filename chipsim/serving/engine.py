@@ -217,7 +217,7 @@ def simulate_serving(model: IterationModel, arrivals: Arrivals,
     think = np.random.default_rng(arrivals.seed) if arrivals.think_s > 0 else None
     spec = model.speculation  # each decoding sequence verifies spec.tokens drafted tokens and the next one
     verify = model.decode_tokens  # tokens of the budget (and KV slots) a decoding sequence takes
-    drafts = np.random.default_rng([arrivals.seed, 7]) if spec is not None else None
+    drafts = np.random.default_rng([arrivals.seed, 7])  # the drafted tokens accepted, sequence by step
     decode_steps = decode_emitted = 0
 
     def admissible(r: Request, batch: int) -> bool:
@@ -410,15 +410,13 @@ def simulate_serving(model: IterationModel, arrivals: Arrivals,
         if steps is not None:
             steps.append(now, end, sum(c for _, c in prefill_reqs), len(prefill), len(decoding), used)
         done: list[Request] = []
-        emitted = accepted(drafts, len(decoding), spec) if drafts is not None and spec is not None else None
+        emitted = accepted(drafts, len(decoding), spec) if spec is not None else None
         for j, r in enumerate(decoding):
             n = 1 if emitted is None else min(int(emitted[j]), r.output_len - r.generated)
             r.cached += n
             r.generated += n
             if r.id >= warm:  # n tokens at once: n gaps of a 1/n share each, the rate the client sees
-                gap = (end - r.last_token_s) / n
-                for _ in range(n):
-                    itl.append(gap)
+                itl.extend([(end - r.last_token_s) / n] * n)
             decode_emitted += n
             r.last_token_s = end
             if r.generated >= r.output_len:

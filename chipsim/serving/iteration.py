@@ -124,14 +124,21 @@ class IterationModel:
             per_layer = (m.mla.kv_lora_rank + m.mla.qk_rope_head_dim) * DTYPE_BYTES[self.kv_dtype]
         else:
             per_layer = 2.0 * self.kv_heads * m.head_dim * DTYPE_BYTES[self.kv_dtype]
-        return per_layer * (m.layers + self._draft_layers) + (self.draft.kv_bytes_per_token if self.draft else 0.0)
+        return per_layer * (m.layers + self._draft_blocks) + (self.draft.kv_bytes_per_token if self.draft else 0.0)
 
     @property
-    def _draft_layers(self) -> int:
-        """Layers of the target's shape the drafter adds (an MTP module, or an EAGLE head), each with
-        its own KV cache and weights."""
+    def _draft_blocks(self) -> int:
+        """Blocks of the target's width the drafter adds, each with its own KV cache and weights: the
+        MTP modules, or an EAGLE head (a draft model is an IterationModel of its own)."""
         s = self.speculation
         return 0 if s is None or s.method == "draft" else (self.model.mtp_depth if s.method == "mtp" else 1)
+
+    @property
+    def _draft_block_moe(self) -> bool:
+        """Whether a drafting block is an MoE one: an MTP module has the last layer's shape (DeepSeek-V3's
+        is MoE); an EAGLE head is a dense decoder layer."""
+        s, m = self.speculation, self.model
+        return s is not None and s.method == "mtp" and m.is_moe_layer(m.layers - 1)
 
     @property
     def weight_bytes(self) -> float:
@@ -145,11 +152,10 @@ class IterationModel:
         # attention whole experts, ceil(experts / tp) a GPU (the rest redundant copies of the busiest, as
         # DeepSeek's EPLB places 288 on EP144)
         expert_share = self.local_experts / m.experts if self.dp_attention else 1 / self.tp
-        if self._draft_layers:  # an MTP module is a block of the last layer's shape; EAGLE's head a dense layer
-            mtp = self.speculation is not None and self.speculation.method == "mtp"
-            extra = m.layer_params(m.layers - 1) if mtp else (m.attn_params() + m.mlp_params(m.ffn), 0)
-            dense += self._draft_layers * extra[0]
-            expert += self._draft_layers * extra[1]
+        if self._draft_blocks:
+            extra = m.layer_params(m.layers - 1) if self._draft_block_moe else (m.attn_params() + m.mlp_params(m.ffn), 0)
+            dense += self._draft_blocks * extra[0]
+            expert += self._draft_blocks * extra[1]
         drafter = self.draft.weight_bytes if self.draft is not None else 0.0
         return ((dense * self.quant.weight_bytes + other * 2.0) / self.attn_tp
                 + expert * self.quant.weight_bytes * expert_share + drafter)
@@ -394,9 +400,7 @@ class IterationModel:
         if self.draft is not None:
             one = self.draft._model_parts(bucket(decode), (), decode, mean_ctx, decode)
         else:
-            m = self.model
-            moe = s.method == "mtp" and m.is_moe_layer(m.layers - 1)
-            one = (self._layer(bucket(decode), moe) + self._attention(decode, 1, max(1, mean_ctx))
+            one = (self._layer(bucket(decode), self._draft_block_moe) + self._attention(decode, 1, max(1, mean_ctx))
                    + self._head(bucket(decode), decode))
         k = s.tokens
         return [(o * k, c * k, ce * k, me * k, h * k) for o, c, ce, me, h in one]
