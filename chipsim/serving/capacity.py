@@ -122,15 +122,23 @@ def find_capacity(setup: ServingSetup, slo: Mapping[str, float], progress: Calla
         say(f"probe {len(probes)}: {rate:.4g} req/s: {figures}: {'meets' if not missed else 'misses'}")
         return not missed
 
-    if probe(saturation):
-        return Capacity(dict(slo), saturation, saturation, True, runs[saturation], probes)
+    rate = search_rate(saturation, probe, tolerance)
+    return Capacity(dict(slo), saturation, rate, rate == saturation, runs[rate] if rate is not None else None, probes)
+
+
+def search_rate(saturation: float, meets: Callable[[float], bool], tolerance: float = TOLERANCE) -> float | None:
+    """The highest rate up to `saturation` at which `meets` holds: `saturation` itself when it does
+    there, None when not even `saturation * FLOOR` does, else the low end of a log-space bisection
+    bracket narrowed to within `tolerance` (see the module notes)."""
+    if meets(saturation):
+        return saturation
     lo, hi = saturation * FLOOR, saturation
-    if not probe(lo):
-        return Capacity(dict(slo), saturation, None, False, None, probes)
+    if not meets(lo):
+        return None
     while hi / lo > 1 + tolerance:
         mid = math.sqrt(lo * hi)
-        if probe(mid):
+        if meets(mid):
             lo = mid
         else:
             hi = mid
-    return Capacity(dict(slo), saturation, lo, False, runs[lo], probes)
+    return lo

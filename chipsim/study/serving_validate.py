@@ -12,6 +12,11 @@ How a row's load is run:
 - `max load` / an infinite `request_rate`: every request there at once, the engine choosing its batch
   (`MAX_LOAD_REQUESTS` requests, or the count the row states: "200 prompts", "--num-prompts 50");
 - a finite `request_rate`: Poisson arrivals at that rate (`POISSON_REQUESTS`, or the row's count);
+- MLPerf's server scenario (a `server_*` metric, or a load that says "server", with no rate given):
+  Poisson arrivals at the highest rate whose run meets the scenario's p99 latency limits, as the
+  submitters tune it (`server_slo`: the limits the row states, else MLPerf's for its benchmark),
+  found by the capacity search's bisection (`chipsim.serving.capacity.search_rate`); its throughput
+  is that rate times the output length, its latencies those of the run at that rate;
 - static-batch rows (`prefill_time_batch`, `decode_step_time`, `first_token_latency`, and the
   per-GPU throughput of a fixed batch run to completion): that batch as one group, no new admissions.
 
@@ -151,6 +156,7 @@ class Scenario:
     rate: float = math.inf
     requests: int = 0  # the run's requests where the row states them ("200 prompts"), else 0: the default count
     settings: tuple[tuple[str, Any], ...] = ()  # engine settings the row's benchmark harness ran with
+    slo: tuple[tuple[str, float], ...] = ()  # a server-scenario row's latency limits (seconds)
 
     @property
     def replicas(self) -> int:
@@ -204,6 +210,40 @@ def request_count(row: Mapping[str, Any]) -> int:
     return 0
 
 
+# MLPerf Inference's server-scenario latency limits (99th percentiles, seconds) per benchmark model, for
+# rows that do not state them (mlcommons/inference loadgen/mlperf.conf: ttft_latency, tpot_latency,
+# target_latency; the interactive variants from v5.0)
+MLPERF_SERVER_SLO: dict[str, dict[str, float]] = {
+    "gptj-6b": {"e2e_p99": 20.0},
+    "llama2-70b": {"ttft_p99": 2.0, "tpot_p99": 0.2},
+    "llama2-70b-interactive": {"ttft_p99": 0.45, "tpot_p99": 0.04},
+    "mixtral-8x7b": {"ttft_p99": 2.0, "tpot_p99": 0.2},
+    "llama3.1-405b": {"ttft_p99": 6.0, "tpot_p99": 0.175},
+    "llama3.1-405b-interactive": {"ttft_p99": 4.5, "tpot_p99": 0.08},
+    "llama3-8b": {"ttft_p99": 2.0, "tpot_p99": 0.1},  # Llama-3.1-8B (v5.1)
+    "llama3-8b-interactive": {"ttft_p99": 0.5, "tpot_p99": 0.03},
+    "deepseek-v3": {"ttft_p99": 2.0, "tpot_p99": 0.08},  # DeepSeek-R1 (v5.1)
+    "deepseek-v3-interactive": {"ttft_p99": 1.5, "tpot_p99": 0.015},
+}
+_LIMIT = re.compile(r"\b(ttft|tpot|itl|latency|e2e)\s*(?:p(50|90|99)\b)?\s*(?:<=|≤|<)\s*([0-9]*\.?[0-9]+)\s*(ms|s)\b")
+
+
+def server_slo(row: Mapping[str, Any], model: str) -> tuple[tuple[str, float], ...]:
+    """The latency limits of a server-scenario row: those its load or notes state ("TTFT p99 <= 2 s,
+    TPOT p99 <= 200 ms"; a bare "latency" is the whole request's), else MLPerf's for its model
+    (`MLPERF_SERVER_SLO`; the interactive variant where the row says "interactive")."""
+    text = " ".join(str(row[k]) for k in ("batch_or_concurrency", "notes") if _present(row, k)).lower()
+    stated = {f"{'e2e' if name in ('latency', 'e2e') else name}_p{pct or '99'}":
+              float(value) * (1e-3 if unit == "ms" else 1.0) for name, pct, value, unit in _LIMIT.findall(text)}
+    if stated:
+        return tuple(sorted(stated.items()))
+    known = MLPERF_SERVER_SLO.get(f"{model}-interactive" if "interactive" in text else model)
+    if known is None:
+        raise Unsupported(f"server scenario: the row states no latency limits (e.g. 'TTFT p99 <= 2 s') and MLPerf "
+                          f"has none known for {model} (known: {', '.join(MLPERF_SERVER_SLO)})")
+    return tuple(sorted(known.items()))
+
+
 def scenario_for_row(row: Mapping[str, Any], chip_override: str | None = None) -> tuple[Scenario, str, str]:
     """The row's scenario, its metric family and statistic."""
     family, stat = parse_metric(str(row["metric_name"]))
@@ -215,13 +255,18 @@ def scenario_for_row(row: Mapping[str, Any], chip_override: str | None = None) -
     quant, kv = quantization_of(row)
     load_text = str(row.get("batch_or_concurrency") or "").strip().lower()
     rate_text = str(row.get("request_rate") or "").strip().lower() if _present(row, "request_rate") else ""
+    metric = str(row["metric_name"]).strip().lower()
+    server = (metric.startswith("server_") or load_text.startswith("server")) and not rate_text \
+        and not load_text.isdigit()
     static = family in ("prefill_time_batch", "decode_step_time") or (
         family == "ttft" and str(row["metric_name"]).strip().lower() == "first_token_latency") or (
         str(row["metric_name"]).strip().lower() == "output_throughput_per_gpu" and "static" in
         str(row.get("notes", "")).lower())
     if static:
         load, batch, rate = "static", _int(row, "batch_or_concurrency", 1), math.inf
-    elif load_text.startswith("max") or rate_text in ("inf", "infinity") or "offline" in str(row["metric_name"]):
+    elif server:
+        load, batch, rate = "server", 0, math.inf
+    elif load_text.startswith("max") or rate_text in ("inf", "infinity") or "offline" in metric:
         load, batch, rate = "max", 0, math.inf
     elif rate_text and not rate_text.startswith("closed"):
         try:
@@ -231,11 +276,11 @@ def scenario_for_row(row: Mapping[str, Any], chip_override: str | None = None) -
         load, batch = "poisson", 0
     else:
         load, batch, rate = "closed", _int(row, "batch_or_concurrency"), math.inf
-    profile, input_len = profile_of(str(row["engine"])), _int(row, "input_len")
-    scenario = Scenario(model_id_of(str(row["model"])), chip, tp, gpus, profile, quant, kv, input_len,
-                        _int(row, "output_len"), load, batch, rate,
-                        request_count(row) if load in ("max", "poisson") else 0,
-                        harness_settings(row, profile, input_len) if load != "static" else ())
+    profile, input_len, model = profile_of(str(row["engine"])), _int(row, "input_len"), model_id_of(str(row["model"]))
+    scenario = Scenario(model, chip, tp, gpus, profile, quant, kv, input_len, _int(row, "output_len"), load, batch,
+                        rate, request_count(row) if load in ("max", "poisson", "server") else 0,
+                        harness_settings(row, profile, input_len) if load != "static" else (),
+                        server_slo(row, model) if load == "server" else ())
     return scenario, family, stat
 
 
@@ -288,11 +333,38 @@ def simulate_scenario(s: Scenario, cache: dict[Any, Any]) -> dict[str, Any]:
     elif s.load == "poisson":
         n = max(1, -(-s.requests // s.replicas)) if s.requests else POISSON_REQUESTS
         arrivals = Arrivals(lengths, count=n, times=poisson_times(s.rate / s.replicas, n, SEED))
+    elif s.load == "server":
+        cache[key] = result = _server(s, model, cache)
+        return result
     else:
         arrivals = Arrivals(lengths, count=max(1, b), times=[0.0] * max(1, b))
     result.update(summarize(simulate_serving(model, arrivals), s.tp))
     cache[key] = result
     return result
+
+
+def _server(s: Scenario, model: Any, cache: dict[Any, Any]) -> dict[str, Any]:
+    """A server-scenario row on one replica: the highest Poisson rate whose run meets the row's p99
+    latency limits (bisection between the saturation rate of a burst and a thousandth of it), and
+    that run's summary with the rate's throughput."""
+    from chipsim.serving.capacity import search_rate, violations
+    from chipsim.serving.engine import Arrivals, poisson_times, simulate_serving
+    from chipsim.serving.metrics import summarize
+
+    saturation = float(simulate_scenario(replace(s, load="max", slo=()), cache)["requests_per_s"])
+    n = max(1, -(-s.requests // s.replicas)) if s.requests else POISSON_REQUESTS
+    slo, runs = dict(s.slo), {}
+
+    def meets(rate: float) -> bool:
+        arrivals = Arrivals(lambda _: (s.input_len, s.output_len), count=n, times=poisson_times(rate, n, SEED))
+        runs[rate] = summarize(simulate_serving(model, arrivals), s.tp)
+        return not violations(runs[rate], slo)
+
+    rate = search_rate(saturation, meets)
+    if rate is None:
+        raise Unsupported(f"server scenario: not even {min(runs):.3g} req/s meets its limits: "
+                          f"{'; '.join(violations(runs[min(runs)], slo))}")
+    return {**runs[rate], "requests_per_s": rate, "output_tokens_per_s": rate * s.output_len}
 
 
 def _value(s: Scenario, family: str, stat: str, metric: str, unit: str, cache: dict[Any, Any]) -> float:

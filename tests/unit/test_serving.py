@@ -15,7 +15,7 @@ import yaml
 
 from chipsim.config.runconfig import load_run_config, parse_run_config
 from chipsim.errors import InputError
-from chipsim.serving.capacity import find_capacity, parse_slo, violations
+from chipsim.serving.capacity import FLOOR, find_capacity, parse_slo, search_rate, violations
 from chipsim.serving.config import ServingSetup, resolve_serving
 from chipsim.serving.run import run_serving
 
@@ -347,6 +347,19 @@ def test_find_capacity_returns_a_rate_that_meets_the_slo_and_1_3x_does_not() -> 
     assert not find_capacity(setup, parse_slo("ttft_p99=1ms")).rate  # unattainable: no rate
     loose = find_capacity(setup, parse_slo("e2e_p99=1000s"))
     assert loose.throughput_bound and loose.rate == loose.saturation_rate
+
+
+def test_search_rate_brackets_the_highest_rate_that_holds() -> None:
+    tried: list[float] = []
+
+    def meets(rate: float) -> bool:
+        tried.append(rate)
+        return rate <= 3.7
+
+    found = search_rate(10.0, meets)
+    assert found is not None and 3.7 / 1.02 <= found <= 3.7 and len(tried) < 12
+    assert search_rate(10.0, lambda r: True) == 10.0
+    assert search_rate(10.0, lambda r: r < 10.0 * FLOOR) is None
 
 
 # ---------------------------------------------------------------- CLI

@@ -16,6 +16,8 @@ from chipsim.study.serving_validate import (
     predict_row,
     quantization_of,
     request_count,
+    scenario_for_row,
+    server_slo,
     validate_serving,
 )
 
@@ -132,3 +134,38 @@ def test_aiconfigurator_rows_run_the_engine_as_its_harness_configured_it() -> No
     spread, _ = predict_row(aic, {})
     waves, _ = predict_row({**aic, "source": "another benchmark"}, {})
     assert spread < 0.7 * waves  # 32 prompts of 1,024 tokens no longer queue for one 8,192-token budget
+
+
+def test_server_scenario_limits_come_from_the_row_else_from_mlperf() -> None:
+    stated = {"batch_or_concurrency": "server (Poisson, TTFT p99 <= 450 ms, TPOT p99 <= 40 ms)", "notes": ""}
+    assert dict(server_slo(stated, "llama2-70b")) == {"ttft_p99": 0.45, "tpot_p99": 0.04}
+    assert dict(server_slo({"batch_or_concurrency": "server (latency p99 <= 20 s)"}, "gptj-6b")) == {"e2e_p99": 20.0}
+    assert dict(server_slo({"batch_or_concurrency": "server"}, "llama2-70b")) == {"ttft_p99": 2.0, "tpot_p99": 0.2}
+    assert dict(server_slo({"batch_or_concurrency": "server", "notes": "interactive"}, "llama2-70b")) == \
+        {"ttft_p99": 0.45, "tpot_p99": 0.04}
+    with pytest.raises(Unsupported, match="no latency limits"):
+        server_slo({"batch_or_concurrency": "server"}, "qwen3-30b-a3b")
+
+
+def test_server_rows_run_at_the_highest_rate_meeting_their_limits() -> None:
+    """MLPerf's server scenario: Poisson arrivals at the rate the submitter tuned to just meet the p99
+    limits. Offline (every sample at once) bounds it; a tighter limit lowers it; its p99 latencies
+    sit within the limits."""
+    base = _row(engine="trtllm", model="Llama-2-70B", gpu="H200", tp=1, gpus=8, precision="FP8", input_len=512,
+                output_len=256, request_rate=float("nan"), unit="tokens/s", notes="")
+    offline = {**base, "batch_or_concurrency": "offline", "metric_name": "offline_tokens_per_s"}
+    loose = {**base, "batch_or_concurrency": "server", "metric_name": "server_tokens_per_s"}
+    tight = {**loose, "batch_or_concurrency": "server (TTFT p99 <= 450 ms, TPOT p99 <= 25 ms)"}
+    assert scenario_for_row(loose)[0].load == "server" and scenario_for_row(offline)[0].load == "max"
+    cache: dict = {}
+    values = {name: predict_row(row, cache)[0] for name, row in
+              (("offline", offline), ("loose", loose), ("tight", tight))}
+    assert values["tight"] < 0.8 * values["loose"] <= 0.8 * values["offline"] * 1.001
+    s = scenario_for_row(tight)[0]
+    run = cache[("run", s)]
+    assert run["tpot_p99_s"] <= 0.025 and run["ttft_p99_s"] <= 0.45
+    assert values["tight"] == pytest.approx(8 * run["requests_per_s"] * 256)  # the rate's tokens, 8 replicas
+    ttft, family = predict_row({**tight, "metric_name": "server_ttft_p99", "unit": "ms"}, cache)
+    assert family == "ttft" and ttft == pytest.approx(run["ttft_p99_s"] * 1e3)
+    with pytest.raises(Unsupported, match="not even"):
+        predict_row({**loose, "batch_or_concurrency": "server (TPOT p99 <= 1 ms)"}, {})
