@@ -89,7 +89,7 @@ STEP_PRECISION: dict[str, dict[str, Any]] = {
 FAMILIES = {
     "gemm": "gemm", "memory": "memory", "elementwise": "elementwise", "attention": "attention",
     "all_reduce": "collective", "all_gather": "collective", "reduce_scatter": "collective",
-    "compressed_all_reduce": "collective", "dynamic_attention": "layer",
+    "all_to_all": "collective", "p2p": "collective", "compressed_all_reduce": "collective", "dynamic_attention": "layer",
     "train_step": "model_step", "prefill_step": "model_step", "decode_step": "model_step",
     "grouped_gemm": "gemm", "moe_train_step": "model_step",
 }
@@ -300,6 +300,19 @@ def _collective(row: Mapping[str, Any]) -> Workload:
     return single_op(str(row["op"]), str(row["dtype"]), attrs, bytes=_number(row, "bytes"), group=_int(row, "world"))
 
 
+P2P_VARIANTS = {"send_recv_oneway": False, "send_recv_bidir": True}  # variant -> both ways at once
+
+
+def _p2p(row: Mapping[str, Any]) -> Workload:
+    """A point-to-point transfer of `bytes` between the world's first and last GPU: one way, or both
+    ways at once (batch_isend_irecv)."""
+    variant = str(row["variant"])
+    if variant not in P2P_VARIANTS:
+        raise Unsupported(f"p2p variant {variant!r} (known: {', '.join(P2P_VARIANTS)})")
+    return single_op("send_recv", str(row["dtype"]), {"bidirectional": P2P_VARIANTS[variant]},
+                     bytes=_number(row, "bytes"), group=_int(row, "world"))
+
+
 def _compressed(row: Mapping[str, Any]) -> Workload:
     scheme = "int8_compressed" if "int8" in str(row["variant"]) else "plain"
     return build_workload("all_reduce", {"chips": _int(row, "world"), "size": int(_number(row, "bytes")),
@@ -349,17 +362,24 @@ def _layout_int(row: Mapping[str, Any], key: str) -> int:
 
 def _parallel_layout(row: Mapping[str, Any], world: int) -> dict[str, Any]:
     """The parallel_train_step parameters of a train_step row with a parallel layout (columns tp, pp,
-    dp, micro_batches; a `tp_` variant or a note saying "blocks only" runs no embedding or LM head),
-    or {} for a plain (data-parallel) step."""
+    dp, micro_batches; a `tp_` variant or a note saying "blocks only" runs no embedding or LM head;
+    an `fsdp_` variant over dp > 1 GPUs shards as FSDP2, reducing in bf16 where the note says
+    "reduce bf16", else fp32), or {} for a plain (data-parallel) step."""
     tp, pp, dp, micro = (_layout_int(row, k) for k in ("tp", "pp", "dp", "micro_batches"))
-    blocks_only = str(row["variant"]).startswith("tp_") or "blocks only" in str(row.get("note") or "").lower()
-    if tp == pp == micro == 1 and not blocks_only:
+    note = str(row.get("note") or "").lower()
+    blocks_only = str(row["variant"]).startswith("tp_") or "blocks only" in note
+    fsdp = str(row["variant"]).startswith("fsdp") and world > 1
+    if tp == pp == micro == 1 and not blocks_only and not fsdp:
         return {}
     if world % (tp * pp):
         raise Unsupported(f"world ({world}) is not a multiple of tp x pp ({tp} x {pp})")
     if _present(row, "dp") and tp * pp * dp != world:
         raise Unsupported(f"tp x pp x dp ({tp} x {pp} x {dp}) is not the world ({world})")
-    return {"tp": tp, "pp": pp, "dp": world // (tp * pp), "micro_batches": micro, "blocks_only": blocks_only}
+    layout: dict[str, Any] = {"tp": tp, "pp": pp, "dp": world // (tp * pp), "micro_batches": micro,
+                              "blocks_only": blocks_only}
+    if fsdp:
+        layout.update(fsdp=True, grad_dtype="bf16" if re.search(r"reduce(_dtype)?[ =:]*(torch\.)?(bf16|bfloat16)", note) else "fp32")
+    return layout
 
 
 def _grouped_gemm(row: Mapping[str, Any]) -> Workload:
@@ -407,6 +427,7 @@ def _inference_step(row: Mapping[str, Any]) -> Workload:
 BUILDERS: dict[str, Callable[[Mapping[str, Any]], Workload]] = {
     "gemm": _gemm, "memory": _memory, "elementwise": _elementwise, "attention": _attention,
     "all_reduce": _collective, "all_gather": _collective, "reduce_scatter": _collective,
+    "all_to_all": _collective, "p2p": _p2p,
     "compressed_all_reduce": _compressed, "dynamic_attention": _dynamic_attention,
     "train_step": _train_step, "prefill_step": _inference_step, "decode_step": _inference_step,
     "grouped_gemm": _grouped_gemm, "moe_train_step": _moe_train_step,

@@ -289,3 +289,54 @@ def test_unknown_parallel_variants_say_why(rows: pd.DataFrame) -> None:
         case_for_row({**_row(rows, op="moe_train_step"), "dtype": "fp8_e4m3_linear"})
     with pytest.raises(Unsupported, match="not a multiple of ep"):
         case_for_row({**_row(rows, op="moe_train_step"), "ep": 4.0, "world": 2.0})
+
+
+# ---------------------------------------------------------------- FSDP2, all-to-all, point-to-point
+
+
+def test_fsdp_gathers_each_block_twice_and_reduce_scatters_its_gradients(h200: chipsim.Chip) -> None:
+    step = {**PIPE, "micro_batches": 1, "batch": 1}
+    one, t1 = _step_us("parallel_train_step", step, 1, h200)
+    ddp, t_ddp = _step_us("parallel_train_step", {**step, "dp": 2}, 2, h200)
+    fsdp, t_fsdp = _step_us("parallel_train_step", {**step, "dp": 2, "fsdp": True}, 2, h200)
+    gathers = [op for op in fsdp.ops if op.kind == "all_gather"]
+    scatters = [op for op in fsdp.ops if op.kind == "reduce_scatter"]
+    layers = 24  # llama-1.3b
+    assert len(gathers) == 2 * layers + 1 and len(scatters) == layers + 1  # the root once each way
+    assert not any(op.kind == "all_reduce" for op in fsdp.ops)
+    block = gathers[1].shape["bytes"]  # a block's bf16 shard
+    assert scatters[0].shape["bytes"] == pytest.approx(2 * 2 * block)  # its whole fp32 gradient, per rank
+    opt = next(op for op in fsdp.ops if op.kind == "optimizer")
+    assert opt.shape["params"] == pytest.approx(next(op for op in ddp.ops if op.kind == "optimizer").shape["params"] / 2,
+                                                rel=1e-3)
+    assert fsdp.memory["optimizer_state"] == pytest.approx(ddp.memory["optimizer_state"] / 2)
+    # the gathers overlap the compute, but their copies and the bandwidth they take do not vanish
+    assert t1 < t_ddp < t_fsdp < 1.5 * t1
+    _, t_bf16 = _step_us("parallel_train_step", {**step, "dp": 2, "fsdp": True, "grad_dtype": "bf16"}, 2, h200)
+    assert t_bf16 <= t_fsdp
+    with pytest.raises(InputError, match="fsdp"):
+        build_workload("parallel_train_step", {**step, "dp": 2, "tp": 2, "fsdp": True})
+
+
+def test_all_to_all_and_point_to_point_rows_are_predicted(h200: chipsim.Chip) -> None:
+    base = {"dtype": "bf16", "launch": "eager", "world": 2, "bytes": float(2**30), "measured_us": 1.0}
+    a2a = _predict_row({**base, "op": "all_to_all", "variant": "nccl"}, h200)
+    one_way = _predict_row({**base, "op": "p2p", "variant": "send_recv_oneway"}, h200)
+    both = _predict_row({**base, "op": "p2p", "variant": "send_recv_bidir"}, h200)
+    link = h200.link.bandwidth_bytes_per_s
+    assert 2**30 / link * 1e6 < one_way < 2 * 2**30 / link * 1e6  # the whole buffer over NVLink
+    assert both == pytest.approx(one_way, rel=0.05)  # full duplex: both ways at once cost one way's time
+    assert a2a == pytest.approx(one_way / 2, rel=0.2)  # each rank keeps half its buffer
+    with pytest.raises(Unsupported, match="p2p variant"):
+        case_for_row({**base, "op": "p2p", "variant": "ring"})
+
+
+def test_fsdp_rows_shard_and_read_their_reduce_dtype() -> None:
+    from chipsim.study.validate import _parallel_layout
+
+    row = {"variant": "fsdp_llama-1.3b", "tp": 1, "pp": 1, "dp": 2, "micro_batches": 1,
+           "note": "fully_shard per block; MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=bf16)"}
+    assert _parallel_layout(row, 2) == {"tp": 1, "pp": 1, "dp": 2, "micro_batches": 1, "blocks_only": False,
+                                        "fsdp": True, "grad_dtype": "bf16"}
+    assert _parallel_layout({**row, "note": "reduce fp32"}, 2)["grad_dtype"] == "fp32"
+    assert _parallel_layout({**row, "dp": 1}, 1) == {}  # its one-GPU counterpart: a plain step

@@ -133,6 +133,9 @@ class ParallelTrainStepParams(TrainStepParams):
     bucket: str | int = param("25 MiB", "data-parallel gradient bucket size (PyTorch DDP's default)")
     grad_dtype: Literal["fp32", "bf16"] = param("fp32", "dtype gradients are all-reduced in (data parallel)")
     algorithm: Algorithm = param("auto", "all-reduce algorithm on a system (auto: the system's best fit)")
+    fsdp: bool = param(False, "FSDP2 (fully_shard on each block, then the root) instead of DDP: parameters sharded "
+                              "over the dp ranks, each block's all-gathered in bf16 before its forward and again "
+                              "before its backward, its gradients reduce-scattered (in grad_dtype) after it")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -141,6 +144,9 @@ class ParallelTrainStepParams(TrainStepParams):
         if self.batch % self.micro_batches:
             raise InputError(f"batch ({self.batch}) must be a multiple of micro_batches ({self.micro_batches})",
                              key="micro_batches")
+        if self.fsdp and (self.dp < 2 or self.tp > 1 or self.pp > 1):
+            raise InputError(f"fsdp shards over data-parallel ranks alone: it needs dp of 2 or more and tp = pp = 1 "
+                             f"(got dp {self.dp}, tp {self.tp}, pp {self.pp})", key="fsdp")
 
 
 @dataclass
@@ -169,14 +175,14 @@ def stage_layers(layers: int, pp: int) -> list[list[int]]:
 
 def _stage_params(full: ModelShape, local: ModelShape, stage: _Stage, p: ParallelTrainStepParams) -> float:
     """Parameters of one rank of the stage: its blocks' shards, plus the vocabulary-parallel
-    embedding (first stage) and LM head and final norm (last stage)."""
+    embedding (first stage) and LM head and final norm (last stage); under FSDP its 1/dp shard."""
     params = float(len(stage.layers) * local.block_params)
     if not p.blocks_only:
         if stage.first:
             params += full.vocab * full.d_model / p.tp
         if stage.last:
             params += full.vocab * full.d_model / p.tp + full.d_model
-    return params
+    return params / p.dp if p.fsdp else params
 
 
 class _PipelineEmitter:
@@ -196,6 +202,8 @@ class _PipelineEmitter:
             for s, layers in enumerate(stage_layers(full.layers, p.pp))]
         self.res = _residual_dtype(self.stages[0].lin)
         self.act_bytes = self.tokens * full.d_model * DTYPE_BYTES[self.res]  # what crosses a stage boundary
+        self._last_unshard: int | None = None  # FSDP: the last module's parameters copied out
+        self._root_params = 2.0 * full.vocab * full.d_model + full.d_model  # embedding, final norm, LM head
 
     def _p2p(self, name: str, src: int, dst: int, dep: int) -> int:
         """The activation (or its gradient) from stage `src` to stage `dst`: a send/recv on the fabric,
@@ -204,6 +212,29 @@ class _PipelineEmitter:
         low, high = sorted((src * stride, dst * stride))
         return self.b.add("send_recv", name, "bf16", [dep], device=dst, stream="p2p", bytes=float(self.act_bytes),
                           group=2, attrs={"ranks": [low, high]})
+
+    def _unshard(self, name: str, params: float, dep: int | None) -> int:
+        """FSDP2's unshard of a module before its forward or backward: the rank's shard cast to bf16 into
+        the all-gather buffer and all-gathered over the dp ranks on the comm stream, issued as soon as
+        the previous module's parameters are in place (one all-gather in flight ahead of the compute,
+        as FSDP2's implicit prefetch), then copied out into the module's parameters, which the compute
+        waits for."""
+        b, dp = self.b, self.p.dp
+        after = [self._last_unshard] if self._last_unshard is not None else []
+        copy_in = b.add("elementwise", f"{name}.fsdp_copy_in", "bf16", after, stream="comm", numel=params / dp,
+                        attrs={"op": "copy"})
+        gather = b.add("all_gather", f"{name}.fsdp_all_gather", "bf16", [copy_in], stream="comm",
+                       bytes=params / dp * 2.0, group=dp)
+        out = b.add("elementwise", f"{name}.fsdp_copy_out", "bf16", [d for d in (dep, gather) if d is not None],
+                    numel=params, attrs={"op": "copy"})
+        self._last_unshard = out
+        return out
+
+    def _reduce_scatter(self, name: str, params: float, grads: list[int]) -> int:
+        """FSDP2's gradient reduce-scatter of a module after its backward, on the comm stream."""
+        return self.b.add("reduce_scatter", f"{name}.fsdp_reduce_scatter", self.p.grad_dtype, grads, stream="comm",
+                          bytes=params * DTYPE_BYTES[self.p.grad_dtype], group=self.p.dp,
+                          attrs={"algorithm": self.p.algorithm})
 
     def forward(self, st: _Stage, mb: int) -> None:
         b, full, lin, t, d = self.b, self.full, st.lin, self.tokens, self.full.d_model
@@ -214,10 +245,13 @@ class _PipelineEmitter:
             x = self._p2p(f"act.s{st.index - 1}.mb{mb}", st.index - 1, st.index,
                           self.stages[st.index - 1].forward_out[mb])
         elif not self.p.blocks_only:
-            x = b.add("elementwise", f"mb{mb}.embedding", self.res, [], numel=t * d, attrs={"op": "embedding"})
+            root = [self._unshard("root", self._root_params, None)] if self.p.fsdp and mb == 0 else []
+            x = b.add("elementwise", f"mb{mb}.embedding", self.res, root, numel=t * d, attrs={"op": "embedding"})
             if self.p.tp > 1:  # the vocabulary-parallel embedding's partial rows summed
                 x = lin.all_reduce(f"mb{mb}.embedding.all_reduce", x, t * d * DTYPE_BYTES[self.res])
         for layer in st.layers:
+            if self.p.fsdp:
+                x = self._unshard(f"mb{mb}.L{layer}", self.local.block_params, x)
             x = block_forward(b, lin, self.local, self.args, layer, x)
         if st.last and self.p.blocks_only:  # the loss: a reduction of the output, and its gradient
             x = b.add("elementwise", f"mb{mb}.loss", self.res, [x], numel=t * d, attrs={"op": "reduce"})
@@ -239,20 +273,30 @@ class _PipelineEmitter:
         b.device = st.index
         lin.accumulating = mb > 0
         dy = st.forward_out[mb]
+        root = [] if self.p.fsdp else grads  # FSDP: the root module's gradients, reduce-scattered together
         if not st.last:
             dy = self._p2p(f"grad.s{st.index + 1}.mb{mb}", st.index + 1, st.index,
                            self.stages[st.index + 1].backward_out[mb])
         elif not self.p.blocks_only:
             dg, wg = lin.backward(f"mb{mb}.lm_head", dy, d, -(-full.vocab // self.p.tp))
-            grads.append(wg)
+            root.append(wg)
             dy = b.add("norm", f"mb{mb}.final_norm_bwd", self.res, [dg], rows=t, cols=d,
                        attrs={"type": "rms_norm", "pass": "bwd"})
-            record_grad(grads, dy, d)
+            record_grad(root, dy, d)
         for layer in reversed(st.layers):
-            dy = block_backward(b, lin, self.local, self.args, layer, dy, grads)
+            if not self.p.fsdp:
+                dy = block_backward(b, lin, self.local, self.args, layer, dy, grads)
+                continue
+            dy = self._unshard(f"mb{mb}.L{layer}.bwd", self.local.block_params, dy)
+            mine: list[int] = []
+            dy = block_backward(b, lin, self.local, self.args, layer, dy, mine)
+            if mb == self.p.micro_batches - 1:  # earlier micro-batches accumulate unsharded (no gradient sync)
+                grads.append(self._reduce_scatter(f"L{layer}", self.local.block_params, mine))
         if st.first and not self.p.blocks_only:
             dy = b.add("elementwise", f"mb{mb}.embedding_bwd", "fp32", [dy], numel=t * d, attrs={"op": "embedding"})
-            grads.append(dy)
+            root.append(dy)
+        if self.p.fsdp and root and mb == self.p.micro_batches - 1:
+            grads.append(self._reduce_scatter("root", self._root_params, root))
         st.backward_out[mb] = dy
 
     def optimizer(self, st: _Stage, grads: list[int]) -> int:
@@ -271,7 +315,7 @@ def _grads_for(emitter: _PipelineEmitter, st: _Stage, mb: int, bucket: float) ->
     """Where the micro-batch's weight-gradient ops are noted: DDP's buckets on the last micro-batch of
     a data-parallel step (earlier ones accumulate under no_sync), else a plain list."""
     p = emitter.p
-    if p.dp > 1 and mb == p.micro_batches - 1:
+    if p.dp > 1 and mb == p.micro_batches - 1 and not p.fsdp:
         return GradientBuckets(emitter.b, bucket, p.dp, p.grad_dtype, p.algorithm)
     return []
 
@@ -325,7 +369,11 @@ def parallel_memory(full: ModelShape, p: ParallelTrainStepParams) -> dict[str, f
     params = len(layers) * local.block_params + (0 if p.blocks_only else full.vocab * full.d_model / p.tp)
     in_flight = min(p.pp, p.micro_batches)  # micro-batches whose activations a 1F1B first stage holds
     act = 2 if p.precision != "fp32" else 4
-    return {"weights": params * 4.0, "gradients": params * 4.0, "optimizer_state": params * 8.0,
+    # FSDP: fp32 shards, plus the bf16 parameters of the root and two blocks unsharded at a time
+    weights = params / p.dp * 4.0 + 2.0 * (2 * local.block_params + 2 * full.vocab * full.d_model) if p.fsdp \
+        else params * 4.0
+    sharded = params / p.dp if p.fsdp else params
+    return {"weights": weights, "gradients": sharded * 4.0, "optimizer_state": sharded * 8.0,
             "activations": in_flight * len(layers) * ACTIVATION_BYTES_PER_TOKEN_PER_DIM / 2 * act
             * (p.batch // p.micro_batches) * p.seq * full.d_model / p.tp}
 
