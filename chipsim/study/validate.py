@@ -89,7 +89,8 @@ STEP_PRECISION: dict[str, dict[str, Any]] = {
 FAMILIES = {
     "gemm": "gemm", "memory": "memory", "elementwise": "elementwise", "attention": "attention",
     "all_reduce": "collective", "all_gather": "collective", "reduce_scatter": "collective",
-    "all_to_all": "collective", "p2p": "collective", "compressed_all_reduce": "collective", "dynamic_attention": "layer",
+    "all_to_all": "collective", "p2p": "collective", "compressed_all_reduce": "collective",
+    "dynamic_attention": "layer",
     "train_step": "model_step", "prefill_step": "model_step", "decode_step": "model_step",
     "grouped_gemm": "gemm", "moe_train_step": "model_step",
 }
@@ -378,7 +379,8 @@ def _parallel_layout(row: Mapping[str, Any], world: int) -> dict[str, Any]:
     layout: dict[str, Any] = {"tp": tp, "pp": pp, "dp": world // (tp * pp), "micro_batches": micro,
                               "blocks_only": blocks_only}
     if fsdp:
-        layout.update(fsdp=True, grad_dtype="bf16" if re.search(r"reduce(_dtype)?[ =:]*(torch\.)?(bf16|bfloat16)", note) else "fp32")
+        bf16 = re.search(r"reduce(_dtype)?[ =:]*(torch\.)?(bf16|bfloat16)", note)
+        layout.update(fsdp=True, grad_dtype="bf16" if bf16 else "fp32")
     return layout
 
 

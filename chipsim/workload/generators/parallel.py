@@ -131,7 +131,8 @@ class ParallelTrainStepParams(TrainStepParams):
                                   "one optimizer step")
     blocks_only: bool = param(False, "the transformer blocks alone: no embedding, LM head or cross-entropy")
     bucket: str | int = param("25 MiB", "data-parallel gradient bucket size (PyTorch DDP's default)")
-    grad_dtype: Literal["fp32", "bf16"] = param("fp32", "dtype gradients are all-reduced in (data parallel)")
+    grad_dtype: Literal["fp32", "bf16"] = param("fp32", "dtype gradients are all-reduced (or, with fsdp, "
+                                                           "reduce-scattered) in (data parallel)")
     algorithm: Algorithm = param("auto", "all-reduce algorithm on a system (auto: the system's best fit)")
     fsdp: bool = param(False, "FSDP2 (fully_shard on each block, then the root) instead of DDP: parameters sharded "
                               "over the dp ranks, each block's all-gathered in bf16 before its forward and again "
