@@ -259,9 +259,8 @@ def scenario_for_row(row: Mapping[str, Any], chip_override: str | None = None) -
     server = (metric.startswith("server_") or load_text.startswith("server")) and not rate_text \
         and not load_text.isdigit()
     static = family in ("prefill_time_batch", "decode_step_time") or (
-        family == "ttft" and str(row["metric_name"]).strip().lower() == "first_token_latency") or (
-        str(row["metric_name"]).strip().lower() == "output_throughput_per_gpu" and "static" in
-        str(row.get("notes", "")).lower())
+        family == "ttft" and metric == "first_token_latency") or (
+        metric == "output_throughput_per_gpu" and "static" in str(row.get("notes", "")).lower())
     if static:
         load, batch, rate = "static", _int(row, "batch_or_concurrency", 1), math.inf
     elif server:
@@ -334,7 +333,7 @@ def simulate_scenario(s: Scenario, cache: dict[Any, Any]) -> dict[str, Any]:
         n = max(1, -(-s.requests // s.replicas)) if s.requests else POISSON_REQUESTS
         arrivals = Arrivals(lengths, count=n, times=poisson_times(s.rate / s.replicas, n, SEED))
     elif s.load == "server":
-        cache[key] = result = _server(s, model, cache)
+        cache[key] = result = _server(s, cache)
         return result
     else:
         arrivals = Arrivals(lengths, count=max(1, b), times=[0.0] * max(1, b))
@@ -343,21 +342,17 @@ def simulate_scenario(s: Scenario, cache: dict[Any, Any]) -> dict[str, Any]:
     return result
 
 
-def _server(s: Scenario, model: Any, cache: dict[Any, Any]) -> dict[str, Any]:
-    """A server-scenario row on one replica: the highest Poisson rate whose run meets the row's p99
-    latency limits (bisection between the saturation rate of a burst and a thousandth of it), and
-    that run's summary with the rate's throughput."""
+def _server(s: Scenario, cache: dict[Any, Any]) -> dict[str, Any]:
+    """A server-scenario row on one replica: the highest Poisson rate whose run (the row as a Poisson
+    one at that rate) meets the row's p99 latency limits, by bisection between the saturation rate of
+    the row as a burst and a thousandth of it; that run's summary with the rate's throughput."""
     from chipsim.serving.capacity import search_rate, violations
-    from chipsim.serving.engine import Arrivals, poisson_times, simulate_serving
-    from chipsim.serving.metrics import summarize
 
     saturation = float(simulate_scenario(replace(s, load="max", slo=()), cache)["requests_per_s"])
-    n = max(1, -(-s.requests // s.replicas)) if s.requests else POISSON_REQUESTS
     slo, runs = dict(s.slo), {}
 
-    def meets(rate: float) -> bool:
-        arrivals = Arrivals(lambda _: (s.input_len, s.output_len), count=n, times=poisson_times(rate, n, SEED))
-        runs[rate] = summarize(simulate_serving(model, arrivals), s.tp)
+    def meets(rate: float) -> bool:  # `rate` per replica; a Poisson row's rate is the system's
+        runs[rate] = simulate_scenario(replace(s, load="poisson", rate=rate * s.replicas, slo=()), cache)
         return not violations(runs[rate], slo)
 
     rate = search_rate(saturation, meets)

@@ -285,13 +285,11 @@ class _PipelineEmitter:
                        attrs={"type": "rms_norm", "pass": "bwd"})
             record_grad(root, dy, d)
         for layer in reversed(st.layers):
-            if not self.p.fsdp:
-                dy = block_backward(b, lin, self.local, self.args, layer, dy, grads)
-                continue
-            dy = self._unshard(f"mb{mb}.L{layer}.bwd", self.local.block_params, dy)
-            mine: list[int] = []
+            if self.p.fsdp:
+                dy = self._unshard(f"mb{mb}.L{layer}.bwd", self.local.block_params, dy)
+            mine: list[int] = [] if self.p.fsdp else grads  # FSDP: the block's gradients, reduce-scattered
             dy = block_backward(b, lin, self.local, self.args, layer, dy, mine)
-            if mb == self.p.micro_batches - 1:  # earlier micro-batches accumulate unsharded (no gradient sync)
+            if self.p.fsdp and mb == self.p.micro_batches - 1:  # earlier micro-batches accumulate unsharded
                 grads.append(self._reduce_scatter(f"L{layer}", self.local.block_params, mine))
         if st.first and not self.p.blocks_only:
             dy = b.add("elementwise", f"mb{mb}.embedding_bwd", "fp32", [dy], numel=t * d, attrs={"op": "embedding"})
