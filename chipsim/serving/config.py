@@ -44,7 +44,7 @@ from chipsim.network.system import System
 from chipsim.serving.disagg import Disaggregation, KVLink
 from chipsim.serving.engine import Arrivals, poisson_times
 from chipsim.serving.iteration import IterationModel
-from chipsim.serving.profiles import OVERRIDABLE, PROFILES, EngineProfile, for_chip
+from chipsim.serving.profiles import OVERRIDABLE, PROFILES, EngineProfile, base_profile, for_chip
 from chipsim.serving.quant import KV_DTYPES, Quantization
 from chipsim.serving.speculative import Speculation
 from chipsim.training.run import model_from_section
@@ -181,7 +181,7 @@ class ServingSetup:
 
 def _engine(sec: Section, chip: Chip) -> EngineProfile:
     name = sec.string("engine")
-    base = PROFILES.get(name.split()[0].lower() if name.strip() else name)
+    base = base_profile(name)
     if base is None:
         raise sec.error("engine", f"unknown engine profile {brief(name)}; expected one of {', '.join(PROFILES)}")
     base = for_chip(base, chip)
@@ -204,7 +204,11 @@ def _engine(sec: Section, chip: Chip) -> EngineProfile:
     if settings.has("admission"):
         over["admission"] = settings.string("admission", choices=ADMISSIONS)
     settings.done()
-    return replace(base, **over)
+    profile = replace(base, **over)
+    if profile.max_batch <= profile.reserved_slots:
+        raise settings.error("max_batch", f"{brief(name)} holds {profile.reserved_slots} of its sequence slots; "
+                                          f"expected more than {profile.reserved_slots}")
+    return profile
 
 
 def _hardware(sec: Section, tp: int, across_nodes: bool = False) -> tuple[Chip, System | None]:

@@ -211,7 +211,10 @@ def simulate_serving(model: IterationModel, arrivals: Arrivals,
     steps = IterationLog() if log else None
     reserve = prof.admission == "reserve"
     chunked = prof.chunked_prefill
-    max_tokens, max_batch = prof.max_tokens, prof.max_batch
+    max_tokens, max_batch = prof.max_tokens, prof.max_batch - prof.reserved_slots
+    if max_batch < 1:
+        raise InputError(f"max_batch {prof.max_batch}: this engine release holds {prof.reserved_slots} of its sequence "
+                         f"slots; expected more than {prof.reserved_slots}", key="max_batch")
     fast_batch = min(max_batch, max_tokens)  # a batch of decode steps that always fits one iteration
     warm = min(arrivals.warmup, max(0, arrivals.count - 1))
     think = np.random.default_rng(arrivals.seed) if arrivals.think_s > 0 else None

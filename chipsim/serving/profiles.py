@@ -43,6 +43,9 @@ class EngineProfile:
     # (recursive doubling) at this rate per round, where NCCL's ring would move 2(tp-1)/tp of it at the
     # link's bus bandwidth; the slower of the two counts (0: the fabric's model only)
     all_reduce_round_bytes_per_s: float = 0.0
+    # sequence slots of `max_batch` the engine holds for itself: a request is admitted only beside
+    # max_batch - reserved_slots others (see RELEASES)
+    reserved_slots: int = 0
 
 
 PROFILES: dict[str, EngineProfile] = {p.name: p for p in (
@@ -89,6 +92,36 @@ OVERRIDABLE = ("iteration_s", "per_sequence_s", "max_batch", "max_tokens", "chun
                "memory_fraction", "admission", "prefix_caching")
 
 
+# what an engine's release changes in its profile, by (profile, version prefix): applied to an engine
+# named with its version ("trtllm 1.0.0rc3")
+RELEASES: dict[tuple[str, str], dict[str, Any]] = {
+    # TensorRT-LLM 1.0's release candidates (PyTorch executor, CUDA-graph padding on): a closed loop of c
+    # clients on a server of max_batch_size c keeps one request waiting at all times, its TTFT the wait
+    # for the next finish (about the end-to-end latency / c) plus its prefill, at every TP, length and
+    # concurrency of AIConfigurator's H100 rows in published/serving_calibration.csv (177 TTFT rows,
+    # c = 8-128, tp 1-8: median TTFT APE 65% with every slot usable, 13% with one held; TPOT 7.1% ->
+    # 5.7%). Which part of the release holds the slot is not established: the padding's dummy request,
+    # which takes a KV-cache sequence (pyexecutor's add_dummy_requests, reworked in TensorRT-LLM PRs
+    # #4729 and #16072), is the suspect. The later release AIConfigurator measured on H200 (its 2025-10
+    # rows, same harness) keeps no request waiting, and neither does a profile named without a version.
+    ("trtllm", "1.0.0rc"): {"reserved_slots": 1},
+}
+
+
+def base_profile(name: str) -> EngineProfile | None:
+    """The profile an engine name selects (its first word), with what its release changes (`RELEASES`,
+    by the version after a space: 'trtllm 1.0.0rc3'); None for an unknown name."""
+    words = name.strip().lower().split()
+    base = PROFILES.get(words[0]) if words else None
+    if base is None:
+        return None
+    version = words[1] if len(words) > 1 else ""
+    for (profile, prefix), settings in RELEASES.items():
+        if profile == base.name and version.startswith(prefix):
+            base = replace(base, **settings)
+    return base
+
+
 def for_chip(profile: EngineProfile, chip: Chip) -> EngineProfile:
     """The profile's defaults on `chip`, as the engines pick them by device memory: vLLM raises its
     batch and token limits on GPUs of 70 GiB or more except the A100 (vllm/engine/arg_utils.py,
@@ -104,9 +137,9 @@ def for_chip(profile: EngineProfile, chip: Chip) -> EngineProfile:
 
 
 def engine_profile(name: str, overrides: dict[str, Any] | None = None, key: str = "engine") -> EngineProfile:
-    """A profile by name (an engine's version after a space is ignored: 'trtllm 1.0.0rc3'), with
-    scheduler settings overridden."""
-    base = PROFILES.get(name.split()[0].lower() if name.strip() else name)
+    """A profile by name (`base_profile`: 'trtllm', 'trtllm 1.0.0rc3'), with scheduler settings
+    overridden."""
+    base = base_profile(name)
     if base is None:
         raise InputError(f"unknown engine profile {name!r}; expected one of {', '.join(PROFILES)}", key=key)
     for k in overrides or {}:

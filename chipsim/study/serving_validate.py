@@ -147,6 +147,7 @@ class Scenario:
     tp: int
     gpus: int
     profile: str
+    release: str  # the engine's version as the row names it ("1.0.0rc3"; "" if it names none)
     quant: str
     kv_dtype: str
     input_len: int
@@ -179,19 +180,20 @@ def _int(row: Mapping[str, Any], key: str, default: int | None = None) -> int:
 
 
 # AIConfigurator's TensorRT-LLM benchmark servers (ai-dynamo/aiconfigurator): one server per
-# configuration, swept over concurrencies 1-128, with max_batch_size its batch size (128 unless set)
-# and max_num_tokens = max_batch_size + isl + 1500, chunked prefill off (the TensorRT-LLM default)
-# (generator/rule_plugin/benchmark/trtllm.rule; the older generator/backends/trtllm.py: bs + isl + 1500,
-# templates/trtllm/extra_engine_args.yaml.j2: enable_chunked_prefill default false). A prompt is
-# prefilled whole, one or two per iteration: a closed loop's clients do not stay in step.
-AIC_MAX_BATCH = 128
+# configuration, its max_batch_size the configuration's batch size (a silicon row's concurrency: its id
+# names it, "..._c64_tp8_...") and max_num_tokens = max_batch_size + isl + 1500, chunked prefill off (the
+# TensorRT-LLM default) (generator/rule_plugin/benchmark/trtllm.rule; the older
+# generator/backends/trtllm.py: bs + isl + 1500, templates/trtllm/extra_engine_args.yaml.j2:
+# enable_chunked_prefill default false). A prompt is prefilled whole, one or two per iteration: a closed
+# loop's clients do not stay in step.
 
 
-def harness_settings(row: Mapping[str, Any], profile: str, input_len: int) -> tuple[tuple[str, Any], ...]:
+def harness_settings(row: Mapping[str, Any], profile: str, input_len: int,
+                     concurrency: int) -> tuple[tuple[str, Any], ...]:
     """The engine settings a row's benchmark harness is documented to run with (none if unknown)."""
     if profile == "trtllm" and "aiconfigurator" in str(row.get("source", "")).lower():
-        return (("chunked_prefill", False), ("max_batch", AIC_MAX_BATCH),
-                ("max_tokens", AIC_MAX_BATCH + input_len + 1500))
+        return (("chunked_prefill", False), ("max_batch", concurrency),
+                ("max_tokens", concurrency + input_len + 1500))
     return ()
 
 
@@ -276,9 +278,11 @@ def scenario_for_row(row: Mapping[str, Any], chip_override: str | None = None) -
     else:
         load, batch, rate = "closed", _int(row, "batch_or_concurrency"), math.inf
     profile, input_len, model = profile_of(str(row["engine"])), _int(row, "input_len"), model_id_of(str(row["model"]))
-    scenario = Scenario(model, chip, tp, gpus, profile, quant, kv, input_len, _int(row, "output_len"), load, batch,
-                        rate, request_count(row) if load in ("max", "poisson", "server") else 0,
-                        harness_settings(row, profile, input_len) if load != "static" else (),
+    words = str(row["engine"]).split()
+    release = words[1] if len(words) > 1 and words[0].lower() == profile else ""
+    scenario = Scenario(model, chip, tp, gpus, profile, release, quant, kv, input_len, _int(row, "output_len"), load,
+                        batch, rate, request_count(row) if load in ("max", "poisson", "server") else 0,
+                        harness_settings(row, profile, input_len, batch) if load == "closed" else (),
                         server_slo(row, model) if load == "server" else ())
     return scenario, family, stat
 
@@ -291,12 +295,12 @@ def _iteration_model(s: Scenario, cache: dict[Any, Any]) -> Any:
     from chipsim.serving.profiles import engine_profile, for_chip
     from chipsim.serving.quant import quantization
 
-    key = ("model", s.model, s.chip, s.tp, s.profile, s.quant, s.kv_dtype, s.load, s.batch, s.settings)
+    key = ("model", s.model, s.chip, s.tp, s.profile, s.release, s.quant, s.kv_dtype, s.load, s.batch, s.settings)
     if key not in cache:
         chip = load_chip(s.chip)
-        profile = replace(for_chip(engine_profile(s.profile), chip), **dict(s.settings))
+        profile = replace(for_chip(engine_profile(f"{s.profile} {s.release}"), chip), **dict(s.settings))
         if s.load == "static":  # one batch as a group: every prompt prefilled together, then decoded
-            profile = replace(profile, chunked_prefill=False, max_tokens=1 << 30, max_batch=s.batch,
+            profile = replace(profile, chunked_prefill=False, max_tokens=1 << 30, max_batch=s.batch + profile.reserved_slots,
                               admission="reserve")
         system = system_for(s.chip, s.tp) if s.tp > 1 else None
         cache[key] = IterationModel(load_model(s.model), chip, quantization(s.quant), profile, tp=s.tp,

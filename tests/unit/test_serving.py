@@ -48,6 +48,7 @@ def _write(tmp_path: Path, serving: dict[str, Any], name: str = "serve.yaml", **
     ({"engine_settings": {"memory_fraction": 1.5}}, "serving.engine_settings.memory_fraction"),
     ({"engine_settings": {"chunked_prefill": "no"}}, "serving.engine_settings.chunked_prefill"),
     ({"engine_settings": {"chunked_prefill": False, "max_tokens": 512}}, "serving.engine_settings.max_tokens"),
+    ({"engine": "trtllm 1.0.0rc3", "engine_settings": {"max_batch": 1}}, "serving.engine_settings.max_batch"),
     ({"quantization": "int3"}, "serving.quantization"),
     ({"chip": "h9000"}, "serving.chip"),
     ({"chip": "h100_sxm", "system": "hgx_h200"}, "serving.system"),
@@ -197,6 +198,29 @@ def test_think_time_spreads_a_closed_loop_and_warmup_drops_the_start() -> None:
     assert hot["ttft_mean_s"] < cold["ttft_mean_s"]
     config = _setup(arrival={"process": "closed", "concurrency": 8, "think": "20 ms"})
     assert config.arrival.think_s == pytest.approx(0.02) and "think time 20 ms" in config.arrival.label()
+
+
+def test_a_release_that_holds_a_sequence_slot_keeps_one_closed_loop_client_waiting() -> None:
+    """TensorRT-LLM 1.0's release candidates hold one of max_batch_size's slots: c clients on a server of
+    max_batch c always have one request queued, which waits for the next finish (~ E2E / c)."""
+    from chipsim.serving.engine import Arrivals, simulate_serving
+    from chipsim.serving.metrics import summarize
+    from chipsim.serving.profiles import engine_profile
+
+    assert engine_profile("trtllm 1.0.0rc3").reserved_slots == 1
+    assert engine_profile("trtllm").reserved_slots == engine_profile("trtllm 1.0.0").reserved_slots == 0
+    c = 8
+    loop = Arrivals(lambda i: (1024, 256), count=10 * c, concurrency=c, warmup=2 * c)
+    runs = {}
+    for engine in ("trtllm", "trtllm 1.0.0rc3"):
+        setup = _setup(engine=engine, engine_settings={"max_batch": c, "max_tokens": c + 1024 + 1500,
+                                                      "chunked_prefill": False})
+        runs[engine] = summarize(simulate_serving(setup.iteration, loop), 1)
+    free, held = runs["trtllm"], runs["trtllm 1.0.0rc3"]
+    assert held["batch_mean"] < c - 0.9 < free["batch_mean"]
+    assert held["ttft_mean_s"] > 4 * free["ttft_mean_s"]
+    # the wait is the time to the next of c - 1 running requests' finishes
+    assert held["ttft_mean_s"] - free["ttft_mean_s"] == pytest.approx(held["e2e_mean_s"] / c, rel=0.25)
 
 
 def test_a_shared_prefix_is_computed_once_with_prefix_caching() -> None:

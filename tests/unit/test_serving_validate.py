@@ -125,15 +125,22 @@ def test_a_rows_request_count_sets_the_runs_length() -> None:
 
 
 def test_aiconfigurator_rows_run_the_engine_as_its_harness_configured_it() -> None:
-    """AIConfigurator's TensorRT-LLM servers prefill whole prompts within max_num_tokens = 128 + isl +
-    1500: one or two a step, so its closed-loop clients spread out instead of prefilling in waves."""
-    aic = _row(source="NVIDIA AIConfigurator silicon_sample.csv", metric_name="ttft", batch_or_concurrency="32")
-    settings = dict(harness_settings(aic, "trtllm", 1024))
-    assert settings == {"chunked_prefill": False, "max_batch": 128, "max_tokens": 128 + 1024 + 1500}
-    assert harness_settings(aic, "vllm", 1024) == () and harness_settings(_row(), "trtllm", 1024) == ()
+    """AIConfigurator's TensorRT-LLM servers (max_batch_size the concurrency) prefill whole prompts within
+    max_num_tokens = max_batch_size + isl + 1500: one or two a step, so its closed-loop clients spread out
+    instead of prefilling in waves."""
+    aic = _row(source="NVIDIA AIConfigurator silicon_sample.csv", metric_name="ttft", batch_or_concurrency="32",
+               engine="trtllm")
+    settings = dict(harness_settings(aic, "trtllm", 1024, 32))
+    assert settings == {"chunked_prefill": False, "max_batch": 32, "max_tokens": 32 + 1024 + 1500}
+    assert harness_settings(aic, "vllm", 1024, 32) == () and harness_settings(_row(), "trtllm", 1024, 32) == ()
+    # the release the row names: TensorRT-LLM 1.0.0rc3 holds one of the 32 slots
+    scenario, _, _ = scenario_for_row({**aic, "engine": "trtllm 1.0.0rc3"})
+    assert scenario.release == "1.0.0rc3" and scenario_for_row(aic)[0].release == ""
+    rc3, _ = predict_row({**aic, "engine": "trtllm 1.0.0rc3"}, {})
     spread, _ = predict_row(aic, {})
     waves, _ = predict_row({**aic, "source": "another benchmark"}, {})
     assert spread < 0.7 * waves  # 32 prompts of 1,024 tokens no longer queue for one 8,192-token budget
+    assert rc3 > 1.5 * spread  # one of 32 clients always waits for the next finish
 
 
 def test_server_scenario_limits_come_from_the_row_else_from_mlperf() -> None:
