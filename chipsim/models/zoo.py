@@ -126,6 +126,22 @@ class ModelConfig:
         reach = min(nodes, self.route_nodes or nodes)
         return reach * (1 - (1 - 1 / reach) ** self.topk)
 
+    def ep_legs(self, tokens: float, width: float, group: int, gpus_per_node: int,
+                to_experts: bool) -> list[tuple[str, float, int, int | None]]:
+        """The all-to-alls of one expert-parallel exchange of `tokens` tokens of `width` bytes over `group`
+        GPUs, as DeepEP runs it, each (name suffix, bytes, group, stride): inside a node one all-to-all of
+        every token's copies to its experts' GPUs ("", stride None); over several nodes a token crosses the
+        network once per node holding any of its experts (`nodes_reached`), to the GPU of the same local
+        rank there ("rdma", stride gpus_per_node), and is forwarded over NVLink ("nvlink", stride 1) -
+        network first towards the experts, last on the way back."""
+        copies = tokens * self.topk * width
+        if group <= gpus_per_node or group % gpus_per_node:
+            return [("", copies, group, None)]
+        nodes = group // gpus_per_node
+        inter = ("rdma", tokens * self.nodes_reached(nodes) * width, nodes, gpus_per_node)
+        intra = ("nvlink", copies, gpus_per_node, 1)
+        return [inter, intra] if to_experts else [intra, inter]
+
     def is_moe_layer(self, layer: int) -> bool:
         if not self.is_moe or layer < self.first_dense_layers:
             return False

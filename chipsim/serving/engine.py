@@ -16,7 +16,10 @@ and, when a running sequence cannot grow, preempts the latest-arrived running on
 freed and it is recomputed later from its prompt and the tokens it had produced (vLLM's recompute).
 A prompt's last chunk emits the first token at the iteration's end; each decode step emits one, or
 with speculative decoding (`IterationModel.speculation`) verifies the sequence's drafted tokens (each
-takes a token of the budget and a KV slot) and emits the ones accepted in a row plus one.
+takes a token of the budget and a KV slot) and emits the ones accepted in a row plus one. A profile
+with a front end (`EngineProfile.frontend_token_s`) streams the emitted tokens to the clients one after
+another, first come first served: the clients' times (first token, inter-token gaps, finish, and a
+closed loop's next request) are when the front end has sent them.
 """
 
 from __future__ import annotations
@@ -171,6 +174,17 @@ def simulate_serving(model: IterationModel, arrivals: Arrivals,
 
     pending: list[tuple[float, int]] = []  # (arrival time, index) of requests not yet arrived
     made = 0
+    front = prof.frontend_token_s
+    front_free = 0.0  # when the front end has sent every token handed to it so far
+
+    def deliver(end: float, tokens: int) -> float:
+        """When the client has the `tokens` an iteration ending at `end` emitted: the front end streams
+        them after those it holds (first come, first served)."""
+        nonlocal front_free
+        if not front:
+            return end
+        front_free = max(front_free, end) + front * tokens
+        return front_free
 
     def make(index: int, at: float) -> Request:
         inp, out = arrivals.lengths(index)
@@ -283,17 +297,17 @@ def simulate_serving(model: IterationModel, arrivals: Arrivals,
             if ends:
                 j = len(ends)
                 iterations += j
-                times = np.asarray(ends)
+                times = np.asarray([deliver(e, n) for e in ends] if front else ends)  # as the clients see them
                 gaps = np.diff(times) if j > 1 else np.empty(0)
                 if steps is not None:
-                    steps.extend_decode(now, times, n, used)
+                    steps.extend_decode(now, np.asarray(ends), n, used)
                 for r in running:
                     if r.id >= warm:
-                        itl.append(ends[0] - r.last_token_s)
+                        itl.append(times[0] - r.last_token_s)
                         itl.frombytes(gaps.tobytes())
                     r.cached += j
                     r.generated += j
-                    r.last_token_s = ends[-1]
+                    r.last_token_s = float(times[-1])
                     if not reserve:
                         grown = blocks_for(r.cached - r.shared)
                         free -= grown - r.blocks
@@ -414,14 +428,16 @@ def simulate_serving(model: IterationModel, arrivals: Arrivals,
             steps.append(now, end, sum(c for _, c in prefill_reqs), len(prefill), len(decoding), used)
         done: list[Request] = []
         emitted = accepted(drafts, len(decoding), spec) if spec is not None else None
-        for j, r in enumerate(decoding):
-            n = 1 if emitted is None else min(int(emitted[j]), r.output_len - r.generated)
+        counts = [1] * len(decoding) if emitted is None else \
+            [min(int(emitted[j]), r.output_len - r.generated) for j, r in enumerate(decoding)]
+        seen = deliver(end, sum(counts) + sum(1 for r, c in prefill_reqs if r.cached + c >= r.prompt))
+        for r, n in zip(decoding, counts, strict=True):
             r.cached += n
             r.generated += n
             if r.id >= warm:  # n tokens at once: n gaps of a 1/n share each, the rate the client sees
-                itl.extend([(end - r.last_token_s) / n] * n)
+                itl.extend([(seen - r.last_token_s) / n] * n)
             decode_emitted += n
-            r.last_token_s = end
+            r.last_token_s = seen
             if r.generated >= r.output_len:
                 done.append(r)
         decode_steps += len(decoding)
@@ -434,10 +450,10 @@ def simulate_serving(model: IterationModel, arrivals: Arrivals,
                 r.blocks -= prefix_blocks
             if r.cached >= r.prompt:  # the prompt's last chunk: its (next) token comes out now
                 if math.isnan(r.first_token_s):
-                    r.first_token_s = end
+                    r.first_token_s = seen
                 elif r.id >= warm:
-                    itl.append(end - r.last_token_s)
-                r.last_token_s = end
+                    itl.append(seen - r.last_token_s)
+                r.last_token_s = seen
                 r.generated += 1
                 if r.generated >= r.output_len:
                     done.append(r)
@@ -448,14 +464,15 @@ def simulate_serving(model: IterationModel, arrivals: Arrivals,
             for r in done:
                 free += r.blocks
                 r.blocks = 0
-                r.finish_s = end
+                r.finish_s = seen
                 finished += 1
                 if arrivals.concurrency and made < arrivals.count:  # the client sends its next request
                     gap = float(think.exponential(arrivals.think_s)) if think is not None else 0.0
-                    heapq.heappush(pending, (end + gap, made))
+                    heapq.heappush(pending, (seen + gap, made))
                     made += 1
             if progress:
                 progress(finished, arrivals.count)
+    now = max(now, front_free)
     return ServingTrace(requests, iterations, now, energy, busy, itl,
                         kv_utilization=kv_area / now if now else 0.0, kv_peak=kv_peak, preemptions=preemptions,
                         batch_mean=batch_area / now if now else 0.0, kv_capacity_tokens=total_blocks * block,

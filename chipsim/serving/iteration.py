@@ -300,16 +300,10 @@ class IterationModel:
         m = self.model
         fp8 = to_experts and self.quant.gemm_dtype == "fp8"
         width = m.d_model * ((1 + 4 / BLOCK_SCALE_VALUES) if fp8 else 2.0)
-        copies = tokens * m.topk * width
         gpn = self.system.gpus_per_node if self.system is not None else self.tp
-        if self.tp <= gpn or self.tp % gpn:
-            b.add("all_to_all", name, "bf16", [], bytes=copies, group=self.tp)
-            return
-        nodes = self.tp // gpn
-        inter = (f"{name}_rdma", tokens * m.nodes_reached(nodes) * width, nodes, {"stride": gpn})
-        intra = (f"{name}_nvlink", copies, gpn, {"stride": 1})
-        for label, nbytes, group, attrs in ((inter, intra) if to_experts else (intra, inter)):
-            b.add("all_to_all", label, "bf16", [], bytes=nbytes, group=group, attrs=attrs)
+        for suffix, nbytes, group, stride in m.ep_legs(tokens, width, self.tp, gpn, to_experts):
+            b.add("all_to_all", f"{name}_{suffix}" if suffix else name, "bf16", [], bytes=nbytes, group=group,
+                  attrs={} if stride is None else {"stride": stride})
 
     def _attention(self, batch: int, seq_q: int, seq_kv: int, decode: bool = False) -> list[Part]:
         """`batch` sequences of `seq_q` query tokens each over `seq_kv` keys: a prefill chunk, or a

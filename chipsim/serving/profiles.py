@@ -46,6 +46,11 @@ class EngineProfile:
     # sequence slots of `max_batch` the engine holds for itself: a request is admitted only beside
     # max_batch - reserved_slots others (see RELEASES)
     reserved_slots: int = 0
+    # host time of the server's front end per token it streams to a client (detokenizing it, building and
+    # sending its chunk), one process for every request: a server streams at most 1 / frontend_token_s
+    # tokens a second, and a token reaches its client after those queued before it (0: no front end, as
+    # an offline benchmark such as trtllm-bench runs the engine)
+    frontend_token_s: float = 0.0
 
 
 PROFILES: dict[str, EngineProfile] = {p.name: p for p in (
@@ -88,8 +93,8 @@ PROFILES: dict[str, EngineProfile] = {p.name: p for p in (
                   all_reduce_round_bytes_per_s=135e9,
                   source="calibrated on published/serving_calibration.csv (Splitwise rows)"),
 )}
-OVERRIDABLE = ("iteration_s", "per_sequence_s", "max_batch", "max_tokens", "chunked_prefill", "block_size",
-               "memory_fraction", "admission", "prefix_caching")
+OVERRIDABLE = ("iteration_s", "per_sequence_s", "frontend_token_s", "max_batch", "max_tokens", "chunked_prefill",
+               "block_size", "memory_fraction", "admission", "prefix_caching")
 
 
 # what an engine's release changes in its profile, by (profile, version prefix): applied to an engine
@@ -104,7 +109,14 @@ RELEASES: dict[tuple[str, str], dict[str, Any]] = {
     # which takes a KV-cache sequence (pyexecutor's add_dummy_requests, reworked in TensorRT-LLM PRs
     # #4729 and #16072), is the suspect. The later release AIConfigurator measured on H200 (its 2025-10
     # rows, same harness) keeps no request waiting, and neither does a profile named without a version.
-    ("trtllm", "1.0.0rc"): {"reserved_slots": 1},
+    # Its OpenAI server (trtllm-serve) streams at most ~9,200 tokens a second: the same rows at 64-128
+    # clients on 2-8 GPUs level off at 9,100-9,300 output tokens/s whatever the TP and lengths (osl 256
+    # and 512), with TTFT up to 8x and TPOT up to 1.7x what the engine alone gives. One front-end process
+    # at 100 us a token (fitted to that level) brings those rows' TTFT from 0.12-0.5x to 0.4-1.0x and
+    # their TPOT from 0.8x to 0.9-1.1x. A single front-end process is the documented bottleneck of LLM
+    # servers at high concurrency (ai-dynamo/dynamo PR #865: tokenizer processes; SGLang's detokenizer
+    # workers; vLLM's api-server-count).
+    ("trtllm", "1.0.0rc"): {"reserved_slots": 1, "frontend_token_s": 100e-6},
 }
 
 

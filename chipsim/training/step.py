@@ -276,16 +276,12 @@ class _PieceBuilder:
         m, lay = self.m, self.lay
         fp8 = self.precision == "fp8_block" and to_experts
         width = m.d_model * ((1 + 4 / BLOCK_SCALE_VALUES) if fp8 else ACT_BYTES)
-        gpn = self.gpus_per_node
-        copies = tokens * m.topk * width * lay.moe_imbalance
-        if lay.ep <= gpn or lay.ep % gpn:
-            return self._collective("all_to_all", name, copies, lay.ep, {**self.ep_group, **attrs}, dep, "ep")
-        nodes = lay.ep // gpn
-        network = tokens * m.nodes_reached(nodes) * width * lay.moe_imbalance
-        inter = ("all_to_all", f"{name}.rdma", network, nodes, {"stride": gpn, **attrs})
-        intra = ("all_to_all", f"{name}.nvlink", copies, gpn, {"stride": 1})
-        for kind, label, nbytes, group, group_attrs in ((inter, intra) if to_experts else (intra, inter)):
-            dep = self._collective(kind, label, nbytes, group, group_attrs, dep, "ep")
+        for suffix, nbytes, group, stride in m.ep_legs(tokens * lay.moe_imbalance, width, lay.ep, self.gpus_per_node,
+                                                       to_experts):
+            if stride is None:  # inside a node
+                return self._collective("all_to_all", name, nbytes, group, {**self.ep_group, **attrs}, dep, "ep")
+            leg_attrs = {"stride": stride, **attrs} if suffix == "rdma" else {"stride": stride}
+            dep = self._collective("all_to_all", f"{name}.{suffix}", nbytes, group, leg_attrs, dep, "ep")
         return dep
 
     def _qkv(self, dep: int | None, backward: bool) -> int:

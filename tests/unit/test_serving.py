@@ -49,6 +49,7 @@ def _write(tmp_path: Path, serving: dict[str, Any], name: str = "serve.yaml", **
     ({"engine_settings": {"chunked_prefill": "no"}}, "serving.engine_settings.chunked_prefill"),
     ({"engine_settings": {"chunked_prefill": False, "max_tokens": 512}}, "serving.engine_settings.max_tokens"),
     ({"engine": "trtllm 1.0.0rc3", "engine_settings": {"max_batch": 1}}, "serving.engine_settings.max_batch"),
+    ({"engine_settings": {"frontend_token_s": "fast"}}, "serving.engine_settings.frontend_token_s"),
     ({"quantization": "int3"}, "serving.quantization"),
     ({"chip": "h9000"}, "serving.chip"),
     ({"chip": "h100_sxm", "system": "hgx_h200"}, "serving.system"),
@@ -221,6 +222,24 @@ def test_a_release_that_holds_a_sequence_slot_keeps_one_closed_loop_client_waiti
     assert held["ttft_mean_s"] > 4 * free["ttft_mean_s"]
     # the wait is the time to the next of c - 1 running requests' finishes
     assert held["ttft_mean_s"] - free["ttft_mean_s"] == pytest.approx(held["e2e_mean_s"] / c, rel=0.25)
+
+
+def test_a_front_end_caps_the_tokens_a_server_streams() -> None:
+    """One front-end process at 1 ms a token streams at most 1,000 tokens/s: the clients see the tokens
+    that late, and a closed loop's throughput levels off there while the engine alone goes far beyond."""
+    from chipsim.serving.engine import Arrivals, simulate_serving
+    from chipsim.serving.metrics import summarize
+    from chipsim.serving.profiles import engine_profile
+
+    loop = Arrivals(lambda i: (256, 64), count=640, concurrency=64, warmup=64)
+    free = _setup(engine_settings={"max_batch": 64})
+    capped = _setup(engine_settings={"max_batch": 64, "frontend_token_s": "1 ms"})
+    assert capped.iteration.profile.frontend_token_s == pytest.approx(1e-3)
+    a, b = (summarize(simulate_serving(s.iteration, loop), 1) for s in (free, capped))
+    assert a["output_tokens_per_s"] > 3000
+    assert 900 < b["output_tokens_per_s"] <= 1000 * 1.001
+    assert b["tpot_mean_s"] > 3 * a["tpot_mean_s"] and b["e2e_mean_s"] > 3 * a["e2e_mean_s"]
+    assert engine_profile("trtllm 1.0.0rc3").frontend_token_s == pytest.approx(100e-6)  # trtllm-serve's, fitted
 
 
 def test_a_shared_prefix_is_computed_once_with_prefix_caching() -> None:

@@ -68,7 +68,7 @@ def test_rows_are_served_and_predicted_in_their_metric() -> None:
     frame = pd.DataFrame([
         _row(),  # AIConfigurator's measured 7.94 ms
         _row(metric_name="ttft", metric_value=190.95),
-        _row(batch_or_concurrency="max load", request_rate="inf", metric_name="output_throughput",
+        _row(batch_or_concurrency="max load", request_rate="inf", metric_name="output_throughput", engine="trtllm",
              metric_value=16116.63, unit="tokens/s", input_len=128, output_len=128),  # TensorRT-LLM v0.15
         _row(engine="splitwise characterization", model="Llama-2-70B", tp=2, gpus=2, batch_or_concurrency="1",
              request_rate=float("nan"), metric_name="decode_step_time", metric_value=37.24, input_len=128),
