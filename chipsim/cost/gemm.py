@@ -4,14 +4,14 @@ products on a matrix-vector path; int4 weight-only (dequantize in the kernel) or
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from chipsim.cost.base import OpCost, compute_energy, fixed_seconds, memory_part, register_cost
 from chipsim.errors import InputError
-from chipsim.hardware.chip import Chip, GemmMenu
+from chipsim.hardware.chip import GEMV_MAX, Chip, GemmMenu
 from chipsim.workload.graph import Op
 from chipsim.workload.kinds import DTYPE_BYTES
 
-GEMV_MAX = 8  # rows (or columns) below which libraries switch to matrix-vector kernels
 SPLIT_K_MIN = 128  # libraries do not split k below 128 per split
 NATIVE_INT4_EFFICIENCY = 0.7  # default when a native-INT4 chip calibrates none (an assumption)
 INT4_NATIVE = "int4 native MAC (assumes int4 activations too)"
@@ -42,11 +42,11 @@ def gemm_compute_seconds(m: float, n: float, k: float, batch: float, chip: Chip,
     """Best time over the library's CTA tile shapes and split-k factors (`menu`, default the dtype's),
     with wave quantization; each tile also pays a fixed prologue/epilogue worth `setup_k` steps of
     its k loop (a kernel that does not overlap them with the next tile's main loop). A
-    matrix-vector product (m or n <= GEMV_MAX) runs a GEMV kernel: no tile padding."""
-    if min(m, n) <= GEMV_MAX:
-        return 2.0 * batch * m * n * k / (rate * eff)
+    matrix-vector product (m or n <= the menu's `gemv_max`) runs a skinny kernel: no tile padding."""
     if menu is None:
-        menu = chip.calibration.gemm_menus.get(dtype, chip.calibration.gemm_menus["default"])
+        menu = gemm_menu(chip, dtype)
+    if min(m, n) <= menu.gemv_max:
+        return 2.0 * batch * m * n * k / (rate * eff)
     per_unit = rate * eff / chip.compute_units
     best = math.inf
     for tm, tn in menu.tiles:
@@ -60,6 +60,11 @@ def gemm_compute_seconds(m: float, n: float, k: float, batch: float, chip: Chip,
             best = min(best, seconds)
             split *= 2
     return best
+
+
+def gemm_menu(chip: Chip, dtype: str) -> GemmMenu:
+    """The kernel library's menu for `dtype` (its default where it has none of its own)."""
+    return chip.calibration.gemm_menus.get(dtype, chip.calibration.gemm_menus["default"])
 
 
 def gemm_aligned(n: float, k: float, dtype: str) -> bool:
@@ -76,19 +81,21 @@ def gemm_cost(op: Op, chip: Chip) -> OpCost:
     int4 = op.attrs.get("weight_dtype", dtype) == "int4" or dtype == "int4"
     kernel_class = "gemm"
     menu: GemmMenu | None = None
-    setup_k = 0.0
+    setup_k, stream = 0.0, 1.0
     if (int4 or op.attrs.get("weight_dtype") == "int8") and op.attrs.get("kernel") == "marlin":
         # Marlin-class kernels (Frantar et al. 2024, arXiv:2408.11743; vLLM's int4/int8 weight-only
         # GEMMs): the weights are dequantized in registers and the bf16 MMAs run at the GEMM's own
         # rate, so the kernel reads the narrow weights and computes like a bf16 GEMM
         rate, eff, e_dtype, mode = chip.peak("bf16"), cal.gemm_efficiency["bf16"], "bf16", MARLIN
         compute_s = gemm_compute_seconds(s["m"], s["n"], s["k"], s["batch"], chip, "bf16", rate, eff)
+        skinny = gemm_menu(chip, "bf16").gemv_max
     elif int4 and chip.int4_mode == "weight_only":
         # dequantize-in-the-GEMM kernels run at their own (low) MMA throughput; at GEMV sizes a
         # dedicated kernel streams the packed weights at its own achieved bandwidth
         rate, e_dtype, mode = chip.peak("bf16"), "bf16", INT4_WEIGHT_ONLY
         compute_s = op.flops / (rate * cal.int4_weight_only_efficiency)
-        if min(s["m"], s["n"]) <= GEMV_MAX:
+        skinny = GEMV_MAX  # tinygemm's own matrix-vector kernel
+        if min(s["m"], s["n"]) <= skinny:
             compute_s, kernel_class = 0.0, "int4_gemv"
     else:
         if int4:
@@ -110,8 +117,14 @@ def gemm_cost(op: Op, chip: Chip) -> OpCost:
             menu, mode = GemmMenu((GROUPED_SMALL_TILE if small else GROUPED_TILE,), 1), GROUPED
             setup_k = 0.0 if small else GROUPED_SETUP_K
         compute_s = gemm_compute_seconds(s["m"], s["n"], s["k"], s["batch"], chip, dtype, rate, eff, menu, setup_k)
+        library = menu or gemm_menu(chip, dtype)
+        skinny = library.gemv_max
+        if min(s["m"], s["n"]) <= skinny:  # its matrix-vector kernel streams at its own share of the copy's rate
+            stream = library.stream_efficiency
     mem = memory_part(op, chip, op.bytes, kernel_class)
-    if compute_s > 0 and min(s["m"], s["n"]) > GEMV_MAX:  # the knee between compute and memory
+    if stream < 1.0:
+        mem = replace(mem, seconds=mem.seconds / stream)
+    if compute_s > 0 and min(s["m"], s["n"]) > skinny:  # the knee between compute and memory
         top = max(compute_s, mem.seconds)
         compute_s = top * ((compute_s / top) ** KNEE_EXPONENT + (mem.seconds / top) ** KNEE_EXPONENT) ** (
             1.0 / KNEE_EXPONENT)

@@ -52,12 +52,19 @@ class PowerModel:
     window_s: float  # time constant of the power controller's running average
 
 
+GEMV_MAX = 8  # rows (or columns) up to which a library runs a matrix-vector kernel, by default
+
+
 @dataclass(frozen=True)
 class GemmMenu:
-    """The CTA tile shapes and largest split-k a GEMM library offers for one dtype."""
+    """The CTA tile shapes and largest split-k a GEMM library offers for one dtype, the rows (or columns)
+    up to which it streams the weights with a skinny matrix-vector kernel instead of tiles, and the
+    fraction of a streaming copy's bandwidth that kernel reaches."""
 
     tiles: tuple[tuple[int, int], ...]
     max_split_k: int
+    gemv_max: int = GEMV_MAX
+    stream_efficiency: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -162,13 +169,16 @@ def _memory_level(sec: Section, name: str, *, with_area: bool = False) -> Memory
 
 
 def _gemm_menu(menu: Section) -> GemmMenu:
-    """A kernel library's tile menu: `tiles` ([rows, cols] CTA tiles) and `max_split_k`."""
+    """A kernel library's tile menu: `tiles` ([rows, cols] CTA tiles), `max_split_k`, `gemv_max` and
+    `stream_efficiency`."""
     tiles_raw = menu.raw("tiles")
     if not (isinstance(tiles_raw, list) and tiles_raw and all(
             isinstance(t, list) and len(t) == 2 and all(isinstance(x, int) and x > 0 for x in t)
             for t in tiles_raw)):
         raise menu.error("tiles", "expected a list of [rows, cols] CTA tile shapes, e.g. [[128, 256]]")
-    return GemmMenu(tuple((int(a), int(b)) for a, b in tiles_raw), menu.integer("max_split_k", 1, minimum=1))
+    return GemmMenu(tuple((int(a), int(b)) for a, b in tiles_raw), menu.integer("max_split_k", 1, minimum=1),
+                    menu.integer("gemv_max", GEMV_MAX, minimum=1),
+                    menu.number("stream_efficiency", 1.0, positive=True, maximum=1.0))
 
 
 def _calibration(sec: Section) -> Calibration:

@@ -60,6 +60,19 @@ def test_tiny_gemm_is_latency_bound(h200) -> None:
     assert cost.seconds < 2 * cost.fixed_s
 
 
+def test_a_gemm_library_streams_weights_up_to_its_gemv_max_rows_then_tiles_without_split_k(h200) -> None:
+    # MI300X's hipBLASLt / aiter (chips/mi300x.yaml): a 1280 x 8192 FP8 GEMM costs about the same from
+    # m = 1 to 192 (a skinny kernel streaming its weights), then jumps: 80 tiles of 128 x 128 at most, no
+    # split-k over 304 CUs; cuBLAS on the H200 splits k and grows smoothly
+    mi300x = load_chip("mi300x")
+    t = {m: cost_of(gemm(m, 1280, 8192, "fp8"), mi300x).seconds for m in (1, 128, 192, 256, 1024)}
+    assert t[192] < 1.3 * t[1]
+    assert t[256] > 3 * t[192]
+    assert 0.7 < t[1024] / t[256] < 1.3  # one wave of output tiles either way
+    h = {m: cost_of(gemm(m, 1280, 8192, "fp8"), h200).seconds for m in (192, 256)}
+    assert h[256] < 1.5 * h[192]
+
+
 def test_4gib_memcpy_approaches_hbm_bandwidth(h200) -> None:
     op = memcpy(4 * GiB)
     assert op.bytes == 2 * 4 * GiB  # read + write
