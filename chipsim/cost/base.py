@@ -105,10 +105,11 @@ class MemoryPart:
     latency_s: float
 
 
-def memory_part(op: Op, chip: Chip, nbytes: float, kernel_class: str) -> MemoryPart:
-    """Split `nbytes` between the weight buffer (eligible bytes that fit) and HBM."""
+def memory_part(op: Op, chip: Chip, nbytes: float, kernel_class: str, efficiency: float = 1.0) -> MemoryPart:
+    """Split `nbytes` between the weight buffer (eligible bytes that fit) and HBM; `efficiency`: the
+    kernel's own share of its class's HBM bandwidth (a GEMM library's skinny kernel)."""
     cal = chip.calibration
-    eff = cal.memory_efficiency * cal.kernel_bw_efficiency.get(kernel_class, 1.0)
+    eff = cal.memory_efficiency * cal.kernel_bw_efficiency.get(kernel_class, 1.0) * efficiency
     wb = chip.weight_buffer
     eligible = float(op.attrs.get("buffer_bytes", 0.0))
     if wb is not None and eligible > 0:

@@ -4,7 +4,6 @@ products on a matrix-vector path; int4 weight-only (dequantize in the kernel) or
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 from chipsim.cost.base import OpCost, compute_energy, fixed_seconds, memory_part, register_cost
 from chipsim.errors import InputError
@@ -116,14 +115,12 @@ def gemm_cost(op: Op, chip: Chip) -> OpCost:
             small = min(s["m"], s["n"]) <= GROUPED_SMALL_MAX
             menu, mode = GemmMenu((GROUPED_SMALL_TILE if small else GROUPED_TILE,), 1), GROUPED
             setup_k = 0.0 if small else GROUPED_SETUP_K
+        menu = menu or gemm_menu(chip, dtype)
         compute_s = gemm_compute_seconds(s["m"], s["n"], s["k"], s["batch"], chip, dtype, rate, eff, menu, setup_k)
-        library = menu or gemm_menu(chip, dtype)
-        skinny = library.gemv_max
+        skinny = menu.gemv_max
         if min(s["m"], s["n"]) <= skinny:  # its matrix-vector kernel streams at its own share of the copy's rate
-            stream = library.stream_efficiency
-    mem = memory_part(op, chip, op.bytes, kernel_class)
-    if stream < 1.0:
-        mem = replace(mem, seconds=mem.seconds / stream)
+            stream = menu.stream_efficiency
+    mem = memory_part(op, chip, op.bytes, kernel_class, stream)
     if compute_s > 0 and min(s["m"], s["n"]) > skinny:  # the knee between compute and memory
         top = max(compute_s, mem.seconds)
         compute_s = top * ((compute_s / top) ** KNEE_EXPONENT + (mem.seconds / top) ** KNEE_EXPONENT) ** (
