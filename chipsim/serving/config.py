@@ -190,7 +190,7 @@ def _engine(sec: Section, chip: Chip) -> EngineProfile:
         if k not in OVERRIDABLE:
             raise settings.error(str(k), f"unknown engine setting; expected one of {', '.join(OVERRIDABLE)}")
     over: dict[str, Any] = {}
-    for k in ("iteration_s", "per_sequence_s", "frontend_token_s"):
+    for k in ("iteration_s", "per_sequence_s", "frontend_token_s", "eager_layer_s"):
         if settings.has(k):
             over[k] = settings.quantity(k, "time")
     for k in ("max_batch", "max_tokens", "block_size"):

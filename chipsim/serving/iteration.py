@@ -9,7 +9,8 @@ chunk, decode attention over the batch's KV cache, the tensor-parallel all-reduc
 fabric, the LM head for the sequences that emit a token. Kernels run back to back, replayed from a
 CUDA graph (`calibration.latency.graph_launch` per kernel), at the clock the chip's power limit
 allows for that mix (`sustained_scale`); an engine that launches a step eagerly (`EngineProfile.graphs`)
-takes at least the host's time to dispatch its ops one by one. The engine's host work per iteration
+takes at least the host's time to dispatch its ops one by one (and the engine's own host time per
+layer of such a step, `EngineProfile.eager_layer_s`). The engine's host work per iteration
 (`EngineProfile`) is added on top. With speculative decoding (`chipsim.serving.speculative`) a decoding
 sequence runs its drafted tokens and the next one through the model (attention over its cache, the
 LM head on each), after the drafter's passes.
@@ -408,5 +409,5 @@ class IterationModel:
         joules = sum(ce * scale ** (power.dvfs_exponent - 1) + me for _, _, ce, me, _ in parts)
         graphs = self.profile.graphs == "all" or (self.profile.graphs == "decode" and not chunks)
         if not graphs:  # launched from Python op by op: the host runs ahead of the GPU unless it is slower
-            seconds = max(seconds, sum(p[4] for p in parts))
+            seconds = max(seconds, sum(p[4] for p in parts) + self.model.layers * self.profile.eager_layer_s)
         return StepCost(seconds, joules + power.idle_w * seconds, seconds)

@@ -50,6 +50,7 @@ def _write(tmp_path: Path, serving: dict[str, Any], name: str = "serve.yaml", **
     ({"engine_settings": {"chunked_prefill": False, "max_tokens": 512}}, "serving.engine_settings.max_tokens"),
     ({"engine": "trtllm 1.0.0rc3", "engine_settings": {"max_batch": 1}}, "serving.engine_settings.max_batch"),
     ({"engine_settings": {"frontend_token_s": "fast"}}, "serving.engine_settings.frontend_token_s"),
+    ({"engine_settings": {"eager_layer_s": -1}}, "serving.engine_settings.eager_layer_s"),
     ({"quantization": "int3"}, "serving.quantization"),
     ({"chip": "h9000"}, "serving.chip"),
     ({"chip": "h100_sxm", "system": "hgx_h200"}, "serving.system"),
@@ -240,6 +241,24 @@ def test_a_front_end_caps_the_tokens_a_server_streams() -> None:
     assert 900 < b["output_tokens_per_s"] <= 1000 * 1.001
     assert b["tpot_mean_s"] > 3 * a["tpot_mean_s"] and b["e2e_mean_s"] > 3 * a["e2e_mean_s"]
     assert engine_profile("trtllm 1.0.0rc3").frontend_token_s == pytest.approx(100e-6)  # trtllm-serve's, fitted
+
+
+def test_an_eager_step_costs_the_engines_host_time_per_layer() -> None:
+    """A prompt's step, launched op by op, takes at least layers x eager_layer_s of host time (TensorRT-LLM
+    1.0's release candidates: 0.5 ms); a decode-only step, replayed from a CUDA graph, does not."""
+    from chipsim.serving.profiles import engine_profile
+
+    assert engine_profile("trtllm 1.0.0rc3").eager_layer_s == pytest.approx(500e-6)
+    assert engine_profile("trtllm").eager_layer_s == 0
+    plain = _setup(tp=8)
+    slow = _setup(tp=8, engine_settings={"eager_layer_s": "1 ms"})
+    layers = slow.iteration.model.layers
+    prompt = [(1024, 1024)]
+    fast_s, slow_s = (s.iteration.step(prompt, 4, 4 * 1024, 5).seconds for s in (plain, slow))
+    assert fast_s < layers * 1e-3 < slow_s
+    assert slow_s - fast_s > 0.5 * layers * 1e-3
+    decode = [s.iteration.step([], 4, 4 * 1024, 4).seconds for s in (plain, slow)]
+    assert decode[0] == decode[1]
 
 
 def test_a_shared_prefix_is_computed_once_with_prefix_caching() -> None:
