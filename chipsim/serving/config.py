@@ -54,7 +54,7 @@ DISTRIBUTIONS = {"uniform": ("low", "high"), "normal": ("mean", "std"), "lognorm
 MAX_REQUESTS = 1_000_000
 MAX_TOKENS = 1 << 24  # a length or an engine setting beyond this is a typo, not a request
 MAX_EXPERT_PARALLEL = 1024  # GPUs of one data-parallel-attention, expert-parallel engine (DeepSeek decodes on 144)
-ADMISSIONS = ("reserve", "greedy")
+ADMISSIONS = ("reserve", "greedy", "ratio")
 KEYS = ("model", "chip", "system", "tp", "engine", "engine_settings", "quantization", "kv_cache_dtype", "requests",
         "seed", "arrival", "lengths", "shared_prefix", "disaggregation", "dp_attention", "speculative")
 ARRIVAL_KEYS = {"poisson": ("rate",), "gamma": ("rate", "cv"), "closed": ("concurrency", "think"), "burst": (),
@@ -179,12 +179,12 @@ class ServingSetup:
 # ---------------------------------------------------------------- pieces
 
 
-def _engine(sec: Section, chip: Chip) -> EngineProfile:
+def _engine(sec: Section, chip: Chip, tp: int) -> EngineProfile:
     name = sec.string("engine")
     base = base_profile(name)
     if base is None:
         raise sec.error("engine", f"unknown engine profile {brief(name)}; expected one of {', '.join(PROFILES)}")
-    base = for_chip(base, chip)
+    base = for_chip(base, chip, tp)
     settings = sec.section("engine_settings", {})
     for k in settings.data:
         if k not in OVERRIDABLE:
@@ -196,7 +196,9 @@ def _engine(sec: Section, chip: Chip) -> EngineProfile:
     for k in ("max_batch", "max_tokens", "block_size"):
         if settings.has(k):
             over[k] = int(settings.number(k, minimum=1, maximum=MAX_TOKENS, integer=True))
-    for k in ("chunked_prefill", "prefix_caching"):
+    if settings.has("graph_max_batch"):  # 0: every decode step has a CUDA graph
+        over["graph_max_batch"] = int(settings.number("graph_max_batch", minimum=0, maximum=MAX_TOKENS, integer=True))
+    for k in ("chunked_prefill", "prefix_caching", "mixed_batches"):
         if settings.has(k):
             over[k] = settings.boolean(k)
     if settings.has("memory_fraction"):
@@ -389,7 +391,7 @@ def resolve_serving(config: RunConfig) -> ServingSetup:
         raise sec.error("tp", f"expected a tensor-parallel size up to 64 (with dp_attention, an expert-parallel "
                               f"group up to {MAX_EXPERT_PARALLEL}), got {tp}")
     chip, system = _hardware(sec, tp, dp_attention)
-    profile = _engine(sec, chip)
+    profile = _engine(sec, chip, tp)
     try:
         quant = quantization(sec.string("quantization", "none"))
     except InputError as exc:

@@ -13,7 +13,13 @@ KV blocks (`block_size` tokens) are taken as a sequence grows. Admission (`Engin
 `reserve` admits a request only when its whole sequence (prompt + output) fits in the free blocks, so
 nothing is ever evicted (TensorRT-LLM's GUARANTEED_NO_EVICT); `greedy` admits while its prompt fits
 and, when a running sequence cannot grow, preempts the latest-arrived running one: its blocks are
-freed and it is recomputed later from its prompt and the tokens it had produced (vLLM's recompute).
+freed and it is recomputed later from its prompt and the tokens it had produced (vLLM's recompute);
+`ratio` (SGLang's) admits while the free blocks hold its prompt and a share of the outputs still to
+come (`new_token_ratio` of each running and the new request's remaining output, at most 4,096 tokens
+each), the share falling from 0.7 to 0.098 over 600 decode steps and back to 0.7 when a sequence is
+preempted or the engine idles; sequences grow and are preempted as under `greedy`.
+Without `EngineProfile.mixed_batches` (SGLang), a step runs prompts alone whenever one can be
+admitted or is partly prefilled, and the decoding sequences wait for a step without prompts.
 A prompt's last chunk emits the first token at the iteration's end; each decode step emits one, or
 with speculative decoding (`IterationModel.speculation`) verifies the sequence's drafted tokens (each
 takes a token of the budget and a KV slot) and emits the ones accepted in a row plus one. A profile
@@ -143,6 +149,11 @@ class ServingTrace:
 
 
 MAX_ITERATIONS = 20_000_000
+# SGLang's admission (`ratio`): the share of the outputs still to come the free KV cache must hold,
+# 0.7 falling to 0.7 x 0.14 over 600 decode steps, each output counted up to 4,096 tokens
+# (sglang/srt/environ.py: SGLANG_INIT_NEW_TOKEN_RATIO, SGLANG_MIN_NEW_TOKEN_RATIO_FACTOR,
+# SGLANG_NEW_TOKEN_RATIO_DECAY_STEPS, SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION)
+RATIO_INIT, RATIO_MIN, RATIO_DECAY_STEPS, RATIO_CLIP = 0.7, 0.7 * 0.14, 600, 4096
 # requests per client of a benchmark's closed loop (its length): genai-perf's request count in
 # AIConfigurator's harness, 10 x the concurrency (eval/benchmarks/genai_perf_runner.py); with its
 # engine settings (chipsim.study.serving_validate.harness_settings) the H200 rows' median TTFT APE is
@@ -224,7 +235,22 @@ def simulate_serving(model: IterationModel, arrivals: Arrivals,
     itl = array("d")
     steps = IterationLog() if log else None
     reserve = prof.admission == "reserve"
+    by_ratio = prof.admission == "ratio"
+    ratio = RATIO_INIT
+    ratio_step = (RATIO_INIT - RATIO_MIN) / RATIO_DECAY_STEPS
+
+    def headroom() -> float:
+        """The KV tokens `ratio` admission may still promise: the free ones less the running sequences'
+        share of their outputs to come (unbounded for the other admissions)."""
+        if not by_ratio:
+            return math.inf
+        return free * block - ratio * sum(min(r.output_len - r.generated, RATIO_CLIP) for r in running)
+
+    def promise(r: Request, left: int) -> int:
+        """What admitting `r` takes of `headroom`: its prompt still to compute and its whole output."""
+        return left + min(r.output_len - r.generated, RATIO_CLIP)
     chunked = prof.chunked_prefill
+    mixed = prof.mixed_batches  # False: a step of prompts runs alone, ahead of the decoding sequences
     max_tokens, max_batch = prof.max_tokens, prof.max_batch - prof.reserved_slots
     if max_batch < 1:
         raise InputError(f"max_batch {prof.max_batch}: this engine release holds {prof.reserved_slots} of its sequence "
@@ -239,7 +265,7 @@ def simulate_serving(model: IterationModel, arrivals: Arrivals,
 
     def admissible(r: Request, batch: int) -> bool:
         """Whether the scheduler could admit `r` beside `batch` decoding sequences now."""
-        budget = max_tokens - batch
+        budget = max_tokens - (batch if mixed else 0)
         if batch >= max_batch or budget <= 0:
             return False
         shared = share(r)
@@ -247,7 +273,8 @@ def simulate_serving(model: IterationModel, arrivals: Arrivals,
         need = min(left, budget) if chunked else left
         if need > budget:
             return False
-        return blocks_for((r.input_len + r.output_len if reserve else r.cached + shared + need) - shared) <= free
+        own = blocks_for((r.input_len + r.output_len if reserve else r.cached + shared + need) - shared)
+        return own <= free and promise(r, left) <= headroom()
 
     def admit_arrivals(until: float) -> None:
         nonlocal made
@@ -261,6 +288,7 @@ def simulate_serving(model: IterationModel, arrivals: Arrivals,
     while finished < arrivals.count:
         admit_arrivals(now)
         if not running and not waiting:  # idle until the next arrival
+            ratio = RATIO_INIT
             if not pending:
                 break
             now = max(now, pending[0][0])
@@ -297,6 +325,7 @@ def simulate_serving(model: IterationModel, arrivals: Arrivals,
             if ends:
                 j = len(ends)
                 iterations += j
+                ratio = max(RATIO_MIN, ratio - j * ratio_step)
                 times = np.asarray([deliver(e, n) for e in ends] if front else ends)  # as the clients see them
                 gaps = np.diff(times) if j > 1 else np.empty(0)
                 if steps is not None:
@@ -318,94 +347,108 @@ def simulate_serving(model: IterationModel, arrivals: Arrivals,
         iterations += 1
         if iterations > MAX_ITERATIONS:  # pragma: no cover - a safety net
             raise InputError(f"more than {MAX_ITERATIONS:,} iterations: the load never drains", key="requests")
-        budget, slots = max_tokens, max_batch
-        prefill: list[tuple[int, int]] = []
-        prefill_reqs: list[tuple[Request, int]] = []
-        decoding: list[Request] = []
-        decode_ctx = 0
-        # 1. running sequences, oldest first
-        i = 0
-        while i < len(running):
-            r = running[i]
-            if slots == 0 or budget == 0:
-                break
-            c = r.cached
-            prompt = r.input_len + r.generated if r.preemptions else r.input_len  # r.prompt
-            prefilling = c < prompt
-            if prefilling:
-                chunk = prompt - c
-                if chunked and chunk > budget:
-                    chunk = budget
-                elif chunk > budget:
-                    i += 1
-                    continue
-            elif verify > budget:
-                i += 1
-                continue
-            else:
-                chunk = verify
-            # reserve: the whole sequence's blocks are held from admission on, so nothing ever grows
-            grow = 0 if reserve else -(-(c + chunk - r.shared) // block) - r.blocks
-            if grow > 0:
-                while grow > free:  # preempt the latest arrival (never the one growing)
-                    victim = running[-1]
-                    if victim is r:
-                        break
-                    running.pop()
-                    free += victim.blocks
-                    victim.blocks = victim.cached = victim.shared = 0
-                    victim.preemptions += 1
-                    preemptions += 1
-                    waiting.appendleft(victim)
-                if grow > free:
-                    i += 1
-                    continue
-                free -= grow
-                r.blocks += grow
-            slots -= 1
-            budget -= chunk
-            if prefilling:
-                prefill.append((chunk, c + chunk))
-                prefill_reqs.append((r, chunk))
-            else:
-                decoding.append(r)
-                decode_ctx += c
-            i += 1
-        # 2. waiting requests, first come first served
-        while waiting and slots > 0 and budget > 0:
-            r = waiting[0]
-            shared = share(r)
-            left = r.prompt - r.cached - shared
-            if left <= 0:  # arrived prefilled: it joins the decoding sequences
-                whole = blocks_for(r.input_len + r.output_len if reserve else r.cached + 1)
-                if whole > free:
+        # not mixed: while a prompt can run, the step is prompts only and the decoding sequences wait (unless
+        # no prompt fits after all: then they decode)
+        first = not mixed and (any(r.cached < (r.input_len + r.generated if r.preemptions else r.input_len)
+                                   for r in running) or bool(waiting and admissible(waiting[0], len(running))))
+        for prompts_only in ((True, False) if first else (False,)):
+            budget, slots = max_tokens, max_batch
+            prefill: list[tuple[int, int]] = []
+            prefill_reqs: list[tuple[Request, int]] = []
+            decoding: list[Request] = []
+            decode_ctx = 0
+            # 1. running sequences, oldest first
+            i = 0
+            while i < len(running):
+                r = running[i]
+                if slots == 0 or budget == 0:
                     break
-                waiting.popleft()
-                free -= whole
-                r.blocks = whole
+                c = r.cached
+                prompt = r.input_len + r.generated if r.preemptions else r.input_len  # r.prompt
+                prefilling = c < prompt
+                if prefilling:
+                    chunk = prompt - c
+                    if chunked and chunk > budget:
+                        chunk = budget
+                    elif chunk > budget:
+                        i += 1
+                        continue
+                elif prompts_only:  # it decodes in a later step, holding its slot
+                    slots -= 1
+                    i += 1
+                    continue
+                elif verify > budget:
+                    i += 1
+                    continue
+                else:
+                    chunk = verify
+                # reserve: the whole sequence's blocks are held from admission on, so nothing ever grows
+                grow = 0 if reserve else -(-(c + chunk - r.shared) // block) - r.blocks
+                if grow > 0:
+                    while grow > free:  # preempt the latest arrival (never the one growing)
+                        victim = running[-1]
+                        if victim is r:
+                            break
+                        running.pop()
+                        free += victim.blocks
+                        victim.blocks = victim.cached = victim.shared = 0
+                        victim.preemptions += 1
+                        preemptions += 1
+                        ratio = RATIO_INIT
+                        waiting.appendleft(victim)
+                    if grow > free:
+                        i += 1
+                        continue
+                    free -= grow
+                    r.blocks += grow
                 slots -= 1
-                budget -= min(verify, budget)
+                budget -= chunk
+                if prefilling:
+                    prefill.append((chunk, c + chunk))
+                    prefill_reqs.append((r, chunk))
+                else:
+                    decoding.append(r)
+                    decode_ctx += c
+                i += 1
+            # 2. waiting requests, first come first served
+            room = headroom()
+            while waiting and slots > 0 and budget > 0:
+                r = waiting[0]
+                shared = share(r)
+                left = r.prompt - r.cached - shared
+                if left <= 0:  # arrived prefilled: it joins the decoding sequences
+                    whole = blocks_for(r.input_len + r.output_len if reserve else r.cached + 1)
+                    if whole > free:
+                        break
+                    waiting.popleft()
+                    free -= whole
+                    r.blocks = whole
+                    slots -= 1
+                    budget -= min(verify, budget)
+                    running.append(r)
+                    decoding.append(r)
+                    decode_ctx += r.cached
+                    continue
+                need = left if not chunked else min(left, budget)
+                if need > budget and (running or prefill_reqs or decoding):
+                    break
+                own = blocks_for(r.input_len + r.output_len - shared) if reserve else blocks_for(r.cached + need)
+                if own > free or promise(r, left) > room:
+                    break
+                room -= promise(r, left)
+                waiting.popleft()
+                free -= own
+                r.blocks = own
+                r.shared = shared
+                r.cached += shared
+                hits += shared
+                slots -= 1
+                budget -= min(need, budget)
                 running.append(r)
-                decoding.append(r)
-                decode_ctx += r.cached
-                continue
-            need = left if not chunked else min(left, budget)
-            if need > budget and (running or prefill_reqs or decoding):
+                prefill.append((need, r.cached + need))
+                prefill_reqs.append((r, need))
+            if prefill or decoding:
                 break
-            own = blocks_for(r.input_len + r.output_len - shared) if reserve else blocks_for(r.cached + need)
-            if own > free:
-                break
-            waiting.popleft()
-            free -= own
-            r.blocks = own
-            r.shared = shared
-            r.cached += shared
-            hits += shared
-            slots -= 1
-            budget -= min(need, budget)
-            running.append(r)
-            prefill.append((need, r.cached + need))
-            prefill_reqs.append((r, need))
         if not prefill and not decoding:
             if not running and waiting:
                 raise InputError(f"request {waiting[0].id} cannot be scheduled: its prompt of {waiting[0].prompt} "
@@ -417,6 +460,8 @@ def simulate_serving(model: IterationModel, arrivals: Arrivals,
             raise InputError("the scheduler is stuck: no sequence can be scheduled", key="max_batch")
         logits = len(decoding) + sum(1 for r, c in prefill_reqs if r.cached + c >= r.prompt)
         cost = model.step(prefill, len(decoding), decode_ctx, logits)
+        if decoding:
+            ratio = max(RATIO_MIN, ratio - ratio_step)
         end = now + cost.seconds
         energy += cost.joules
         busy += cost.gpu_seconds

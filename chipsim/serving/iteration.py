@@ -35,7 +35,7 @@ from chipsim.models.zoo import ModelConfig
 from chipsim.network.fabric import Fabric
 from chipsim.network.system import System
 from chipsim.serving.profiles import EngineProfile
-from chipsim.serving.quant import Quantization
+from chipsim.serving.quant import Quantization, quantization
 from chipsim.serving.speculative import Speculation
 from chipsim.workload.graph import WorkloadBuilder
 from chipsim.workload.kinds import BLOCK_SCALE_VALUES, DTYPE_BYTES
@@ -83,6 +83,8 @@ class IterationModel:
                              key="dp_attention")
         if model.heads % tp and not dp_attention:
             raise InputError(f"{model.model_id}'s {model.heads} heads are not divisible by tp {tp}", key="tp")
+        if quant.name == "fp8" and not chip.peak_flops_per_s.get("fp8") and profile.fp8_marlin:
+            quant = quantization("fp8_weight")  # the engine runs an FP8 checkpoint weight-only
         if not chip.peak_flops_per_s.get(quant.gemm_dtype):
             raise InputError(f"chip '{chip.name}' has no {quant.gemm_dtype} tensor cores for quantization "
                              f"'{quant.name}'", key="quantization")
@@ -407,7 +409,9 @@ class IterationModel:
         scale = sustained_scale(power, min(1.0, power.min_clock_hz / self.chip.clock_hz), [p[:4] for p in parts])
         seconds = sum(max(o, c / scale) for o, c, *_ in parts)
         joules = sum(ce * scale ** (power.dvfs_exponent - 1) + me for _, _, ce, me, _ in parts)
-        graphs = self.profile.graphs == "all" or (self.profile.graphs == "decode" and not chunks)
+        limit = self.profile.graph_max_batch
+        graphs = (self.profile.graphs == "all" or (self.profile.graphs == "decode" and not chunks)) and (
+            not limit or decode <= limit)
         if not graphs:  # launched from Python op by op: the host runs ahead of the GPU unless it is slower
             seconds = max(seconds, sum(p[4] for p in parts) + self.model.layers * self.profile.eager_layer_s)
         return StepCost(seconds, joules + power.idle_w * seconds, seconds)

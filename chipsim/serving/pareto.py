@@ -139,8 +139,8 @@ def with_hardware(setup: ServingSetup, *, chip: Chip | str | None = None, quanti
     same_chip = new_chip is setup.chip or new_chip.name == setup.chip.name
     system = setup.system if same_chip and setup.system is not None and tp <= setup.system.gpus_per_node else None
     profile = setup.profile
-    if profile == for_chip(PROFILES[profile.name], setup.chip):  # the engine's own defaults: the new chip's
-        profile = for_chip(PROFILES[profile.name], new_chip)
+    if profile == for_chip(PROFILES[profile.name], setup.chip, setup.tp):  # the engine's defaults: the new chip's
+        profile = for_chip(PROFILES[profile.name], new_chip, tp)
     iteration = checked_iteration(setup.model, new_chip, system, tp, quant, setup.kv_dtype, profile,
                                   setup.input_lens, setup.output_lens, setup.dp_attention)
     return replace(setup, chip=new_chip, system=iteration.system, tp=tp, quant=quant, profile=profile,

@@ -29,7 +29,10 @@ class EngineProfile:
     memory_fraction: float  # of the GPU memory left after the weights that holds the KV cache
     attention_backend: str  # the calibrated attention kernels its kernels are closest to
     graphs: str  # steps replayed from CUDA graphs: "all", "decode" (decode-only steps) or "none" (eager)
-    admission: str  # "reserve": a request's whole sequence must fit the free KV blocks; "greedy": preempt
+    # "reserve": a request's whole sequence must fit the free KV blocks; "greedy": its prompt, the latest
+    # arrival preempted when the cache runs out; "ratio": its prompt and a share of the outputs to come
+    # (SGLang's new_token_ratio; chipsim.serving.engine)
+    admission: str
     all_reduce_s: float  # fixed cost of the engine's custom tensor-parallel all-reduce (0: NCCL for all sizes)
     source: str
     # False: rotary embedding, KV-cache writes and residual adds run as their own kernels and each layer
@@ -54,6 +57,16 @@ class EngineProfile:
     # host time per decoder layer of a step launched op by op, beyond its kernels' dispatch (the
     # framework's module, custom-op and metadata calls around them; 0: the chip's dispatch costs only)
     eager_layer_s: float = 0.0
+    # an FP8 checkpoint on a GPU without FP8 tensor cores runs weight-only, its FP8 weights dequantized
+    # to 16 bits inside the GEMM (vLLM's and SGLang's FP8 Marlin fallback below compute capability 8.9)
+    fp8_marlin: bool = False
+    # prompts' chunks and decoding sequences share a step (vLLM, TensorRT-LLM); False: a step of prompts
+    # runs alone whenever one is waiting, the decoding sequences paused (SGLang without
+    # --enable-mixed-chunk: prefill first, then decode)
+    mixed_batches: bool = True
+    # decode steps of more sequences than this have no CUDA graph and run op by op (0: every decode step
+    # has one); see `for_chip` for the engines' defaults
+    graph_max_batch: int = 0
 
 
 PROFILES: dict[str, EngineProfile] = {p.name: p for p in (
@@ -76,12 +89,22 @@ PROFILES: dict[str, EngineProfile] = {p.name: p for p in (
     # been a large share of it); what remains in the GPU's path is assumed 1.5 ms, as SGLang's
     EngineProfile("vllm", iteration_s=1.5e-3, per_sequence_s=5.0e-6, max_batch=256, max_tokens=2048,
                   chunked_prefill=True, block_size=16, memory_fraction=0.9, attention_backend="flash",
-                  graphs="decode", admission="greedy", all_reduce_s=8e-6, source="assumption: no vLLM rows in the calibration data"),
-    # SGLang (overlap scheduler hides most host work, radix cache, CUDA graphs up to batch 160-256);
-    # defaults: chunked_prefill_size 8192, mem_fraction_static ~0.88, page_size 1 (sglang/srt/server_args.py)
-    EngineProfile("sglang", iteration_s=1.5e-3, per_sequence_s=5.0e-6, max_batch=1024, max_tokens=8192,
+                  graphs="decode", admission="greedy", all_reduce_s=8e-6, fp8_marlin=True,
+                  source="assumption: no vLLM rows in the calibration data"),
+    # SGLang (overlap scheduler hides most host work, radix cache, decode CUDA graphs up to `for_chip`'s
+    # batch); defaults: chunked_prefill_size 8192, mem_fraction_static ~0.88, page_size 1
+    # (sglang/srt/server_args.py), max_running_requests up to its request pool's 4,096 (model_runner.py);
+    # prompts run in steps of their own, ahead of decoding (mixed chunks off), and admission keeps room
+    # for a share of the outputs to come (`admission="ratio"`)
+    # A prompt's (extend) step runs eagerly, ~1 ms of host time a layer: sglang PR #34299 measures a
+    # 20-layer model's whole prefill at TP2 flat at 21-22 ms from 64 to 1,024 tokens; 1 ms a layer
+    # takes validation/published_crosscheck/vllm_sglang_dense.csv's SGLang TTFT rows (A100, H100,
+    # H200; 0.4.1-0.5.6) from 39% to 28% median APE, all its SGLang rows from 25% to 23%
+    EngineProfile("sglang", iteration_s=1.5e-3, per_sequence_s=5.0e-6, max_batch=4096, max_tokens=8192,
                   chunked_prefill=True, block_size=1, memory_fraction=0.88, attention_backend="flash",
-                  graphs="decode", admission="greedy", all_reduce_s=8e-6, source="assumption: no SGLang rows in the calibration data"),
+                  graphs="decode", admission="ratio", all_reduce_s=8e-6, fp8_marlin=True, eager_layer_s=1e-3,
+                  mixed_batches=False,
+                  source="assumption, but for the eager step's host time (see above)"),
     # a PyTorch engine without CUDA graphs (HF Transformers-style, the harness of Splitwise's
     # characterization): every op dispatched from Python, static batches, no chunked prefill
     # fitted on published/serving_calibration.csv's Splitwise rows (Llama-2-70B FP16 on DGX-H100, TP 2-8):
@@ -97,7 +120,8 @@ PROFILES: dict[str, EngineProfile] = {p.name: p for p in (
                   source="calibrated on published/serving_calibration.csv (Splitwise rows)"),
 )}
 OVERRIDABLE = ("iteration_s", "per_sequence_s", "frontend_token_s", "eager_layer_s", "max_batch", "max_tokens",
-               "chunked_prefill", "block_size", "memory_fraction", "admission", "prefix_caching")
+               "chunked_prefill", "mixed_batches", "graph_max_batch", "block_size", "memory_fraction", "admission",
+               "prefix_caching")
 
 
 # what an engine's release changes in its profile, by (profile, version prefix): applied to an engine
@@ -127,6 +151,9 @@ RELEASES: dict[tuple[str, str], dict[str, Any]] = {
     # 11.9% -> 8.5%, TPOT unchanged at 5.8%) makes such a step ~21 ms of host time for 32 layers
     # with its kernels' launches (the chip's dispatch costs).
     ("trtllm", "1.0.0rc"): {"reserved_slots": 1, "frontend_token_s": 100e-6, "eager_layer_s": 500e-6},
+    # SGLang 0.4 captured decode CUDA graphs up to 160 sequences on every GPU of 25 GB or more
+    # (sglang/srt/server_args.py of its 0.4 releases)
+    ("sglang", "0.4"): {"graph_max_batch": 160},
 }
 
 
@@ -144,17 +171,21 @@ def base_profile(name: str) -> EngineProfile | None:
     return base
 
 
-def for_chip(profile: EngineProfile, chip: Chip) -> EngineProfile:
-    """The profile's defaults on `chip`, as the engines pick them by device memory: vLLM raises its
-    batch and token limits on GPUs of 70 GiB or more except the A100 (vllm/engine/arg_utils.py,
-    get_batch_defaults: the larger budget cut the A100's throughput, vLLM PR #17885); SGLang's chunked
-    prefill is 2,048 tokens under 35 GiB, 8,192 under 160 GiB, else 16,384 (B200, MI300;
-    sglang/srt/server_args.py)."""
+def for_chip(profile: EngineProfile, chip: Chip, tp: int = 1) -> EngineProfile:
+    """The profile's defaults on `chip` at tensor parallelism `tp`, as the engines pick them by device
+    memory: vLLM raises its batch and token limits on GPUs of 70 GiB or more except the A100
+    (vllm/engine/arg_utils.py, get_batch_defaults: the larger budget cut the A100's throughput, vLLM PR
+    #17885); SGLang's chunked prefill is 2,048 tokens under 35 GiB, 8,192 under 160 GiB, else 16,384
+    (B200, MI300), and it captures decode CUDA graphs up to 32 sequences (160 at tp 4 or more) under 60
+    GiB, else 256 (512) (sglang/srt/server_args.py; its 0.4 releases: 160 on every GPU of 25 GB or
+    more, `RELEASES`)."""
     gib = chip.hbm.capacity_bytes / 2**30
     if profile.name == "vllm" and gib >= 70 and "a100" not in chip.name.lower():
         return replace(profile, max_batch=1024, max_tokens=8192)
     if profile.name == "sglang":
-        return replace(profile, max_tokens=2048 if gib < 35 else 8192 if gib < 160 else 16384)
+        graphs = profile.graph_max_batch or ((32 if tp < 4 else 160) if gib < 60 else (256 if tp < 4 else 512))
+        return replace(profile, max_tokens=2048 if gib < 35 else 8192 if gib < 160 else 16384,
+                       graph_max_batch=graphs)
     return profile
 
 

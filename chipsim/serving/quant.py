@@ -27,6 +27,8 @@ GROUP = 128  # weight-only group size along k: one fp16 scale (+ zero) per 128 w
 QUANTIZATIONS: dict[str, Quantization] = {q.name: q for q in (
     Quantization("none", "bf16", None, "", 2.0, "16-bit weights and activations (bf16 / fp16)"),
     Quantization("fp8", "fp8", None, "", 1.0, "FP8 weights and activations (per-tensor scales), FP8 tensor cores"),
+    Quantization("fp8_weight", "bf16", "fp8", "marlin", 1.0,
+                 "FP8 weights, 16-bit activations (vLLM's FP8 Marlin kernels, on GPUs without FP8 tensor cores)"),
     Quantization("int8_weight", "bf16", "int8", "marlin", 1.0 + 4 / GROUP,
                  "int8 weights, 16-bit activations (Marlin-class kernels)"),
     Quantization("int4_awq", "bf16", "int4", "marlin", 0.5 + 4 / GROUP,

@@ -4,10 +4,11 @@ quantization, lengths and load are served by `chipsim.serving`, and its figure i
 row's own metric and unit.
 
 How a row's load is run:
-- a concurrency (`batch_or_concurrency` a number, `request_rate` "closed loop"): that many clients,
-  all starting at once and each sending its next request when its last one finishes (benchmark
-  tools' closed loop), for `CLOSED_LOOP_ROUNDS` requests per client, every one counted as the tools
-  count them: the synchronized first wave (whose prompts queue for the token budget) is part of
+- a concurrency (`batch_or_concurrency` a number, `request_rate` "closed loop", infinite or empty:
+  a benchmark's --max-concurrency): that many clients, all starting at once and each sending its
+  next request when its last one finishes (benchmark tools' closed loop), for the row's request
+  count where it states one, else `CLOSED_LOOP_ROUNDS` requests per client, every one counted as the
+  tools count them: the synchronized first wave (whose prompts queue for the token budget) is part of
   the mean TTFT;
 - `max load` / an infinite `request_rate`: every request there at once, the engine choosing its batch
   (`MAX_LOAD_REQUESTS` requests, or the count the row states: "200 prompts", "--num-prompts 50");
@@ -22,6 +23,11 @@ How a row's load is run:
 
 A row from a benchmark harness whose engine configuration is published runs the engine so configured
 (`harness_settings`: AIConfigurator's TensorRT-LLM servers).
+
+Lengths are the row's `input_len` and `output_len`; a file may add `input_len_min` and
+`output_len_min` for a benchmark's random lengths (e.g. SGLang's bench_serving with
+`--random-range-ratio 0`): each request's drawn uniformly from [min, len], the same draws every run.
+An FP8 checkpoint keeps an FP8 KV cache unless the row's quantization text says "KV cache bf16".
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from chipsim.errors import InputError
@@ -44,12 +51,16 @@ CLOSED_LOOP_ROUNDS = BENCHMARK_ROUNDS  # requests per client in a closed-loop ro
 MAX_LOAD_REQUESTS = 2000
 POISSON_REQUESTS = 1000
 SEED = 0
+LENGTH_DRAWS = 4096  # random lengths drawn per row, cycled over its requests
 
 # metric name -> (family, statistic); the families are what the report groups by
 _LATENCY = {"ttft": "ttft", "tpot": "tpot", "itl": "itl", "e2e_latency": "e2e", "e2e": "e2e",
             "first_token_latency": "ttft", "per_token_latency": "tpot"}
+# "throughput" is output tokens unless its unit says input + output ("total" tokens: vLLM's and SGLang's
+# "Total token throughput")
 _THROUGHPUT = {"output_throughput": "output", "output_throughput_per_gpu": "output_per_gpu",
-               "throughput": "output", "offline_tokens_per_s": "output", "server_tokens_per_s": "output",
+               "throughput": "output", "total_throughput": "total", "total_token_throughput": "total",
+               "offline_tokens_per_s": "output", "server_tokens_per_s": "output",
                "decode_tokens_per_s": "output", "request_throughput": "requests",
                "offline_samples_per_s": "requests", "server_samples_per_s": "requests"}
 RATIOS = {"speedup_vs_fp16": "none", "speedup_vs_bf16_per_gpu": "none", "speedup_vs_fp16_matmul": "none"}
@@ -118,8 +129,8 @@ def quantization_of(row: Mapping[str, Any]) -> tuple[str, str]:
         return "none", "bf16"
     # the engines' FP8 and NVFP4 checkpoints keep an FP8 KV cache too: ModelOpt's export declares
     # kv_cache_quant_algo FP8 (hf_quant_config.json) and the engines' "auto" KV dtype follows it
-    if "fp8" in text:
-        return "fp8", "fp8"
+    if "fp8" in text:  # unless the row says the KV cache stays 16-bit (a checkpoint without KV scales)
+        return "fp8", "bf16" if re.search(r"kv[- ]cache (bf16|fp16|16-bit)", text) else "fp8"
     if "mxfp4" in text:  # gpt-oss: MXFP4 experts, 16-bit attention and KV cache
         return "mxfp4", "bf16"
     if "fp4" in text:
@@ -155,6 +166,8 @@ class Scenario:
     load: str  # closed, max, poisson, static
     batch: int  # clients, or the static batch
     rate: float = math.inf
+    input_min: int = 0  # lengths drawn uniformly from [min, len] where a row gives a minimum (0: fixed)
+    output_min: int = 0
     requests: int = 0  # the run's requests where the row states them ("200 prompts"), else 0: the default count
     settings: tuple[tuple[str, Any], ...] = ()  # engine settings the row's benchmark harness ran with
     slo: tuple[tuple[str, float], ...] = ()  # a server-scenario row's latency limits (seconds)
@@ -267,9 +280,10 @@ def scenario_for_row(row: Mapping[str, Any], chip_override: str | None = None) -
         load, batch, rate = "static", _int(row, "batch_or_concurrency", 1), math.inf
     elif server:
         load, batch, rate = "server", 0, math.inf
-    elif load_text.startswith("max") or rate_text in ("inf", "infinity") or "offline" in metric:
+    elif load_text.startswith("max") or (rate_text in ("inf", "infinity") and not load_text.isdigit()) \
+            or "offline" in metric:  # a concurrency with an infinite rate: a benchmark's --max-concurrency
         load, batch, rate = "max", 0, math.inf
-    elif rate_text and not rate_text.startswith("closed"):
+    elif rate_text and not rate_text.startswith("closed") and rate_text not in ("inf", "infinity"):
         try:
             rate = float(rate_text)
         except ValueError:
@@ -281,7 +295,8 @@ def scenario_for_row(row: Mapping[str, Any], chip_override: str | None = None) -
     words = str(row["engine"]).split()
     release = words[1] if len(words) > 1 and words[0].lower() == profile else ""
     scenario = Scenario(model, chip, tp, gpus, profile, release, quant, kv, input_len, _int(row, "output_len"), load,
-                        batch, rate, request_count(row) if load in ("max", "poisson", "server") else 0,
+                        batch, rate, _int(row, "input_len_min", 0), _int(row, "output_len_min", 0),
+                        request_count(row) if load in ("max", "poisson", "server", "closed") else 0,
                         harness_settings(row, profile, input_len, batch) if load == "closed" else (),
                         server_slo(row, model) if load == "server" else ())
     return scenario, family, stat
@@ -298,7 +313,7 @@ def _iteration_model(s: Scenario, cache: dict[Any, Any]) -> Any:
     key = ("model", s.model, s.chip, s.tp, s.profile, s.release, s.quant, s.kv_dtype, s.load, s.batch, s.settings)
     if key not in cache:
         chip = load_chip(s.chip)
-        profile = replace(for_chip(engine_profile(f"{s.profile} {s.release}"), chip), **dict(s.settings))
+        profile = replace(for_chip(engine_profile(f"{s.profile} {s.release}"), chip, s.tp), **dict(s.settings))
         if s.load == "static":  # one batch as a group: every prompt prefilled together, then decoded
             profile = replace(profile, chunked_prefill=False, max_tokens=1 << 30, max_batch=s.batch + profile.reserved_slots,
                               admission="reserve")
@@ -324,12 +339,16 @@ def simulate_scenario(s: Scenario, cache: dict[Any, Any]) -> dict[str, Any]:
         "decode_step_time_s": model.step([], max(1, b), max(1, b) * inp, max(1, b)).seconds,
     } if s.load == "static" else {}
 
-    def lengths(_: int) -> tuple[int, int]:
-        return inp, out
+    def lengths(i: int) -> tuple[int, int]:
+        return int(inputs[i % inputs.size]), int(outputs[i % outputs.size])
 
+    rng = np.random.default_rng(SEED)  # a benchmark's random lengths: uniform in [min, len], the same every run
+    inputs = rng.integers(s.input_min, inp, endpoint=True, size=LENGTH_DRAWS) if s.input_min else np.full(1, inp)
+    outputs = rng.integers(s.output_min, out, endpoint=True, size=LENGTH_DRAWS) if s.output_min else np.full(1, out)
     if s.load == "closed":  # every client's first request at once, as a benchmark starts; over the replicas
         b = max(1, -(-b // s.replicas))
-        arrivals = Arrivals(lengths, count=b * CLOSED_LOOP_ROUNDS, concurrency=b)
+        n = max(b, -(-s.requests // s.replicas)) if s.requests else b * CLOSED_LOOP_ROUNDS
+        arrivals = Arrivals(lengths, count=n, concurrency=b)
     elif s.load == "max":
         n = max(1, -(-s.requests // s.replicas)) if s.requests else MAX_LOAD_REQUESTS
         arrivals = Arrivals(lengths, count=n, times=[0.0] * n)
@@ -379,8 +398,10 @@ def _value(s: Scenario, family: str, stat: str, metric: str, unit: str, cache: d
         kind = _THROUGHPUT[metric]
         if kind == "requests":
             return float(r["requests_per_s"] * replicas)
+        if re.search(r"total|input ?\+ ?output", unit.lower()):
+            kind = "total"
         per_gpu = kind == "output_per_gpu" or "gpu" in unit
-        total = r["output_tokens_per_s"] * replicas
+        total = r["total_tokens_per_s" if kind == "total" else "output_tokens_per_s"] * replicas
         return float(total / s.gpus if per_gpu else total)
     else:  # a ratio: this row's quantization against 16-bit, same load
         base = replace(s, quant=RATIOS[metric], kv_dtype="bf16")

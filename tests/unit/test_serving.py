@@ -17,6 +17,8 @@ from chipsim.config.runconfig import load_run_config, parse_run_config
 from chipsim.errors import InputError
 from chipsim.serving.capacity import FLOOR, find_capacity, parse_slo, search_rate, violations
 from chipsim.serving.config import ServingSetup, resolve_serving
+from chipsim.serving.engine import Arrivals, poisson_times, simulate_serving
+from chipsim.serving.metrics import summarize
 from chipsim.serving.run import run_serving
 
 BASE: dict[str, Any] = {"model": "llama3-8b", "chip": "h100_sxm", "engine": "trtllm", "requests": 300,
@@ -259,6 +261,63 @@ def test_an_eager_step_costs_the_engines_host_time_per_layer() -> None:
     assert slow_s - fast_s > 0.5 * layers * 1e-3
     decode = [s.iteration.step([], 4, 4 * 1024, 4).seconds for s in (plain, slow)]
     assert decode[0] == decode[1]
+
+
+def test_sglang_runs_prompts_in_steps_of_their_own() -> None:
+    """Without mixed batches (SGLang's default) no step holds both a prompt and decoding sequences, and
+    prompts start sooner while the decoding sequences wait longer between tokens than when they mix."""
+    common: dict[str, Any] = {"engine": "sglang", "lengths": {"input": 1024, "output": 256}, "requests": 200,
+                              "arrival": {"process": "poisson", "rate": 8}}
+    alone, mixed = (_setup(engine_settings={"mixed_batches": m}, **common) for m in (False, True))
+    assert alone.iteration.profile.mixed_batches is False and mixed.iteration.profile.mixed_batches
+    arrivals = Arrivals(lambda i: (1024, 256), count=200, times=poisson_times(8, 200, 0))
+    traces = [simulate_serving(s.iteration, arrivals, log=True) for s in (alone, mixed)]
+    steps = [t.steps.arrays() for t in traces if t.steps is not None]
+    both = [int(((a["prefill_tokens"] > 0) & (a["decode_sequences"] > 0)).sum()) for a in steps]
+    assert both[0] == 0 < both[1]
+    a, b = (summarize(t, 1) for t in traces)
+    assert a["ttft_mean_s"] < b["ttft_mean_s"]
+    assert a["itl_p99_s"] > b["itl_p99_s"]
+
+
+def test_ratio_admission_keeps_room_for_the_outputs_to_come() -> None:
+    """SGLang's admission holds back requests whose outputs the cache could not hold: with a cache of ten
+    such sequences and long outputs it preempts far less than admitting every prompt that fits, though
+    more than reserving every sequence whole."""
+    common: dict[str, Any] = {"engine": "sglang", "lengths": {"input": 256, "output": 2048}, "requests": 120,
+                              "arrival": {"process": "poisson", "rate": 50}}
+    runs = {a: run_serving(_setup(engine_settings={"admission": a, "memory_fraction": 0.05}, **common)).summary
+            for a in ("greedy", "ratio", "reserve")}
+    assert runs["reserve"]["preemptions"] == 0 < runs["ratio"]["preemptions"] < 0.3 * runs["greedy"]["preemptions"]
+
+
+def test_decode_steps_beyond_the_graphs_batch_run_op_by_op() -> None:
+    """SGLang captures decode CUDA graphs up to 256 sequences on an 80 GB GPU at tp 1 (512 from tp 4;
+    160 in its 0.4 releases); a larger decode step is launched op by op and costs the eager host time."""
+    from chipsim.serving.profiles import engine_profile, for_chip
+
+    setup = _setup(engine="sglang")
+    assert setup.iteration.profile.graph_max_batch == 256
+    assert for_chip(engine_profile("sglang"), setup.chip, 4).graph_max_batch == 512
+    assert for_chip(engine_profile("sglang 0.4.1"), setup.chip, 4).graph_max_batch == 160
+    step = setup.iteration.step
+    layers = setup.iteration.model.layers
+    graphed, eager = step([], 256, 256 * 512, 256).seconds, step([], 257, 257 * 512, 257).seconds
+    assert eager > layers * setup.iteration.profile.eager_layer_s > graphed  # host-bound
+    assert _setup().iteration.profile.graph_max_batch == 0  # TensorRT-LLM: every decode step graphed
+
+
+def test_fp8_checkpoints_run_weight_only_where_the_gpu_has_no_fp8() -> None:
+    """vLLM and SGLang run an FP8 checkpoint on an A100 with FP8 Marlin kernels (weights in FP8, 16-bit
+    math); TensorRT-LLM has no such path."""
+    common: dict[str, Any] = {"chip": "a100_sxm", "quantization": "fp8"}
+    for engine in ("vllm", "sglang"):
+        setup = _setup(engine=engine, **common)
+        assert setup.iteration.quant.name == "fp8_weight"
+        assert setup.iteration.weight_bytes < 0.6 * _setup(engine=engine, chip="a100_sxm").iteration.weight_bytes
+    with pytest.raises(InputError) as err:
+        _setup(engine="trtllm", **common)
+    assert err.value.key == "serving.quantization"
 
 
 def test_a_shared_prefix_is_computed_once_with_prefix_caching() -> None:

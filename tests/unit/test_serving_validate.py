@@ -176,3 +176,36 @@ def test_server_rows_run_at_the_highest_rate_meeting_their_limits() -> None:
     assert family == "ttft" and ttft == pytest.approx(run["ttft_p99_s"] * 1e3)
     with pytest.raises(Unsupported, match="not even"):
         predict_row({**loose, "batch_or_concurrency": "server (TPOT p99 <= 1 ms)"}, {})
+
+
+def test_a_concurrency_with_an_infinite_rate_is_a_closed_loop_of_the_rows_requests() -> None:
+    """`--max-concurrency 8 --request-rate inf`: 8 clients, for the row's prompt count."""
+    row = _row(engine="vllm 0.11.0", request_rate="inf", notes="100 prompts", metric_name="e2e_latency_mean")
+    s, _, _ = scenario_for_row(row)
+    assert (s.load, s.batch, s.requests) == ("closed", 8, 100)
+    assert scenario_for_row({**row, "batch_or_concurrency": "max load"})[0].load == "max"
+
+
+def test_random_lengths_between_a_rows_minimum_and_its_length() -> None:
+    """`input_len_min` / `output_len_min` (a benchmark's random range ratio 0): lengths uniform in
+    [min, len], the same draws every run; the mean prompt is about half as long, so it costs less."""
+    row = _row(engine="sglang 0.5.6", request_rate="inf", batch_or_concurrency="1", notes="20 prompts",
+               metric_name="ttft_mean", input_len=4096, output_len=64)
+    fixed, _ = predict_row(row, {})
+    drawn, _ = predict_row({**row, "input_len_min": 1, "output_len_min": 1}, {})
+    assert scenario_for_row({**row, "input_len_min": 1})[0].input_min == 1
+    assert 0.2 * fixed < drawn < 0.8 * fixed
+    assert drawn == predict_row({**row, "input_len_min": 1, "output_len_min": 1}, {})[0]
+
+
+def test_throughput_in_input_and_output_tokens_where_the_unit_says_so() -> None:
+    """vLLM's and SGLang's "Total token throughput" counts prompt tokens too."""
+    row = _row(batch_or_concurrency="max load", request_rate="inf", metric_name="throughput",
+               unit="tokens/s", input_len=512, output_len=128)
+    out, _ = predict_row(row, {})
+    total, _ = predict_row({**row, "unit": "tokens/s (input+output)"}, {})
+    assert total == pytest.approx(out * (512 + 128) / 128, rel=0.02)
+
+
+def test_an_fp8_checkpoint_without_kv_scales_keeps_a_16_bit_cache() -> None:
+    assert quantization_of({"quant_method": "fp8 (block-wise checkpoint); KV cache bf16"}) == ("fp8", "bf16")
