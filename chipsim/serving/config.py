@@ -12,7 +12,7 @@ serving:
   model: llama3-8b            # a zoo id, or {layers, d_model, heads, kv_heads, ffn, vocab, max_seq, ...}
   chip: h100_sxm              # or system: NAME (tp > 1 defaults to the chip's node)
   tp: 1
-  engine: trtllm              # trtllm, vllm, sglang, eager
+  engine: trtllm              # trtllm, vllm, sglang, lmdeploy, eager
   engine_settings: {max_batch: 256}
   quantization: none          # none, fp8, int8_weight, int4_awq, int4_tinygemm, nvfp4, mxfp4
   kv_cache_dtype: bf16        # bf16 or fp8
@@ -557,8 +557,9 @@ def checked_iteration(model: ModelConfig, chip: Chip, system: System | None, tp:
     key at fault: engine, kv_cache_dtype, tp, lengths, engine_settings(.max_tokens), chip."""
     from chipsim.network.system import system_for
 
-    if profile.name == "trtllm" and chip.vendor.strip().upper() == "AMD":
-        raise InputError(f"TensorRT-LLM runs on NVIDIA GPUs only; {chip.name} is an AMD chip: use vllm or sglang "
+    if profile.name in ("trtllm", "lmdeploy") and chip.vendor.strip().upper() == "AMD":
+        engine = "TensorRT-LLM" if profile.name == "trtllm" else "LMDeploy's TurboMind"
+        raise InputError(f"{engine} runs on NVIDIA GPUs only; {chip.name} is an AMD chip: use vllm or sglang "
                          f"(their ROCm builds)", key="engine")
     if kv_dtype != "bf16" and chip.peak_flops_per_s.get(kv_dtype, 0.0) <= 0:
         raise InputError(f"chip '{chip.name}' has no {kv_dtype} attention kernels; expected "

@@ -105,6 +105,16 @@ PROFILES: dict[str, EngineProfile] = {p.name: p for p in (
                   graphs="decode", admission="ratio", all_reduce_s=8e-6, fp8_marlin=True, eager_layer_s=1e-3,
                   mixed_batches=False,
                   source="assumption, but for the eager step's host time (see above)"),
+    # LMDeploy's TurboMind (a C++ engine: persistent batching, its own fused kernels launched from C++, so
+    # no Python dispatch; a long prompt split into chunks of max_prefill_token_num 8,192): host costs as
+    # TensorRT-LLM's C++ executor (assumption); defaults of TurbomindEngineConfig: cache_max_entry_count
+    # 0.8 of the free memory, cache_block_seq_len 64, max_batch_size by device (`for_chip`;
+    # lmdeploy/messages.py, utils.get_max_batch_size). Checked, not fitted, on LMDeploy 0.1's A100 rows
+    # (docs/en/benchmark/a100_fp16.md; validation/published_crosscheck/vllm_sglang_dense.csv)
+    EngineProfile("lmdeploy", iteration_s=1.0e-3, per_sequence_s=2.0e-6, max_batch=128, max_tokens=8192,
+                  chunked_prefill=True, block_size=64, memory_fraction=0.8, attention_backend="cudnn",
+                  graphs="all", admission="greedy", all_reduce_s=8e-6,
+                  source="assumption: TensorRT-LLM's host costs; TurboMind's scheduler defaults"),
     # a PyTorch engine without CUDA graphs (HF Transformers-style, the harness of Splitwise's
     # characterization): every op dispatched from Python, static batches, no chunked prefill
     # fitted on published/serving_calibration.csv's Splitwise rows (Llama-2-70B FP16 on DGX-H100, TP 2-8):
@@ -151,6 +161,9 @@ RELEASES: dict[tuple[str, str], dict[str, Any]] = {
     # 11.9% -> 8.5%, TPOT unchanged at 5.8%) makes such a step ~21 ms of host time for 32 layers
     # with its kernels' launches (the chip's dispatch costs).
     ("trtllm", "1.0.0rc"): {"reserved_slots": 1, "frontend_token_s": 100e-6, "eager_layer_s": 500e-6},
+    # LMDeploy 0.1 (TurboMind 2.0's config.ini: max_batch_size 64, cache_max_entry_count 0.5,
+    # cache_block_seq_len 128; docs/en/inference/turbomind_config.md)
+    ("lmdeploy", "0.1"): {"max_batch": 64, "memory_fraction": 0.5, "block_size": 128},
     # SGLang 0.4 captured decode CUDA graphs up to 160 sequences on every GPU of 25 GB or more
     # (sglang/srt/server_args.py of its 0.4 releases)
     ("sglang", "0.4"): {"graph_max_batch": 160},
@@ -172,8 +185,8 @@ def base_profile(name: str) -> EngineProfile | None:
 
 
 def for_chip(profile: EngineProfile, chip: Chip, tp: int = 1) -> EngineProfile:
-    """The profile's defaults on `chip` at tensor parallelism `tp`, as the engines pick them by device
-    memory: vLLM raises its batch and token limits on GPUs of 70 GiB or more except the A100
+    """The profile's defaults on `chip` at tensor parallelism `tp`, as the engines pick them by device:
+    LMDeploy runs 384 requests on an A100, 1,024 on an H100/H200/H800, else 128; vLLM raises its batch and token limits on GPUs of 70 GiB or more except the A100
     (vllm/engine/arg_utils.py, get_batch_defaults: the larger budget cut the A100's throughput, vLLM PR
     #17885); SGLang's chunked prefill is 2,048 tokens under 35 GiB, 8,192 under 160 GiB, else 16,384
     (B200, MI300), and it captures decode CUDA graphs up to 32 sequences (160 at tp 4 or more) under 60
@@ -182,6 +195,10 @@ def for_chip(profile: EngineProfile, chip: Chip, tp: int = 1) -> EngineProfile:
     gib = chip.hbm.capacity_bytes / 2**30
     if profile.name == "vllm" and gib >= 70 and "a100" not in chip.name.lower():
         return replace(profile, max_batch=1024, max_tokens=8192)
+    if profile.name == "lmdeploy" and profile.max_batch == PROFILES["lmdeploy"].max_batch:
+        name = chip.name.lower()
+        return replace(profile, max_batch=384 if "a100" in name else 1024 if name.startswith(("h100", "h200", "h800"))
+                       else profile.max_batch)
     if profile.name == "sglang":
         graphs = profile.graph_max_batch or ((32 if tp < 4 else 160) if gib < 60 else (256 if tp < 4 else 512))
         return replace(profile, max_tokens=2048 if gib < 35 else 8192 if gib < 160 else 16384,

@@ -143,12 +143,12 @@ def quantization_of(row: Mapping[str, Any]) -> tuple[str, str]:
 
 def profile_of(engine: str) -> str:
     text = engine.strip().lower()
-    for name in ("trtllm", "tensorrt", "vllm", "sglang"):
+    for name in ("trtllm", "tensorrt", "vllm", "sglang", "lmdeploy", "turbomind"):
         if text.startswith(name) or name in text.split()[0]:
-            return "trtllm" if name == "tensorrt" else name
+            return {"tensorrt": "trtllm", "turbomind": "lmdeploy"}.get(name, name)
     if "splitwise" in text or "eager" in text or "transformers" in text:
         return "eager"
-    raise Unsupported(f"engine {engine!r} (known profiles: trtllm, vllm, sglang, eager)")
+    raise Unsupported(f"engine {engine!r} (known profiles: trtllm, vllm, sglang, lmdeploy, eager)")
 
 
 @dataclass(frozen=True)

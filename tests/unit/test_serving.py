@@ -62,6 +62,7 @@ def _write(tmp_path: Path, serving: dict[str, Any], name: str = "serve.yaml", **
     ({"chip": "a100_sxm", "kv_cache_dtype": "fp8"}, "serving.kv_cache_dtype"),
     ({"chip": "a100_sxm", "quantization": "fp8"}, "serving.quantization"),  # a zero fp8 rate: no format
     ({"chip": "mi300x", "engine": "trtllm"}, "serving.engine"),  # TensorRT-LLM is NVIDIA's only
+    ({"chip": "mi300x", "engine": "lmdeploy"}, "serving.engine"),  # so is TurboMind
     ({"tp": 3, "system": "dgx_h100"}, "serving.tp"),
     ({"tp": 0}, "serving.tp"),
     ({"tp": 16}, "serving.tp"),
@@ -305,6 +306,24 @@ def test_decode_steps_beyond_the_graphs_batch_run_op_by_op() -> None:
     graphed, eager = step([], 256, 256 * 512, 256).seconds, step([], 257, 257 * 512, 257).seconds
     assert eager > layers * setup.iteration.profile.eager_layer_s > graphed  # host-bound
     assert _setup().iteration.profile.graph_max_batch == 0  # TensorRT-LLM: every decode step graphed
+
+
+def test_lmdeploy_runs_turbominds_defaults_by_device() -> None:
+    """LMDeploy's TurboMind: 384 requests on an A100, 1,024 on an H100, 128 elsewhere; its 0.1 release 64
+    with half the free memory for the KV cache; no Python dispatch (kernels launched from C++)."""
+    from chipsim.hardware.registry import load_chip
+    from chipsim.serving.profiles import engine_profile, for_chip
+    from chipsim.study.serving_validate import profile_of
+
+    assert _setup(engine="lmdeploy").iteration.profile.max_batch == 1024
+    assert _setup(engine="lmdeploy", chip="a100_sxm").iteration.profile.max_batch == 384
+    assert for_chip(engine_profile("lmdeploy"), load_chip("mi300x")).max_batch == 128
+    old = _setup(engine="lmdeploy 0.1.0a1").iteration.profile
+    assert (old.max_batch, old.memory_fraction, old.block_size) == (64, 0.5, 128)
+    assert profile_of("LMDeploy 0.6 (TurboMind)") == profile_of("turbomind") == "lmdeploy"
+    prompt = _setup(engine="lmdeploy").iteration.step([(1024, 1024)], 0, 0, 1)
+    eager = _setup(engine="vllm").iteration.step([(1024, 1024)], 0, 0, 1)
+    assert prompt.seconds < eager.seconds
 
 
 def test_fp8_checkpoints_run_weight_only_where_the_gpu_has_no_fp8() -> None:
