@@ -97,9 +97,9 @@ PROFILES: dict[str, EngineProfile] = {p.name: p for p in (
     # prompts run in steps of their own, ahead of decoding (mixed chunks off), and admission keeps room
     # for a share of the outputs to come (`admission="ratio"`)
     # A prompt's (extend) step runs eagerly, ~1 ms of host time a layer: sglang PR #34299 measures a
-    # 20-layer model's whole prefill at TP2 flat at 21-22 ms from 64 to 1,024 tokens; 1 ms a layer
-    # takes validation/published_crosscheck/vllm_sglang_dense.csv's SGLang TTFT rows (A100, H100,
-    # H200; 0.4.1-0.5.6) from 39% to 28% median APE, all its SGLang rows from 25% to 23%
+    # 20-layer model's whole prefill at TP2 flat at 21-22 ms from 64 to 1,024 tokens. Checked on the 162
+    # SGLang rows of validation/published_crosscheck/vllm_sglang_dense.csv (A100, H100, H200;
+    # 0.4.1-0.5.6): with it their TTFT is at 28% median APE, 38% without; all of them 22%, 26% without
     EngineProfile("sglang", iteration_s=1.5e-3, per_sequence_s=5.0e-6, max_batch=4096, max_tokens=8192,
                   chunked_prefill=True, block_size=1, memory_fraction=0.88, attention_backend="flash",
                   graphs="decode", admission="ratio", all_reduce_s=8e-6, fp8_marlin=True, eager_layer_s=1e-3,
@@ -186,7 +186,8 @@ def base_profile(name: str) -> EngineProfile | None:
 
 def for_chip(profile: EngineProfile, chip: Chip, tp: int = 1) -> EngineProfile:
     """The profile's defaults on `chip` at tensor parallelism `tp`, as the engines pick them by device:
-    LMDeploy runs 384 requests on an A100, 1,024 on an H100/H200/H800, else 128; vLLM raises its batch and token limits on GPUs of 70 GiB or more except the A100
+    LMDeploy runs 384 requests on an A100, 1,024 on an H100/H200/H800, else 128 (unless its release
+    sets its own); vLLM raises its batch and token limits on GPUs of 70 GiB or more except the A100
     (vllm/engine/arg_utils.py, get_batch_defaults: the larger budget cut the A100's throughput, vLLM PR
     #17885); SGLang's chunked prefill is 2,048 tokens under 35 GiB, 8,192 under 160 GiB, else 16,384
     (B200, MI300), and it captures decode CUDA graphs up to 32 sequences (160 at tp 4 or more) under 60
@@ -197,8 +198,8 @@ def for_chip(profile: EngineProfile, chip: Chip, tp: int = 1) -> EngineProfile:
         return replace(profile, max_batch=1024, max_tokens=8192)
     if profile.name == "lmdeploy" and profile.max_batch == PROFILES["lmdeploy"].max_batch:
         name = chip.name.lower()
-        return replace(profile, max_batch=384 if "a100" in name else 1024 if name.startswith(("h100", "h200", "h800"))
-                       else profile.max_batch)
+        batch = 384 if "a100" in name else 1024 if name.startswith(("h100", "h200", "h800")) else profile.max_batch
+        return replace(profile, max_batch=batch)
     if profile.name == "sglang":
         graphs = profile.graph_max_batch or ((32 if tp < 4 else 160) if gib < 60 else (256 if tp < 4 else 512))
         return replace(profile, max_tokens=2048 if gib < 35 else 8192 if gib < 160 else 16384,
