@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -74,6 +75,29 @@ DEVICE_ALIASES = {"H100_SXM": "h100_sxm", "H100": "h100_sxm", "NVIDIA H100 80GB 
                   "H100_PCIE": "h100_pcie", "NVIDIA H100 PCIE": "h100_pcie"}
 
 
+# a device name as tables and tools write it ("H100 SXM5 80GB", "NVIDIA H200-141GB", "A100-SXM4-80GB"):
+# the first product name it holds, checked longest first (GB200 before B200); the variants no built-in
+# chip models (an A100 of 40 GB or in PCIe form, an H100 NVL) name none
+_FAMILIES = (("GB300", "gb300"), ("GB200", "gb200"), ("GH200", "gh200"), ("B300", "b300"), ("B200", "b200"),
+             ("H800", "h800"), ("H200", "h200_sxm"), ("H100", "h100_sxm"), ("A100", "a100_sxm"),
+             ("MI325X", "mi325x"), ("MI300X", "mi300x"))
+
+
 def chip_for_device_name(device: str) -> str | None:
-    """The built-in chip a device name (from a trace or a CSV's device column) refers to, if any."""
-    return DEVICE_ALIASES.get(device.strip().upper()) or DEVICE_ALIASES.get(device.strip())
+    """The built-in chip a device name (from a trace or a CSV's device column) refers to, if any: an
+    alias (`DEVICE_ALIASES`), else the product it names ("H100 SXM5 80GB" -> h100_sxm, "H100 PCIe" ->
+    h100_pcie); None for a variant no built-in chip models (A100 40 GB or PCIe, H100 NVL)."""
+    exact = DEVICE_ALIASES.get(device.strip().upper()) or DEVICE_ALIASES.get(device.strip())
+    if exact:
+        return exact
+    text = device.upper()
+    for family, chip in _FAMILIES:
+        if re.search(rf"(?<![A-Z0-9]){family}(?![0-9])", text):
+            pcie = "PCIE" in text
+            if family == "H100" and pcie:
+                return "h100_pcie"
+            if (family == "H100" and re.search(r"\bNVL\b", text)) or (
+                    family == "A100" and (pcie or re.search(r"\b40 ?GB\b", text))):
+                return None
+            return chip
+    return None

@@ -177,7 +177,7 @@ def base_profile(name: str) -> EngineProfile | None:
     base = PROFILES.get(words[0]) if words else None
     if base is None:
         return None
-    version = words[1] if len(words) > 1 else ""
+    version = words[1].removeprefix("v") if len(words) > 1 else ""  # "v0.4.1" names release 0.4.1
     for (profile, prefix), settings in RELEASES.items():
         if profile == base.name and version.startswith(prefix):
             base = replace(base, **settings)

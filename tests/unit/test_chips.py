@@ -160,6 +160,20 @@ def test_device_aliases_of_the_new_chips_resolve(device: str, chip: str) -> None
     assert set(DEVICE_ALIASES.values()) <= set(builtin_chip_names())
 
 
+@pytest.mark.parametrize(("device", "chip"), [
+    ("H100 SXM", "h100_sxm"), ("H100-SXM-80GB", "h100_sxm"), ("NVIDIA H100-SXM5-80GB", "h100_sxm"),
+    ("H200-141GB SXM", "h200_sxm"), ("8x H200 (Nebius)", "h200_sxm"), ("A100-SXM4-80GB", "a100_sxm"),
+    ("A100-80GB", "a100_sxm"), ("H100 80GB PCIe", "h100_pcie"), ("GB200 NVL72", "gb200"),
+    ("AMD Instinct MI300X OAM", "mi300x"), ("NVIDIA B200 (HGX)", "b200"),
+    ("NVIDIA A100-SXM4-40GB", None), ("A100 80GB PCIe", None), ("H100 NVL", None), ("L40S", None),
+    ("H1000", None),
+])
+def test_device_names_as_tables_write_them_resolve_to_the_chip_they_name(device: str, chip: str | None) -> None:
+    from chipsim.hardware.registry import chip_for_device_name
+
+    assert chip_for_device_name(device) == chip
+
+
 def test_to_dict_is_json_serializable_si() -> None:
     data = json.loads(json.dumps(load_chip("h200_sxm").to_dict(), default=str))
     assert data["hbm"]["bandwidth_bytes_per_s"] == pytest.approx(4.8e12)

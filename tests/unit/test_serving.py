@@ -301,6 +301,7 @@ def test_decode_steps_beyond_the_graphs_batch_run_op_by_op() -> None:
     assert setup.iteration.profile.graph_max_batch == 256
     assert for_chip(engine_profile("sglang"), setup.chip, 4).graph_max_batch == 512
     assert for_chip(engine_profile("sglang 0.4.1"), setup.chip, 4).graph_max_batch == 160
+    assert engine_profile("sglang v0.4.1") == engine_profile("sglang 0.4.1")  # a version written with a v
     step = setup.iteration.step
     layers = setup.iteration.model.layers
     graphed, eager = step([], 256, 256 * 512, 256).seconds, step([], 257, 257 * 512, 257).seconds
