@@ -107,12 +107,15 @@ def model_id_of(name: str) -> str:
     from chipsim.models import known_models
 
     text = re.sub(r"\s*\(.*\)\s*$", "", name.strip().lower()).split("/")[-1]  # "Name (org/name)" -> name
+    text = re.sub(r"[-_]v\d+(\.\d+)?$", "", text)  # Mistral-7B-Instruct-v0.3
     text = re.sub(r"[-_](instruct|chat|hf|base|it|fp8|awq|gptq|int4|int8)$", "", text)
     text = re.sub(r"[-_](instruct|chat|hf|base|it|fp8|awq|gptq|int4|int8)$", "", text)
+    text = re.sub(r"[-_]v\d+(\.\d+)?$", "", text)  # Mistral-7B-v0.1-Instruct
     # DeepSeek-R1 and V3's updates share DeepSeek-V3's architecture (HF config.json: DeepseekV3ForCausalLM)
     text = re.sub(r"^deepseek-(r1|v3)([-_.][\w.]+)?$", "deepseek-v3", text)
     candidates = [text, text.replace("llama-3.1-", "llama3-"), text.replace("llama-3.1-", "llama3.1-"),
                   text.replace("llama-3.3-", "llama3-"), text.replace("llama-3-", "llama3-"),
+                  text.replace("llama-3.2-", "llama3.2-"),
                   text.replace("llama-2-", "llama2-"), text.replace("gpt-j-", "gptj-"), text.replace("-", "")]
     for c in candidates:
         if c in known_models():

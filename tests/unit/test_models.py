@@ -33,7 +33,7 @@ def test_the_zoo_covers_the_calibration_vocabulary() -> None:
         "llama2-7b", "llama2-13b", "llama2-70b", "llama3-8b", "llama3-70b", "llama3.1-405b", "gpt3-175b",
         "nemotron4-15b", "nemotron4-340b", "mixtral-8x7b", "mixtral-8x22b", "grok-1-314b", "deepseek-v3",
         "qwen3-8b", "qwen3-14b", "qwen3-32b", "qwen3-30b-a3b", "qwen3-235b-a22b", "gpt-oss-120b", "gptj-6b",
-        "gpt-custom"}
+        "mistral-7b", "llama3.2-1b", "llama3.2-3b", "qwen2.5-7b", "qwen2.5-72b", "gpt-custom"}
     assert all(load_model(m).source for m in ZOO)
 
 
