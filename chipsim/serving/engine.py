@@ -14,9 +14,9 @@ KV blocks (`block_size` tokens) are taken as a sequence grows. Admission (`Engin
 nothing is ever evicted (TensorRT-LLM's GUARANTEED_NO_EVICT); `greedy` admits while its prompt fits
 and, when a running sequence cannot grow, preempts the latest-arrived running one: its blocks are
 freed and it is recomputed later from its prompt and the tokens it had produced (vLLM's recompute);
-`ratio` (SGLang's) admits while the free blocks hold its prompt and a share of the outputs still to
-come (`new_token_ratio` of each running and the new request's remaining output, at most 4,096 tokens
-each), the share falling from 0.7 to 0.098 over 600 decode steps and back to 0.7 when a sequence is
+`ratio` (SGLang's) admits while the free blocks hold its prompt, its whole output and a share
+(`new_token_ratio`) of each running request's output still to come, outputs counted up to 4,096
+tokens, the share falling from 0.7 to 0.098 over 600 decode steps and back to 0.7 when a sequence is
 preempted or the engine idles; sequences grow and are preempted as under `greedy`.
 Without `EngineProfile.mixed_batches` (SGLang), a step runs prompts alone whenever one can be
 admitted or is partly prefilled, and the decoding sequences wait for a step without prompts.
@@ -149,8 +149,9 @@ class ServingTrace:
 
 
 MAX_ITERATIONS = 20_000_000
-# SGLang's admission (`ratio`): the share of the outputs still to come the free KV cache must hold,
-# 0.7 falling to 0.7 x 0.14 over 600 decode steps, each output counted up to 4,096 tokens
+# SGLang's admission (`ratio`): the share of the running requests' outputs still to come that the free
+# KV cache must hold besides a new request's prompt and output, 0.7 falling to 0.7 x 0.14 over 600
+# decode steps, each output counted up to 4,096 tokens (scheduler's PrefillAdder)
 # (sglang/srt/environ.py: SGLANG_INIT_NEW_TOKEN_RATIO, SGLANG_MIN_NEW_TOKEN_RATIO_FACTOR,
 # SGLANG_NEW_TOKEN_RATIO_DECAY_STEPS, SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION)
 RATIO_INIT, RATIO_MIN, RATIO_DECAY_STEPS, RATIO_CLIP = 0.7, 0.7 * 0.14, 600, 4096
