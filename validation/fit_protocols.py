@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from chipsim.hardware.registry import load_chip
+from chipsim.hardware.registry import chip_for_device_name, load_chip
 from chipsim.network import collectives
-from chipsim.study.validate import chip_name_for_device, read_measurements, validate
+from chipsim.study.validate import read_measurements, validate
 
 REFERENCE = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference"
 FILES = (REFERENCE / "published" / "calibration.csv", REFERENCE / "h200" / "calibration.csv")
@@ -38,7 +38,7 @@ def rows() -> pd.DataFrame:
     frames = [read_measurements(path) for path in FILES]
     frame = pd.concat([f[f["op"].isin(KINDS) & ~f["variant"].astype(str).str.contains("compressed")]
                        for f in frames], ignore_index=True)
-    frame["chip_name"] = [chip_name_for_device(str(d)) for d in frame["device"]]
+    frame["chip_name"] = [chip_for_device_name(str(d)) for d in frame["device"]]
     return frame
 
 

@@ -86,8 +86,9 @@ def gemm_cost(op: Op, chip: Chip) -> OpCost:
         # GEMMs): the weights are dequantized in registers and the bf16 MMAs run at the GEMM's own
         # rate, so the kernel reads the narrow weights and computes like a bf16 GEMM
         rate, eff, e_dtype, mode = chip.peak("bf16"), cal.gemm_efficiency["bf16"], "bf16", MARLIN
-        compute_s = gemm_compute_seconds(s["m"], s["n"], s["k"], s["batch"], chip, "bf16", rate, eff)
-        skinny = gemm_menu(chip, "bf16").gemv_max
+        menu = gemm_menu(chip, "bf16")
+        compute_s = gemm_compute_seconds(s["m"], s["n"], s["k"], s["batch"], chip, "bf16", rate, eff, menu)
+        skinny = menu.gemv_max
     elif int4 and chip.int4_mode == "weight_only":
         # dequantize-in-the-GEMM kernels run at their own (low) MMA throughput; at GEMV sizes a
         # dedicated kernel streams the packed weights at its own achieved bandwidth

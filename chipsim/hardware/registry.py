@@ -63,41 +63,28 @@ def load_chip(name_or_path: str | Path, relative_to: Path | None = None,
         raise
 
 
-# device names as profilers and measurement files report them -> built-in chips
-DEVICE_ALIASES = {"H100_SXM": "h100_sxm", "H100": "h100_sxm", "NVIDIA H100 80GB HBM3": "h100_sxm",
-                  "H200": "h200_sxm", "H200_SXM": "h200_sxm", "NVIDIA H200": "h200_sxm",
-                  "MI300X": "mi300x", "AMD INSTINCT MI300X": "mi300x", "GH200": "gh200", "NVIDIA GH200 480GB": "gh200",
-                  "A100_SXM": "a100_sxm", "A100": "a100_sxm", "NVIDIA A100-SXM4-80GB": "a100_sxm",
-                  "H800": "h800", "H800_SXM": "h800", "NVIDIA H800": "h800",
-                  "NVIDIA H800 80GB HBM3": "h800",
-                  "B200": "b200", "B200_SXM": "b200", "NVIDIA B200": "b200", "NVIDIA B200-SXM-180GB": "b200",
-                  "MI325X": "mi325x", "AMD INSTINCT MI325X": "mi325x",
-                  "H100_PCIE": "h100_pcie", "NVIDIA H100 PCIE": "h100_pcie"}
-
-
-# a device name as tables and tools write it ("H100 SXM5 80GB", "NVIDIA H200-141GB", "A100-SXM4-80GB"):
-# the first product name it holds, checked longest first (GB200 before B200); the variants no built-in
-# chip models (an A100 of 40 GB or in PCIe form, an H100 NVL) name none
-_FAMILIES = (("GB300", "gb300"), ("GB200", "gb200"), ("GH200", "gh200"), ("B300", "b300"), ("B200", "b200"),
-             ("H800", "h800"), ("H200", "h200_sxm"), ("H100", "h100_sxm"), ("A100", "a100_sxm"),
-             ("MI325X", "mi325x"), ("MI300X", "mi300x"))
+# the products a device name (from a trace or a table: "H100 SXM5 80GB", "NVIDIA H200-141GB",
+# "A100-SXM4-80GB", "h100_sxm") may hold, and their built-in chips; checked in this order, longest
+# first (GB200 before B200)
+DEVICE_ALIASES = {"GB300": "gb300", "GB200": "gb200", "GH200": "gh200", "B300": "b300", "B200": "b200",
+                  "H800": "h800", "H200": "h200_sxm", "H100": "h100_sxm", "A100": "a100_sxm",
+                  "MI325X": "mi325x", "MI300X": "mi300x"}
 
 
 def chip_for_device_name(device: str) -> str | None:
-    """The built-in chip a device name (from a trace or a CSV's device column) refers to, if any: an
-    alias (`DEVICE_ALIASES`), else the product it names ("H100 SXM5 80GB" -> h100_sxm, "H100 PCIe" ->
-    h100_pcie); None for a variant no built-in chip models (A100 40 GB or PCIe, H100 NVL)."""
-    exact = DEVICE_ALIASES.get(device.strip().upper()) or DEVICE_ALIASES.get(device.strip())
-    if exact:
-        return exact
+    """The built-in chip a device name (from a trace or a CSV's device column) refers to: a built-in
+    chip's own name, else the first product of `DEVICE_ALIASES` it names ("H100 SXM5 80GB" -> h100_sxm), an H100 in PCIe form ->
+    h100_pcie; None for none, or for a variant no built-in chip models (A100 40 GB or PCIe, H100 NVL)."""
+    if device.strip().lower() in builtin_chip_names():  # a chip's own name ("h100_dwb")
+        return device.strip().lower()
     text = device.upper()
-    for family, chip in _FAMILIES:
-        if re.search(rf"(?<![A-Z0-9]){family}(?![0-9])", text):
+    for product, chip in DEVICE_ALIASES.items():
+        if re.search(rf"(?<![A-Z0-9]){product}(?![0-9])", text):
             pcie = "PCIE" in text
-            if family == "H100" and pcie:
+            if product == "H100" and pcie:
                 return "h100_pcie"
-            if (family == "H100" and re.search(r"\bNVL\b", text)) or (
-                    family == "A100" and (pcie or re.search(r"\b40 ?GB\b", text))):
+            if (product == "H100" and re.search(r"\bNVL\b", text)) or (
+                    product == "A100" and (pcie or re.search(r"\b40 ?GB\b", text))):
                 return None
             return chip
     return None

@@ -42,7 +42,7 @@ from chipsim.hardware.chip import Chip
 from chipsim.models.zoo import ModelConfig
 from chipsim.network.system import System
 from chipsim.serving.disagg import Disaggregation, KVLink
-from chipsim.serving.engine import Arrivals, poisson_times
+from chipsim.serving.engine import Arrivals, cycled, poisson_times
 from chipsim.serving.iteration import IterationModel
 from chipsim.serving.profiles import OVERRIDABLE, PROFILES, EngineProfile, base_profile, for_chip
 from chipsim.serving.quant import KV_DTYPES, Quantization
@@ -127,13 +127,7 @@ class ServingSetup:
         return self.disagg.gpus if self.disagg is not None else self.tp
 
     def lengths(self) -> Callable[[int], tuple[int, int]]:
-        inputs, outputs = self.input_lens, self.output_lens
-
-        def of(index: int) -> tuple[int, int]:
-            row = index % len(inputs)
-            return int(inputs[row]), int(outputs[row])
-
-        return of
+        return cycled(self.input_lens, self.output_lens)
 
     def arrivals(self) -> Arrivals:
         a = self.arrival

@@ -66,6 +66,16 @@ class Request:
 
 
 
+def cycled(inputs: np.ndarray, outputs: np.ndarray) -> Callable[[int], tuple[int, int]]:
+    """Request i's (input, output) lengths: row i of the equally long arrays, cycled."""
+
+    def of(index: int) -> tuple[int, int]:
+        row = index % len(inputs)
+        return int(inputs[row]), int(outputs[row])
+
+    return of
+
+
 @dataclass
 class Arrivals:
     """Where requests come from: an open stream (`times`, the arrival of each request) or a closed

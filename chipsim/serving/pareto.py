@@ -33,7 +33,7 @@ import pandas as pd
 from chipsim.errors import InputError
 from chipsim.serving.config import ArrivalSpec, ServingSetup, checked_iteration
 from chipsim.serving.engine import BENCHMARK_ROUNDS
-from chipsim.serving.profiles import PROFILES, for_chip
+from chipsim.serving.profiles import base_profile, for_chip
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -139,8 +139,10 @@ def with_hardware(setup: ServingSetup, *, chip: Chip | str | None = None, quanti
     same_chip = new_chip is setup.chip or new_chip.name == setup.chip.name
     system = setup.system if same_chip and setup.system is not None and tp <= setup.system.gpus_per_node else None
     profile = setup.profile
-    if profile == for_chip(PROFILES[profile.name], setup.chip, setup.tp):  # the engine's defaults: the new chip's
-        profile = for_chip(PROFILES[profile.name], new_chip, tp)
+    defaults = base_profile(f"{profile.name} {profile.release}")
+    assert defaults is not None  # the profile came from this name
+    if profile == for_chip(defaults, setup.chip, setup.tp):  # the release's defaults: the new chip's and tp's
+        profile = for_chip(defaults, new_chip, tp)
     iteration = checked_iteration(setup.model, new_chip, system, tp, quant, setup.kv_dtype, profile,
                                   setup.input_lens, setup.output_lens, setup.dp_attention)
     return replace(setup, chip=new_chip, system=iteration.system, tp=tp, quant=quant, profile=profile,

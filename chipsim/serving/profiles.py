@@ -67,6 +67,7 @@ class EngineProfile:
     # decode steps of more sequences than this have no CUDA graph and run op by op (0: every decode step
     # has one); see `for_chip` for the engines' defaults
     graph_max_batch: int = 0
+    release: str = ""  # the engine's version as it was named ("1.0.0rc3"; `base_profile`)
 
 
 PROFILES: dict[str, EngineProfile] = {p.name: p for p in (
@@ -178,6 +179,7 @@ def base_profile(name: str) -> EngineProfile | None:
     if base is None:
         return None
     version = words[1].removeprefix("v") if len(words) > 1 else ""  # "v0.4.1" names release 0.4.1
+    base = replace(base, release=version)
     for (profile, prefix), settings in RELEASES.items():
         if profile == base.name and version.startswith(prefix):
             base = replace(base, **settings)

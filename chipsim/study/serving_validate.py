@@ -42,8 +42,9 @@ import numpy as np
 import pandas as pd
 
 from chipsim.errors import InputError
+from chipsim.hardware.registry import chip_for_device_name
 from chipsim.serving.engine import BENCHMARK_ROUNDS
-from chipsim.study.validate import Unsupported, chip_name_for_device
+from chipsim.study.validate import Unsupported
 
 SERVING_COLUMNS = ("engine", "model", "gpu", "tp", "input_len", "output_len", "batch_or_concurrency",
                    "metric_name", "metric_value", "unit")
@@ -107,10 +108,9 @@ def model_id_of(name: str) -> str:
     from chipsim.models import known_models
 
     text = re.sub(r"\s*\(.*\)\s*$", "", name.strip().lower()).split("/")[-1]  # "Name (org/name)" -> name
-    text = re.sub(r"[-_]v\d+(\.\d+)?$", "", text)  # Mistral-7B-Instruct-v0.3
-    text = re.sub(r"[-_](instruct|chat|hf|base|it|fp8|awq|gptq|int4|int8)$", "", text)
-    text = re.sub(r"[-_](instruct|chat|hf|base|it|fp8|awq|gptq|int4|int8)$", "", text)
-    text = re.sub(r"[-_]v\d+(\.\d+)?$", "", text)  # Mistral-7B-v0.1-Instruct
+    suffix = re.compile(r"[-_](instruct|chat|hf|base|it|fp8|awq|gptq|int4|int8|v\d+(\.\d+)?)$")
+    while suffix.search(text):  # Llama-2-70B-chat-hf, Mistral-7B-Instruct-v0.3
+        text = suffix.sub("", text)
     # DeepSeek-R1 and V3's updates share DeepSeek-V3's architecture (HF config.json: DeepseekV3ForCausalLM)
     text = re.sub(r"^deepseek-(r1|v3)([-_.][\w.]+)?$", "deepseek-v3", text)
     candidates = [text, text.replace("llama-3.1-", "llama3-"), text.replace("llama-3.1-", "llama3.1-"),
@@ -265,7 +265,7 @@ def server_slo(row: Mapping[str, Any], model: str) -> tuple[tuple[str, float], .
 def scenario_for_row(row: Mapping[str, Any], chip_override: str | None = None) -> tuple[Scenario, str, str]:
     """The row's scenario, its metric family and statistic."""
     family, stat = parse_metric(str(row["metric_name"]))
-    chip = chip_override or chip_name_for_device(str(row["gpu"]))
+    chip = chip_override or chip_for_device_name(str(row["gpu"]))
     if chip is None:
         raise Unsupported(f"no built-in chip for gpu {row['gpu']!r}")
     tp = _int(row, "tp", 1)
@@ -279,14 +279,14 @@ def scenario_for_row(row: Mapping[str, Any], chip_override: str | None = None) -
     static = family in ("prefill_time_batch", "decode_step_time") or (
         family == "ttft" and metric == "first_token_latency") or (
         metric == "output_throughput_per_gpu" and "static" in str(row.get("notes", "")).lower())
+    infinite = rate_text in ("inf", "infinity")  # with a concurrency: a benchmark's --max-concurrency
     if static:
         load, batch, rate = "static", _int(row, "batch_or_concurrency", 1), math.inf
     elif server:
         load, batch, rate = "server", 0, math.inf
-    elif load_text.startswith("max") or (rate_text in ("inf", "infinity") and not load_text.isdigit()) \
-            or "offline" in metric:  # a concurrency with an infinite rate: a benchmark's --max-concurrency
+    elif load_text.startswith("max") or (infinite and not load_text.isdigit()) or "offline" in metric:
         load, batch, rate = "max", 0, math.inf
-    elif rate_text and not rate_text.startswith("closed") and rate_text not in ("inf", "infinity"):
+    elif rate_text and not rate_text.startswith("closed") and not infinite:
         try:
             rate = float(rate_text)
         except ValueError:
@@ -329,7 +329,7 @@ def _iteration_model(s: Scenario, cache: dict[Any, Any]) -> Any:
 def simulate_scenario(s: Scenario, cache: dict[Any, Any]) -> dict[str, Any]:
     """The serving summary of a scenario (`chipsim.serving.metrics.summarize`), or for the static
     step metrics the iteration times."""
-    from chipsim.serving.engine import Arrivals, poisson_times, simulate_serving
+    from chipsim.serving.engine import Arrivals, cycled, poisson_times, simulate_serving
     from chipsim.serving.metrics import summarize
 
     key = ("run", s)
@@ -342,12 +342,9 @@ def simulate_scenario(s: Scenario, cache: dict[Any, Any]) -> dict[str, Any]:
         "decode_step_time_s": model.step([], max(1, b), max(1, b) * inp, max(1, b)).seconds,
     } if s.load == "static" else {}
 
-    def lengths(i: int) -> tuple[int, int]:
-        return int(inputs[i % inputs.size]), int(outputs[i % outputs.size])
-
     rng = np.random.default_rng(SEED)  # a benchmark's random lengths: uniform in [min, len], the same every run
-    inputs = rng.integers(s.input_min, inp, endpoint=True, size=LENGTH_DRAWS) if s.input_min else np.full(1, inp)
-    outputs = rng.integers(s.output_min, out, endpoint=True, size=LENGTH_DRAWS) if s.output_min else np.full(1, out)
+    lengths = cycled(*(rng.integers(low, high, endpoint=True, size=LENGTH_DRAWS) if low else np.full(LENGTH_DRAWS, high)
+                       for low, high in ((s.input_min, inp), (s.output_min, out))))
     if s.load == "closed":  # every client's first request at once, as a benchmark starts; over the replicas
         b = max(1, -(-b // s.replicas))
         n = max(b, -(-s.requests // s.replicas)) if s.requests else b * CLOSED_LOOP_ROUNDS

@@ -12,7 +12,8 @@ from typing import Any
 import pandas as pd
 
 from chipsim.errors import InputError
-from chipsim.study.validate import Unsupported, chip_name_for_device
+from chipsim.hardware.registry import chip_for_device_name
+from chipsim.study.validate import Unsupported
 
 # the columns that identify the training schema
 TRAINING_COLUMNS = ("model_id", "gpu", "gpus", "precision", "tp", "pp", "global_batch", "seq_len", "metric_name",
@@ -75,7 +76,7 @@ def predict_row(row: Mapping[str, Any], cache: dict[tuple[Any, ...], Any], chip_
     metric = str(row["metric_name"])
     if metric not in METRICS:
         raise Unsupported(f"metric {metric!r} (known: {', '.join(METRICS)})")
-    chip = chip_override or chip_name_for_device(str(row["gpu"]))
+    chip = chip_override or chip_for_device_name(str(row["gpu"]))
     if chip is None:
         raise Unsupported(f"no built-in chip for gpu {row['gpu']!r}")
     model = _model(row)

@@ -36,7 +36,7 @@ from chipsim.cost.base import Network
 from chipsim.engine.sim import SimOptions, simulate
 from chipsim.errors import InputError
 from chipsim.hardware.chip import Chip
-from chipsim.hardware.registry import builtin_chip_names, chip_for_device_name, load_chip
+from chipsim.hardware.registry import chip_for_device_name, load_chip
 from chipsim.network.fabric import Fabric
 from chipsim.network.system import system_for
 from chipsim.vocab import LAUNCH_MODES
@@ -569,20 +569,11 @@ def _measured_us(row: Mapping[str, Any]) -> float:
     return measured
 
 
-def chip_name_for_device(device: str) -> str | None:
-    """The built-in chip a device column names: its alias (`H200` -> h200_sxm), or a built-in chip
-    of the same name in lower case (`B200` -> b200)."""
-    name = chip_for_device_name(device)
-    if name is None and device.strip().lower() in builtin_chip_names():
-        name = device.strip().lower()
-    return name
-
-
 def _chip_for(row: Mapping[str, Any], chip_override: str | None, cache: dict[str, Chip]) -> Chip:
     name = chip_override
     if name is None:
         device = "" if not _present(row, "device") else str(row["device"])
-        name = chip_name_for_device(device)
+        name = chip_for_device_name(device)
         if name is None:
             raise Unsupported(f"no built-in chip for device {device!r}")
     if name not in cache:
@@ -630,7 +621,7 @@ def validate(frame: pd.DataFrame, chip: str | None = None,
             predicted.append(float("nan"))
             energies.append(float("nan"))
             device = "" if chip or not _present(row, "device") else str(row["device"])
-            chip_names.append(chip or chip_name_for_device(device) or "")
+            chip_names.append(chip or chip_for_device_name(device) or "")
             reasons.append(reason)
     out = frame.copy()
     out["predicted_us"] = predicted
