@@ -81,7 +81,7 @@ def gemm_cost(op: Op, chip: Chip) -> OpCost:
     kernel_class = "gemm"
     menu: GemmMenu | None = None
     setup_k, stream = 0.0, 1.0
-    if (int4 or op.attrs.get("weight_dtype") in ("int8", "fp8")) and op.attrs.get("kernel") == "marlin":
+    if (int4 or op.attrs.get("weight_dtype") in ("int8", "fp8", "fp4")) and op.attrs.get("kernel") == "marlin":
         # Marlin-class kernels (Frantar et al. 2024, arXiv:2408.11743; vLLM's int4/int8 weight-only
         # GEMMs): the weights are dequantized in registers and the bf16 MMAs run at the GEMM's own
         # rate, so the kernel reads the narrow weights and computes like a bf16 GEMM

@@ -85,6 +85,8 @@ class IterationModel:
             raise InputError(f"{model.model_id}'s {model.heads} heads are not divisible by tp {tp}", key="tp")
         if quant.name == "fp8" and not chip.peak_flops_per_s.get("fp8") and profile.fp8_marlin:
             quant = quantization("fp8_weight")  # the engine runs an FP8 checkpoint weight-only
+        if quant.name == "mxfp4" and not chip.peak_flops_per_s.get("fp4"):
+            quant = quantization("mxfp4_weight")  # every engine runs an MXFP4 checkpoint weight-only there
         if not chip.peak_flops_per_s.get(quant.gemm_dtype):
             raise InputError(f"chip '{chip.name}' has no {quant.gemm_dtype} tensor cores for quantization "
                              f"'{quant.name}'", key="quantization")
@@ -282,11 +284,14 @@ class IterationModel:
         if ep > 1:
             self._ep_exchange(b, "moe_dispatch", t, to_experts=True)
         gate_up = 2 * width if m.gated else width
-        b.add("gemm", "experts_gate_up", self.quant.gemm_dtype, [], m=per_expert, n=gate_up, k=m.d_model,
-              batch=active, attrs={"grouped": True})
+        q = self.quant  # weight-only formats: the experts' weights stay narrow (Marlin-class MoE kernels)
+        attrs = {"grouped": True, **({"weight_dtype": q.weight_dtype, "group_size": 128, "kernel": q.kernel}
+                                     if q.weight_only else {})}
+        b.add("gemm", "experts_gate_up", q.gemm_dtype, [], m=per_expert, n=gate_up, k=m.d_model,
+              batch=active, attrs=attrs)
         b.add("elementwise", "experts_act", "bf16", [], numel=t * m.topk * width, attrs={"op": "silu_mul"})
-        b.add("gemm", "experts_down", self.quant.gemm_dtype, [], m=per_expert, n=m.d_model, k=width,
-              batch=active, attrs={"grouped": True})
+        b.add("gemm", "experts_down", q.gemm_dtype, [], m=per_expert, n=m.d_model, k=width,
+              batch=active, attrs=attrs)
         if ep > 1:
             self._ep_exchange(b, "moe_combine", t, to_experts=False)
         if m.shared_experts:

@@ -85,13 +85,17 @@ PROFILES: dict[str, EngineProfile] = {p.name: p for p in (
     # defaults of its OpenAI server: max_num_seqs 256, max_num_batched_tokens 2048, raised to 1024 and
     # 8192 on GPUs of 70 GiB or more other than the A100 (`for_chip`; vllm/engine/arg_utils.py,
     # get_batch_defaults), gpu_memory_utilization 0.9, block_size 16
-    # host time: vLLM V1 moved the API server, detokenization and input preparation off the engine's
-    # critical path (vLLM blog, 2025-01-24: on Llama-8B / H100 the GPU step is ~5 ms and CPU work had
-    # been a large share of it); what remains in the GPU's path is assumed 1.5 ms, as SGLang's
-    EngineProfile("vllm", iteration_s=1.5e-3, per_sequence_s=5.0e-6, max_batch=256, max_tokens=2048,
+    # host time in the GPU's path per step (scheduling, input preparation, sampling and output processing
+    # without async scheduling): 3 ms, fitted to AIConfigurator's vLLM rows on H100 and H200
+    # (validation/published_crosscheck/aic_silicon.csv: Llama-3.1-70B FP8 TP 1-8 and Qwen3-32B TP 2-8,
+    # vLLM 0.12; at 4-8 clients a decode step takes 1.2-2 ms more than the kernels and the 1.5 ms
+    # assumed before explain, and 1.4-1.9 ms more than TensorRT-LLM's on the same GPUs and shapes).
+    # TPOT median APE 14.2% -> 5.3% (70B) and 7.5% -> 5.2% (Qwen3-32B); TTFT 15.5% -> 16.4%, 20.2% -> 18.5%;
+    # the vLLM rows of vllm_sglang_dense.csv 25.2% -> 25.1%
+    EngineProfile("vllm", iteration_s=3.0e-3, per_sequence_s=5.0e-6, max_batch=256, max_tokens=2048,
                   chunked_prefill=True, block_size=16, memory_fraction=0.9, attention_backend="flash",
                   graphs="decode", admission="greedy", all_reduce_s=8e-6, fp8_marlin=True,
-                  source="assumption: no vLLM rows in the calibration data"),
+                  source="host time fitted to AIConfigurator's vLLM rows (validation/published_crosscheck/aic_silicon.csv)"),
     # SGLang (overlap scheduler hides most host work, radix cache, decode CUDA graphs up to `for_chip`'s
     # batch); defaults: chunked_prefill_size 8192, mem_fraction_static ~0.88, page_size 1
     # (sglang/srt/server_args.py), max_running_requests up to its request pool's 4,096 (model_runner.py);

@@ -39,6 +39,9 @@ QUANTIZATIONS: dict[str, Quantization] = {q.name: q for q in (
                  "NVFP4 weights and activations (16-value blocks, fp8 scales): Blackwell's FP4 tensor cores"),
     Quantization("mxfp4", "fp4", None, "", 0.5 + 1 / 32,
                  "MXFP4 weights and activations (32-value blocks, e8m0 scales)"),
+    Quantization("mxfp4_weight", "bf16", "fp4", "marlin", 0.5 + 1 / 32,
+                 "MXFP4 weights, 16-bit activations (gpt-oss on GPUs without FP4 tensor cores: vLLM's and SGLang's "
+                 "MXFP4 Marlin / Triton MoE kernels, TensorRT-LLM's W4A16 MXFP4 on Hopper)"),
 )}
 # aliases an engine's or a table's quantization names use
 ALIASES = {"bf16": "none", "fp16": "none", "16-bit": "none", "w8a8_fp8": "fp8", "fp8_e4m3": "fp8",

@@ -108,11 +108,11 @@ def model_id_of(name: str) -> str:
     from chipsim.models import known_models
 
     text = re.sub(r"\s*\(.*\)\s*$", "", name.strip().lower()).split("/")[-1]  # "Name (org/name)" -> name
-    suffix = re.compile(r"[-_](instruct|chat|hf|base|it|fp8|awq|gptq|int4|int8|v\d+(\.\d+)?)$")
-    while suffix.search(text):  # Llama-2-70B-chat-hf, Mistral-7B-Instruct-v0.3
-        text = suffix.sub("", text)
     # DeepSeek-R1 and V3's updates share DeepSeek-V3's architecture (HF config.json: DeepseekV3ForCausalLM)
     text = re.sub(r"^deepseek-(r1|v3)([-_.][\w.]+)?$", "deepseek-v3", text)
+    suffix = re.compile(r"[-_](instruct|chat|hf|base|it|fp8|awq|gptq|int4|int8|v\d+(\.\d+)?)$")
+    while suffix.search(text) and text != "deepseek-v3":  # Llama-2-70B-chat-hf, Mistral-7B-Instruct-v0.3
+        text = suffix.sub("", text)
     candidates = [text, text.replace("llama-3.1-", "llama3-"), text.replace("llama-3.1-", "llama3.1-"),
                   text.replace("llama-3.3-", "llama3-"), text.replace("llama-3-", "llama3-"),
                   text.replace("llama-3.2-", "llama3.2-"),
@@ -195,21 +195,28 @@ def _int(row: Mapping[str, Any], key: str, default: int | None = None) -> int:
     return int(value)
 
 
-# AIConfigurator's TensorRT-LLM benchmark servers (ai-dynamo/aiconfigurator): one server per
-# configuration, its max_batch_size the configuration's batch size (a silicon row's concurrency: its id
-# names it, "..._c64_tp8_...") and max_num_tokens = max_batch_size + isl + 1500, chunked prefill off (the
-# TensorRT-LLM default) (generator/rule_plugin/benchmark/trtllm.rule; the older
-# generator/backends/trtllm.py: bs + isl + 1500, templates/trtllm/extra_engine_args.yaml.j2:
-# enable_chunked_prefill default false). A prompt is prefilled whole, one or two per iteration: a closed
-# loop's clients do not stay in step.
-
-
+# AIConfigurator's benchmark servers (ai-dynamo/aiconfigurator, generator/rule_plugin/benchmark/*.rule and
+# config/backend_config_mapping.yaml): one server per configuration, its max batch size the
+# configuration's batch size (a silicon row's concurrency: its id names it, "..._c64_tp8_..."), CUDA graphs
+# for every decode batch up to it (cuda_graph_batch_sizes 1..max_batch_size). TensorRT-LLM and vLLM:
+# max_num_tokens = max_batch_size + isl + 1500; TensorRT-LLM's chunked prefill off (its default;
+# templates/trtllm/extra_engine_args.yaml.j2), vLLM V1's always on. SGLang: chunked prefill off
+# (chunked-prefill-size -1, as max_num_tokens is unset), which also turns its enable_mixed_chunk off
+# (scheduler.py: is_mixed_chunk needs a chunk size), and max-prefill-tokens = isl + 1500 prompt tokens a
+# step.
 def harness_settings(row: Mapping[str, Any], profile: str, input_len: int,
                      concurrency: int) -> tuple[tuple[str, Any], ...]:
     """The engine settings a row's benchmark harness is documented to run with (none if unknown)."""
-    if profile == "trtllm" and "aiconfigurator" in str(row.get("source", "")).lower():
-        return (("chunked_prefill", False), ("max_batch", concurrency),
-                ("max_tokens", concurrency + input_len + 1500))
+    if "aiconfigurator" not in str(row.get("source", "")).lower():
+        return ()
+    budget = input_len + 1500 if profile == "sglang" else concurrency + input_len + 1500
+    common = (("max_batch", concurrency), ("max_tokens", budget))
+    if profile == "trtllm":
+        return (("chunked_prefill", False), *common)
+    if profile == "vllm":
+        return (("chunked_prefill", True), *common)
+    if profile == "sglang":
+        return (("chunked_prefill", False), ("graph_max_batch", concurrency), *common)
     return ()
 
 

@@ -136,7 +136,12 @@ def test_aiconfigurator_rows_run_the_engine_as_its_harness_configured_it() -> No
                engine="trtllm")
     settings = dict(harness_settings(aic, "trtllm", 1024, 32))
     assert settings == {"chunked_prefill": False, "max_batch": 32, "max_tokens": 32 + 1024 + 1500}
-    assert harness_settings(aic, "vllm", 1024, 32) == () and harness_settings(_row(), "trtllm", 1024, 32) == ()
+    assert dict(harness_settings(aic, "vllm", 1024, 32)) == {"chunked_prefill": True, "max_batch": 32,
+                                                             "max_tokens": 32 + 1024 + 1500}
+    # SGLang: chunked prefill off (and with it mixed chunks), a prompt budget of isl + 1500, graphs up to 32
+    assert dict(harness_settings(aic, "sglang", 1024, 32)) == {"chunked_prefill": False, "graph_max_batch": 32,
+                                                               "max_batch": 32, "max_tokens": 1024 + 1500}
+    assert harness_settings(_row(), "trtllm", 1024, 32) == () and harness_settings(aic, "eager", 1024, 32) == ()
     # the release the row names: TensorRT-LLM 1.0.0rc3 holds one of the 32 slots
     scenario, _, _ = scenario_for_row({**aic, "engine": "trtllm 1.0.0rc3"})
     assert scenario.release == "1.0.0rc3" and scenario_for_row(aic)[0].release == ""
@@ -145,6 +150,19 @@ def test_aiconfigurator_rows_run_the_engine_as_its_harness_configured_it() -> No
     waves, _ = predict_row({**aic, "source": "another benchmark"}, {})
     assert spread < 0.7 * waves  # 32 prompts of 1,024 tokens no longer queue for one 8,192-token budget
     assert rc3 > 1.5 * spread  # one of 32 clients always waits for the next finish
+
+
+def test_sglang_clients_stay_in_step_where_vllm_clients_spread_out() -> None:
+    """SGLang without mixed chunks prefills every waiting prompt before its decoding requests go on, so a
+    closed loop's clients, started together, finish together and come back together: a prompt waits for
+    the others' prefills (TTFT grows with the concurrency, as AIConfigurator's SGLang H100 rows do:
+    841 ms at 16 clients, 4.4 s at 128, Qwen3-32B TP2 1024/128). vLLM's mixed steps let them drift apart."""
+    aic = _row(source="NVIDIA AIConfigurator silicon_sample.csv", metric_name="ttft", model="Qwen3-32B",
+               tp=2, gpus=2, output_len=128)
+    ttft = {(engine, c): predict_row({**aic, "engine": engine, "batch_or_concurrency": str(c)}, {})[0]
+            for engine in ("sglang 0.5.1", "vllm 0.12.0") for c in (4, 32)}
+    assert ttft["sglang 0.5.1", 32] > 4 * ttft["sglang 0.5.1", 4]
+    assert ttft["vllm 0.12.0", 32] < 2 * ttft["vllm 0.12.0", 4]
 
 
 def test_server_scenario_limits_come_from_the_row_else_from_mlperf() -> None:
