@@ -111,7 +111,7 @@ def model_id_of(name: str) -> str:
     # DeepSeek-R1 and V3's updates share DeepSeek-V3's architecture (HF config.json: DeepseekV3ForCausalLM)
     text = re.sub(r"^deepseek-(r1|v3)([-_.][\w.]+)?$", "deepseek-v3", text)
     suffix = re.compile(r"[-_](instruct|chat|hf|base|it|fp8|awq|gptq|int4|int8|v\d+(\.\d+)?)$")
-    while suffix.search(text) and text != "deepseek-v3":  # Llama-2-70B-chat-hf, Mistral-7B-Instruct-v0.3
+    while text not in known_models() and suffix.search(text):  # Llama-2-70B-chat-hf, Mistral-7B-Instruct-v0.3
         text = suffix.sub("", text)
     candidates = [text, text.replace("llama-3.1-", "llama3-"), text.replace("llama-3.1-", "llama3.1-"),
                   text.replace("llama-3.3-", "llama3-"), text.replace("llama-3-", "llama3-"),

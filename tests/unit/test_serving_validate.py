@@ -42,7 +42,8 @@ def test_names_and_formats_map_to_the_zoo_and_the_quantizations() -> None:
     assert model_id_of("meta-llama/Llama-3.2-3B-Instruct") == "llama3.2-3b"
     assert model_id_of("Qwen/Qwen2.5-72B-Instruct") == "qwen2.5-72b"
     assert model_id_of("Qwen/Qwen3-32B-FP8") == "qwen3-32b"
-    assert model_id_of("deepseek-ai/DeepSeek-R1") == model_id_of("DeepSeek-V3-0324") == "deepseek-v3"
+    assert model_id_of("deepseek-ai/DeepSeek-R1") == model_id_of("DeepSeek-V3-0324") == model_id_of("DeepSeek-V3") \
+        == "deepseek-v3"  # "-v3" is the name, not a version suffix
     with pytest.raises(Unsupported):
         model_id_of("DeepSeek-R1-Distill-Llama-70B")  # a Llama, not DeepSeek-V3's architecture
     assert quantization_of({"quant_method": "fp8", "precision": "FP8"}) == ("fp8", "fp8")
