@@ -195,8 +195,9 @@ def _engine(sec: Section, chip: Chip, tp: int) -> EngineProfile:
     for k in ("chunked_prefill", "prefix_caching", "mixed_batches"):
         if settings.has(k):
             over[k] = settings.boolean(k)
-    if settings.has("memory_fraction"):
-        over["memory_fraction"] = settings.number("memory_fraction", positive=True, maximum=1.0)
+    for k in ("memory_fraction", "moe_efficiency"):
+        if settings.has(k):
+            over[k] = settings.number(k, positive=True, maximum=1.0)
     if settings.has("admission"):
         over["admission"] = settings.string("admission", choices=ADMISSIONS)
     settings.done()

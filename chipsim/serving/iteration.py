@@ -188,8 +188,12 @@ class IterationModel:
             if op.kind == "all_reduce" and self.profile.all_reduce_round_bytes_per_s:
                 rounds = math.ceil(math.log2(self.tp))
                 link_s = max(link_s, rounds * op.shape["bytes"] / self.profile.all_reduce_round_bytes_per_s)
-            out.append((fixed + max(c.mem_s, link_s), c.compute_s, c.compute_energy_j, c.memory_energy_j,
-                        dispatch_seconds(op, self.chip)))
+            # the engine's own MoE kernels for FP8 and 16-bit experts (weight-only experts run Marlin-class
+            # kernels and FP4 ones Blackwell's CUTLASS/FlashInfer kernels, costed as such)
+            moe = op.attrs.get("grouped") and op.attrs.get("kernel") != "marlin" and op.dtype in ("fp8", "bf16")
+            scale = 1.0 / self.profile.moe_efficiency if moe else 1.0
+            out.append((fixed + max(c.mem_s * scale, link_s), c.compute_s * scale, c.compute_energy_j,
+                        c.memory_energy_j, dispatch_seconds(op, self.chip)))
         return out
 
     def _custom_all_reduce(self, nbytes: float) -> Part:

@@ -48,6 +48,7 @@ def _write(tmp_path: Path, serving: dict[str, Any], name: str = "serve.yaml", **
     ({"engine_settings": {"max_batchsize": 8}}, "serving.engine_settings.max_batchsize"),
     ({"engine_settings": {"admission": "lazy"}}, "serving.engine_settings.admission"),
     ({"engine_settings": {"memory_fraction": 1.5}}, "serving.engine_settings.memory_fraction"),
+    ({"engine_settings": {"moe_efficiency": 0}}, "serving.engine_settings.moe_efficiency"),
     ({"engine_settings": {"chunked_prefill": "no"}}, "serving.engine_settings.chunked_prefill"),
     ({"engine_settings": {"chunked_prefill": False, "max_tokens": 512}}, "serving.engine_settings.max_tokens"),
     ({"engine": "trtllm 1.0.0rc3", "engine_settings": {"max_batch": 1}}, "serving.engine_settings.max_batch"),
@@ -351,6 +352,17 @@ def test_mxfp4_checkpoints_run_weight_only_where_the_gpu_has_no_fp4() -> None:
     assert mxfp4.step([], 8, 8 * 1024, 8).seconds < 0.8 * bf16.step([], 8, 8 * 1024, 8).seconds
     blackwell = _setup(engine="trtllm", chip="b200", model="gpt-oss-120b", quantization="mxfp4").iteration
     assert blackwell.quant.name == "mxfp4"
+
+
+def test_an_engines_moe_kernels_slow_only_the_experts() -> None:
+    """vLLM's fused MoE kernels run at half chipsim's grouped-GEMM rate (fitted): an MoE model's decode step
+    takes longer than with CUTLASS-class kernels; a dense model's does not change."""
+    def step(model: str, **settings: Any) -> float:
+        it = _setup(engine="vllm", chip="h200_sxm", model=model, quantization="fp8", tp=4,
+                    engine_settings=settings).iteration
+        return float(it.step([], 32, 32 * 1024, 32).seconds)
+    assert step("qwen3-235b-a22b") > 1.2 * step("qwen3-235b-a22b", moe_efficiency=1.0)
+    assert step("llama3-70b") == step("llama3-70b", moe_efficiency=1.0)
 
 
 def test_a_shared_prefix_is_computed_once_with_prefix_caching() -> None:
