@@ -60,8 +60,8 @@ def main() -> None:
             continue  # a max batch other than the concurrency (attention-DP replicas, tuned configs)
         if not math.isnan(r.attention_dp_size) and int(r.attention_dp_size) > 1:
             continue
-        moe = [v for v in (r.moe_tp_size, r.moe_ep_size) if not math.isnan(v) and v > 0]
-        if math.prod(int(v) for v in moe) > 1 and math.prod(int(v) for v in moe) != int(r.tp_size):
+        experts_over = math.prod(int(v) for v in (r.moe_tp_size, r.moe_ep_size) if not math.isnan(v) and v > 0)
+        if experts_over > 1 and experts_over != int(r.tp_size):
             continue  # experts over more GPUs than the attention's TP: attention data parallelism
         precision, quant = precision_of(r)
         version = r.backend_version if isinstance(r.backend_version, str) else ""

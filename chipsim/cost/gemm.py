@@ -82,7 +82,7 @@ def gemm_cost(op: Op, chip: Chip) -> OpCost:
     menu: GemmMenu | None = None
     setup_k, stream = 0.0, 1.0
     if (int4 or op.attrs.get("weight_dtype") in ("int8", "fp8", "fp4")) and op.attrs.get("kernel") == "marlin":
-        # Marlin-class kernels (Frantar et al. 2024, arXiv:2408.11743; vLLM's int4/int8 weight-only
+        # Marlin-class kernels (Frantar et al. 2024, arXiv:2408.11743; vLLM's int4/int8/FP8/MXFP4 weight-only
         # GEMMs): the weights are dequantized in registers and the bf16 MMAs run at the GEMM's own
         # rate, so the kernel reads the narrow weights and computes like a bf16 GEMM
         rate, eff, e_dtype, mode = chip.peak("bf16"), cal.gemm_efficiency["bf16"], "bf16", MARLIN

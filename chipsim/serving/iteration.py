@@ -207,14 +207,12 @@ class IterationModel:
         return (seconds + self.chip.calibration.graph_launch_s, 0.0, 0.0, 0.0, 0.0)
 
     def _gemm(self, b: WorkloadBuilder, name: str, m: int, k: int, n: int, quantized: bool = True) -> None:
-        q = self.quant
-        if not quantized or q.name == "none":
+        # fp8 / fp4: the activations' cast fused into the previous kernel (the engines' fused quant);
+        # weight-only formats: 16-bit GEMMs on narrow weights
+        if not quantized:
             b.add("gemm", name, "bf16", [], m=m, n=n, k=k)
-        elif q.weight_only:
-            b.add("gemm", name, "bf16", [], m=m, n=n, k=k,
-                  attrs={"weight_dtype": q.weight_dtype, "group_size": 128, "kernel": q.kernel})
-        else:  # fp8 / fp4: the activations' cast fused into the previous kernel (the engines' fused quant)
-            b.add("gemm", name, q.gemm_dtype, [], m=m, n=n, k=k)
+        else:
+            b.add("gemm", name, self.quant.gemm_dtype, [], m=m, n=n, k=k, attrs=self.quant.gemm_attrs)
 
     def _layer(self, tokens: int, moe: bool) -> list[Part]:
         """The token-proportional ops of one layer (an MoE one, or a dense one) at `tokens` tokens:
@@ -289,8 +287,7 @@ class IterationModel:
             self._ep_exchange(b, "moe_dispatch", t, to_experts=True)
         gate_up = 2 * width if m.gated else width
         q = self.quant  # weight-only formats: the experts' weights stay narrow (Marlin-class MoE kernels)
-        attrs = {"grouped": True, **({"weight_dtype": q.weight_dtype, "group_size": 128, "kernel": q.kernel}
-                                     if q.weight_only else {})}
+        attrs = {"grouped": True, **q.gemm_attrs}
         b.add("gemm", "experts_gate_up", q.gemm_dtype, [], m=per_expert, n=gate_up, k=m.d_model,
               batch=active, attrs=attrs)
         b.add("elementwise", "experts_act", "bf16", [], numel=t * m.topk * width, attrs={"op": "silu_mul"})

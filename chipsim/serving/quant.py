@@ -5,6 +5,7 @@ format changes the batch an engine can hold as well as its kernels' time."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from chipsim.errors import InputError
 
@@ -21,6 +22,12 @@ class Quantization:
     @property
     def weight_only(self) -> bool:
         return self.weight_dtype is not None
+
+    @property
+    def gemm_attrs(self) -> dict[str, Any]:
+        """What a block linear's GEMM op carries of the format: a weight-only one's narrow weights, their
+        group scales and its kernel class (nothing for the others)."""
+        return {"weight_dtype": self.weight_dtype, "group_size": GROUP, "kernel": self.kernel} if self.weight_only else {}
 
 
 GROUP = 128  # weight-only group size along k: one fp16 scale (+ zero) per 128 weights

@@ -22,7 +22,7 @@ How a row's load is run:
   per-GPU throughput of a fixed batch run to completion): that batch as one group, no new admissions.
 
 A row from a benchmark harness whose engine configuration is published runs the engine so configured
-(`harness_settings`: AIConfigurator's TensorRT-LLM servers).
+(`harness_settings`: AIConfigurator's TensorRT-LLM, vLLM and SGLang servers).
 
 Lengths are the row's `input_len` and `output_len`; a file may add `input_len_min` and
 `output_len_min` for a benchmark's random lengths (e.g. SGLang's bench_serving with

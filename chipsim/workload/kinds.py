@@ -301,7 +301,7 @@ register(OpKind(
     ("2 · batch · m · n · k", "batch · (m·k·e(act) + weight bytes + m·n·e(out)); act is bf16 when `dtype` is int4; "
      "weight bytes = k·n·e(`weight_dtype`) plus k/`group_size`·n·4 bytes of scales for int4/int8 weights; "
      "out is 4 bytes for fp32/tf32/int8, else 2"),
-    attrs={"weight_dtype": Attr(_dtype, "format of the B (weight) operand when it differs from `dtype` (int4/int8/fp8: "
+    attrs={"weight_dtype": Attr(_dtype, "format of the B (weight) operand when it differs from `dtype` (int4/int8/fp8/fp4: "
                                         "weight-only quantization; int4 on `int4: native` chips uses the INT4 MACs)"),
            "group_size": Attr(_positive_int, "quantization group size along k for int4/int8 weights"),
            "scaling": Attr(_one_of("fp8 scaling", "tensorwise", "rowwise"),
