@@ -10,7 +10,11 @@ configuration and result columns as they stand).
 Output: validation/published_crosscheck/aic_silicon.csv, a TTFT and a TPOT row per measurement, for
 the models chipsim's zoo has, on one engine instance (attention data parallelism 1) whose max batch
 size is the benchmark's concurrency (the harness's rule; rows that differ are left out), but for the
-measurements published/serving_calibration.csv already holds.
+measurements published/serving_calibration.csv already holds. The database holds some measurements more
+than once (the same TTFT and TPOT to the last digit under several ids from successive dumps, some under
+DeepSeek-V3's name as well as R1's): each is kept once. Rows whose TP exceeds a node's 8 GPUs are left out: in aggregated serving on one node they
+are the database's product of the experts' TP and EP sizes (their measurements repeat those of a TP-8
+row, or stand alone with no way to tell the real layout).
 
     python validation/aic_silicon_to_schema.py
 """
@@ -26,6 +30,7 @@ HERE = Path(__file__).resolve().parent / "published_crosscheck"
 GPU = {"h100_sxm": "H100 SXM", "h200_sxm": "H200 SXM", "b200_sxm": "B200"}
 # already in published/serving_calibration.csv (the same measurements): left out here
 IN_CALIBRATION = {("h100_sxm", "trtllm", "meta-llama/Llama-3.1-8B-Instruct"), ("h200_sxm", "trtllm", "meta-llama/Llama-3.1-70B")}
+GPUS_PER_NODE = 8  # HGX H100/H200 and DGX B200 nodes
 MODELS = ("Llama-3.1-8B", "Llama-3.1-70B", "Qwen3-32B", "Qwen3-235B-A22B", "DeepSeek-R1", "DeepSeek-V3",
           "gpt-oss-120b")
 
@@ -48,6 +53,8 @@ def precision_of(row: pd.Series) -> tuple[str, str]:
 
 def main() -> None:
     raw = pd.read_csv(HERE / "aic_silicon_raw.csv")
+    raw = raw[raw.tp_size <= GPUS_PER_NODE].drop_duplicates(
+        ["system", "backend", "isl", "osl", "silicon_concurrency", "silicon_ttft_ms", "silicon_tpot_ms"])
     out = []
     for _, r in raw.iterrows():
         model = r.model_path.split("/")[-1]

@@ -180,6 +180,16 @@ def _engine(sec: Section, chip: Chip, tp: int) -> EngineProfile:
         raise sec.error("engine", f"unknown engine profile {brief(name)}; expected one of {', '.join(PROFILES)}")
     base = for_chip(base, chip, tp)
     settings = sec.section("engine_settings", {})
+    profile = replace(base, **engine_overrides(settings))
+    if profile.max_batch <= profile.reserved_slots:
+        raise settings.error("max_batch", f"{brief(name)} holds {profile.reserved_slots} of its sequence slots; "
+                                          f"expected more than {profile.reserved_slots}")
+    return profile
+
+
+def engine_overrides(settings: Section) -> dict[str, Any]:
+    """An `engine_settings` mapping's overrides of a profile (`OVERRIDABLE`), each checked for its type
+    and range; an unknown key is an error."""
     for k in settings.data:
         if k not in OVERRIDABLE:
             raise settings.error(str(k), f"unknown engine setting; expected one of {', '.join(OVERRIDABLE)}")
@@ -195,17 +205,13 @@ def _engine(sec: Section, chip: Chip, tp: int) -> EngineProfile:
     for k in ("chunked_prefill", "prefix_caching", "mixed_batches"):
         if settings.has(k):
             over[k] = settings.boolean(k)
-    for k in ("memory_fraction", "moe_efficiency"):
+    for k in ("memory_fraction", "moe_efficiency", "moe_compute_efficiency"):
         if settings.has(k):
             over[k] = settings.number(k, positive=True, maximum=1.0)
     if settings.has("admission"):
         over["admission"] = settings.string("admission", choices=ADMISSIONS)
     settings.done()
-    profile = replace(base, **over)
-    if profile.max_batch <= profile.reserved_slots:
-        raise settings.error("max_batch", f"{brief(name)} holds {profile.reserved_slots} of its sequence slots; "
-                                          f"expected more than {profile.reserved_slots}")
-    return profile
+    return over
 
 
 def _hardware(sec: Section, tp: int, across_nodes: bool = False) -> tuple[Chip, System | None]:

@@ -191,8 +191,9 @@ class IterationModel:
             # the engine's own MoE kernels for FP8 and 16-bit experts (weight-only experts run Marlin-class
             # kernels and FP4 ones Blackwell's CUTLASS/FlashInfer kernels, costed as such)
             moe = op.attrs.get("grouped") and op.attrs.get("kernel") != "marlin" and op.dtype in ("fp8", "bf16")
-            scale = 1.0 / self.profile.moe_efficiency if moe else 1.0
-            out.append((fixed + max(c.mem_s * scale, link_s), c.compute_s * scale, c.compute_energy_j,
+            mem_scale, compute_scale = (1.0 / self.profile.moe_efficiency,
+                                        1.0 / self.profile.moe_compute_efficiency) if moe else (1.0, 1.0)
+            out.append((fixed + max(c.mem_s * mem_scale, link_s), c.compute_s * compute_scale, c.compute_energy_j,
                         c.memory_energy_j, dispatch_seconds(op, self.chip)))
         return out
 

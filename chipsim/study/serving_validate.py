@@ -22,7 +22,9 @@ How a row's load is run:
   per-GPU throughput of a fixed batch run to completion): that batch as one group, no new admissions.
 
 A row from a benchmark harness whose engine configuration is published runs the engine so configured
-(`harness_settings`: AIConfigurator's TensorRT-LLM, vLLM and SGLang servers).
+(`harness_settings`: AIConfigurator's TensorRT-LLM, vLLM and SGLang servers); a file may add an
+`engine_settings` column for the settings a row's run states ("max_batch=896; max_tokens=16384", a run
+config's `engine_settings` keys), which take precedence.
 
 Lengths are the row's `input_len` and `output_len`; a file may add `input_len_min` and
 `output_len_min` for a benchmark's random lengths (e.g. SGLang's bench_serving with
@@ -40,7 +42,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
+from chipsim.config.reader import Section
 from chipsim.errors import InputError
 from chipsim.hardware.registry import chip_for_device_name
 from chipsim.serving.engine import BENCHMARK_ROUNDS
@@ -220,6 +224,30 @@ def harness_settings(row: Mapping[str, Any], profile: str, input_len: int,
     return ()
 
 
+def row_settings(row: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """The engine settings a row's optional `engine_settings` column states ("max_batch=896;
+    max_tokens=16384; chunked_prefill=true"), checked as a run config's `engine_settings` are."""
+    if not _present(row, "engine_settings"):
+        return ()
+    data: dict[str, Any] = {}
+    for item in str(row["engine_settings"]).split(";"):
+        key, sep, value = item.partition("=")
+        if not item.strip():
+            continue
+        if not sep or not key.strip():
+            raise Unsupported(f"column 'engine_settings': expected 'key=value' items separated by ';', got "
+                              f"{item.strip()!r}")
+        try:
+            data[key.strip()] = yaml.safe_load(value.strip())
+        except yaml.YAMLError:
+            data[key.strip()] = value.strip()
+    from chipsim.serving.config import engine_overrides
+    try:
+        return tuple(engine_overrides(Section(data, None, "engine_settings")).items())
+    except InputError as exc:
+        raise Unsupported(f"column 'engine_settings', {exc}") from None
+
+
 _COUNT = re.compile(r"(?:(\d[\d,]*)\s+(?:prompts|requests)\b|num[-_ ]prompts[ =]+(\d+))")
 
 
@@ -307,7 +335,8 @@ def scenario_for_row(row: Mapping[str, Any], chip_override: str | None = None) -
     scenario = Scenario(model, chip, tp, gpus, profile, release, quant, kv, input_len, _int(row, "output_len"), load,
                         batch, rate, _int(row, "input_len_min", 0), _int(row, "output_len_min", 0),
                         request_count(row) if load in ("max", "poisson", "server", "closed") else 0,
-                        harness_settings(row, profile, input_len, batch) if load == "closed" else (),
+                        tuple({**dict(harness_settings(row, profile, input_len, batch) if load == "closed" else ()),
+                               **dict(row_settings(row))}.items()),
                         server_slo(row, model) if load == "server" else ())
     return scenario, family, stat
 

@@ -49,6 +49,7 @@ def _write(tmp_path: Path, serving: dict[str, Any], name: str = "serve.yaml", **
     ({"engine_settings": {"admission": "lazy"}}, "serving.engine_settings.admission"),
     ({"engine_settings": {"memory_fraction": 1.5}}, "serving.engine_settings.memory_fraction"),
     ({"engine_settings": {"moe_efficiency": 0}}, "serving.engine_settings.moe_efficiency"),
+    ({"engine_settings": {"moe_compute_efficiency": 1.5}}, "serving.engine_settings.moe_compute_efficiency"),
     ({"engine_settings": {"chunked_prefill": "no"}}, "serving.engine_settings.chunked_prefill"),
     ({"engine_settings": {"chunked_prefill": False, "max_tokens": 512}}, "serving.engine_settings.max_tokens"),
     ({"engine": "trtllm 1.0.0rc3", "engine_settings": {"max_batch": 1}}, "serving.engine_settings.max_batch"),
@@ -355,14 +356,19 @@ def test_mxfp4_checkpoints_run_weight_only_where_the_gpu_has_no_fp4() -> None:
 
 
 def test_an_engines_moe_kernels_slow_only_the_experts() -> None:
-    """vLLM's fused MoE kernels run at half chipsim's grouped-GEMM rate (fitted): an MoE model's decode step
-    takes longer than with CUTLASS-class kernels; a dense model's does not change."""
-    def step(model: str, **settings: Any) -> float:
+    """vLLM's fused MoE kernels stream their weights at half chipsim's grouped-GEMM rate and compute at a
+    quarter of it (fitted): an MoE model's decode step takes longer than with CUTLASS-class kernels through
+    the first, a prompt's step through the second; a dense model's steps do not change."""
+    def steps(model: str, **settings: Any) -> tuple[float, float]:
         it = _setup(engine="vllm", chip="h200_sxm", model=model, quantization="fp8", tp=4,
                     engine_settings=settings).iteration
-        return float(it.step([], 32, 32 * 1024, 32).seconds)
-    assert step("qwen3-235b-a22b") > 1.2 * step("qwen3-235b-a22b", moe_efficiency=1.0)
-    assert step("llama3-70b") == step("llama3-70b", moe_efficiency=1.0)
+        return float(it.step([], 32, 32 * 1024, 32).seconds), float(it.step([(8192, 8192)], 0, 0, 1).seconds)
+    full = {"moe_efficiency": 1.0, "moe_compute_efficiency": 1.0}
+    (decode, prompt), (decode_full, prompt_full) = steps("qwen3-235b-a22b"), steps("qwen3-235b-a22b", **full)
+    assert decode > 1.2 * decode_full and prompt > 1.5 * prompt_full
+    assert steps("qwen3-235b-a22b", moe_compute_efficiency=1.0)[0] == decode  # decode streams: compute-side aside
+    assert steps("qwen3-235b-a22b", moe_efficiency=1.0)[1] == pytest.approx(prompt, rel=0.02)
+    assert steps("llama3-70b") == steps("llama3-70b", **full)
 
 
 def test_a_shared_prefix_is_computed_once_with_prefix_caching() -> None:

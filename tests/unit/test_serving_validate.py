@@ -232,3 +232,19 @@ def test_throughput_in_input_and_output_tokens_where_the_unit_says_so() -> None:
 
 def test_an_fp8_checkpoint_without_kv_scales_keeps_a_16_bit_cache() -> None:
     assert quantization_of({"quant_method": "fp8 (block-wise checkpoint); KV cache bf16"}) == ("fp8", "bf16")
+
+
+def test_a_rows_engine_settings_column_configures_its_engine() -> None:
+    """`engine_settings` ("max_batch=8; max_tokens=2048") runs the row's engine so configured, checked as a
+    run config's keys are; a bad item names the column and the key."""
+    row = _row(batch_or_concurrency="max load", request_rate="inf", metric_name="ttft_mean", unit="ms",
+               input_len=1024, output_len=128, notes="64 prompts")
+    s, _, _ = scenario_for_row({**row, "engine_settings": "max_batch=8; chunked_prefill=false"})
+    assert dict(s.settings) == {"max_batch": 8, "chunked_prefill": False}
+    wide, _ = predict_row(row, {})
+    narrow, _ = predict_row({**row, "engine_settings": "max_batch=8"}, {})
+    assert narrow > 2 * wide  # 64 prompts through 8 slots queue behind one another
+    for bad, key in (("max_batch=0", "engine_settings.max_batch"), ("speed=2", "engine_settings.speed"),
+                     ("max_batch", "engine_settings")):
+        with pytest.raises(Unsupported, match=key.replace(".", r"\.")):
+            scenario_for_row({**row, "engine_settings": bad})
