@@ -43,7 +43,7 @@ NORM_TYPES = ("rms_norm", "layer_norm")
 KERNEL_CLASSES = (
     *ELEMENTWISE_OP_NAMES,
     *NORM_TYPES, *(f"{norm}_bwd" for norm in NORM_TYPES),
-    "softmax", "quantize", "dequantize", "optimizer", "gemm", "int4_gemv", "attention", "roofline",
+    "softmax", "quantize", "dequantize", "optimizer", "gemm", "marlin", "int4_gemv", "attention", "roofline",
 )
 
 # Host dispatch classes (calibration.host.dispatch): the class of each op kind, plus `call`, the cost

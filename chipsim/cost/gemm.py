@@ -87,6 +87,10 @@ def gemm_cost(op: Op, chip: Chip) -> OpCost:
         # rate, so the kernel reads the narrow weights and computes like a bf16 GEMM
         rate, eff, e_dtype, mode = chip.peak("bf16"), cal.gemm_efficiency["bf16"], "bf16", MARLIN
         menu = gemm_menu(chip, "bf16")
+        # the integer and FP8 kernels stream their weights at the chip's own `marlin` share of the copy's
+        # bandwidth (Marlin is built for Ampere's memory pipeline); MXFP4 weights run other kernels
+        # (OpenAI's Triton MoE kernels in vLLM and SGLang), costed at the plain GEMM's share
+        kernel_class = "gemm" if op.attrs.get("weight_dtype") == "fp4" else "marlin"
         compute_s = gemm_compute_seconds(s["m"], s["n"], s["k"], s["batch"], chip, "bf16", rate, eff, menu)
         skinny = menu.gemv_max
     elif int4 and chip.int4_mode == "weight_only":

@@ -219,40 +219,53 @@ class IterationModel:
         """The token-proportional ops of one layer (an MoE one, or a dense one) at `tokens` tokens:
         everything but attention."""
         if (tokens, moe) not in self._layer_cache:
-            m, tp, t = self.model, self.tp, tokens
-            b = WorkloadBuilder("layer")
-            d = m.d_model
-            fused = self.profile.fused
-            b.add("norm", "attn_norm", "bf16", [], rows=t, cols=d,  # residual add fused, or a module call
-                  attrs={"type": "rms_norm"} if fused else {"type": "rms_norm", "host_calls": UNFUSED_MODULE_CALLS})
-            if m.mla is not None:
-                self._mla_projections(b, t)
-            else:
-                self._gemm(b, "qkv", t, d, (self.heads + 2 * self.kv_heads) * m.head_dim)
-            if not fused:  # rotary on q and k, the KV-cache write of k and v, as kernels of their own
-                kv = t * self.kv_heads * m.head_dim
-                b.add("elementwise", "rope_q", "bf16", [], numel=t * self.heads * m.head_dim, attrs={"op": "rope"})
-                b.add("elementwise", "rope_k", "bf16", [], numel=kv, attrs={"op": "rope"})
-                b.add("elementwise", "cache_k", "bf16", [], numel=kv, attrs={"op": "copy"})
-                b.add("elementwise", "cache_v", "bf16", [], numel=kv, attrs={"op": "copy"})
-            self._gemm(b, "o", t, self.heads * (m.mla.v_head_dim if m.mla else m.head_dim), d)
-            if self.attn_tp > 1:
-                b.add("all_reduce", "o_all_reduce", "bf16", [], bytes=t * d * 2, group=tp)
-            b.add("norm", "mlp_norm", "bf16", [], rows=t, cols=d, attrs={"type": "rms_norm"})
-            if moe:
-                self._moe(b, t)
-            else:
-                ffn = m.ffn // self.attn_tp
-                self._gemm(b, "gate_up", t, d, 2 * ffn if m.gated else ffn)
-                b.add("elementwise", "act", "bf16", [], numel=t * ffn, attrs={"op": "silu_mul"})
-                self._gemm(b, "down", t, ffn, d)
-            if self.attn_tp > 1:
-                b.add("all_reduce", "mlp_all_reduce", "bf16", [], bytes=t * d * 2, group=tp)
-            if not fused:
-                for name in ("attn_residual", "mlp_residual"):
-                    b.add("elementwise", name, "bf16", [], numel=t * d, attrs={"op": "add"})
-            self._layer_cache[(tokens, moe)] = self._parts(b)
+            self._layer_cache[(tokens, moe)] = self._parts(self._layer_ops(tokens, moe))
         return self._layer_cache[(tokens, moe)]
+
+    def linear_seconds(self, tokens: int) -> float:
+        """One layer's linear layers (its GEMMs: the projections and the MLP or the router and experts; an
+        MoE layer where the model has any) at `tokens` tokens, each at its own roofline: a matmul-level
+        time, without the layer's norms, activations, collectives and attention."""
+        b = self._layer_ops(tokens, self.model.is_moe)
+        ops = b.build().ops
+        return sum(max(fixed, compute) for op, (fixed, compute, *_) in zip(ops, self._parts(b), strict=True)
+                   if op.kind == "gemm")
+
+    def _layer_ops(self, tokens: int, moe: bool) -> WorkloadBuilder:
+        """`_layer`'s ops, uncosted."""
+        m, tp, t = self.model, self.tp, tokens
+        b = WorkloadBuilder("layer")
+        d = m.d_model
+        fused = self.profile.fused
+        b.add("norm", "attn_norm", "bf16", [], rows=t, cols=d,  # residual add fused, or a module call
+              attrs={"type": "rms_norm"} if fused else {"type": "rms_norm", "host_calls": UNFUSED_MODULE_CALLS})
+        if m.mla is not None:
+            self._mla_projections(b, t)
+        else:
+            self._gemm(b, "qkv", t, d, (self.heads + 2 * self.kv_heads) * m.head_dim)
+        if not fused:  # rotary on q and k, the KV-cache write of k and v, as kernels of their own
+            kv = t * self.kv_heads * m.head_dim
+            b.add("elementwise", "rope_q", "bf16", [], numel=t * self.heads * m.head_dim, attrs={"op": "rope"})
+            b.add("elementwise", "rope_k", "bf16", [], numel=kv, attrs={"op": "rope"})
+            b.add("elementwise", "cache_k", "bf16", [], numel=kv, attrs={"op": "copy"})
+            b.add("elementwise", "cache_v", "bf16", [], numel=kv, attrs={"op": "copy"})
+        self._gemm(b, "o", t, self.heads * (m.mla.v_head_dim if m.mla else m.head_dim), d)
+        if self.attn_tp > 1:
+            b.add("all_reduce", "o_all_reduce", "bf16", [], bytes=t * d * 2, group=tp)
+        b.add("norm", "mlp_norm", "bf16", [], rows=t, cols=d, attrs={"type": "rms_norm"})
+        if moe:
+            self._moe(b, t)
+        else:
+            ffn = m.ffn // self.attn_tp
+            self._gemm(b, "gate_up", t, d, 2 * ffn if m.gated else ffn)
+            b.add("elementwise", "act", "bf16", [], numel=t * ffn, attrs={"op": "silu_mul"})
+            self._gemm(b, "down", t, ffn, d)
+        if self.attn_tp > 1:
+            b.add("all_reduce", "mlp_all_reduce", "bf16", [], bytes=t * d * 2, group=tp)
+        if not fused:
+            for name in ("attn_residual", "mlp_residual"):
+                b.add("elementwise", name, "bf16", [], numel=t * d, attrs={"op": "add"})
+        return b
 
     def _mla_projections(self, b: WorkloadBuilder, t: int) -> None:
         """MLA's (DeepSeek-V2/V3) token-wise projections: the query's down- and up-projection (or one

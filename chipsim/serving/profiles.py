@@ -142,6 +142,14 @@ PROFILES: dict[str, EngineProfile] = {p.name: p for p in (
                   chunked_prefill=True, block_size=64, memory_fraction=0.8, attention_backend="cudnn",
                   graphs="all", admission="greedy", all_reduce_s=8e-6,
                   source="assumption: TensorRT-LLM's host costs; TurboMind's scheduler defaults"),
+    # PyTorch under torch.compile (gpt-fast, torchao's generate.py): the decode step compiled with
+    # mode="reduce-overhead", one CUDA graph whose elementwise ops Inductor fuses; the Python loop queues
+    # the next step without waiting for the GPU (no per-token sync), so no host time is in the GPU's path
+    # (assumption); static batches, the prompt prefilled whole
+    EngineProfile("compiled", iteration_s=0.0, per_sequence_s=0.0, max_batch=256, max_tokens=1 << 20,
+                  chunked_prefill=False, block_size=16, memory_fraction=0.9, attention_backend="flash",
+                  graphs="all", admission="reserve", all_reduce_s=0.0, prefix_caching=False,
+                  source="assumption (see above)"),
     # a PyTorch engine without CUDA graphs (HF Transformers-style, the harness of Splitwise's
     # characterization): every op dispatched from Python, static batches, no chunked prefill
     # fitted on published/serving_calibration.csv's Splitwise rows (Llama-2-70B FP16 on DGX-H100, TP 2-8):

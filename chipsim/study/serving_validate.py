@@ -26,6 +26,10 @@ A row from a benchmark harness whose engine configuration is published runs the 
 `engine_settings` column for the settings a row's run states ("max_batch=896; max_tokens=16384", a run
 config's `engine_settings` keys), which take precedence.
 
+A ratio (`speedup_vs_fp16`, `speedup_vs_bf16_per_gpu`) is the row's output tokens a second over the same
+run's in 16-bit; `speedup_vs_fp16_matmul` is a kernel-level one: one layer's linear layers at the row's
+batch of tokens (`IterationModel.linear_seconds`), 16-bit over the row's format.
+
 Lengths are the row's `input_len` and `output_len`; a file may add `input_len_min` and
 `output_len_min` for a benchmark's random lengths (e.g. SGLang's bench_serving with
 `--random-range-ratio 0`): each request's drawn uniformly from [min, len], the same draws every run.
@@ -136,16 +140,19 @@ def quantization_of(row: Mapping[str, Any]) -> tuple[str, str]:
         return "none", "bf16"
     # the engines' FP8 and NVFP4 checkpoints keep an FP8 KV cache too: ModelOpt's export declares
     # kv_cache_quant_algo FP8 (hf_quant_config.json) and the engines' "auto" KV dtype follows it
+    if ("fp8" in text or "float8" in text) and re.search(r"weight[- ]only|w8a16", text):
+        return "fp8_weight", "bf16"  # FP8 weights dequantized into 16-bit GEMMs
     if "fp8" in text:  # unless the row says the KV cache stays 16-bit (a checkpoint without KV scales)
         return "fp8", "bf16" if re.search(r"kv[- ]cache (bf16|fp16|16-bit)", text) else "fp8"
     if "mxfp4" in text:  # gpt-oss: MXFP4 experts, 16-bit attention and KV cache
         return "mxfp4", "bf16"
     if "fp4" in text:
         return "nvfp4", "fp8"
-    for words, quant in ((("awq", "gptq", "int4", "w4a16"), "int4_awq"), (("int8", "w8a16"), "int8_weight")):
+    for words, quant in ((("tinygemm",), "int4_tinygemm"), (("awq", "gptq", "int4", "w4a16"), "int4_awq"),
+                         (("int8", "w8a16"), "int8_weight")):
         if any(w in text for w in words):
             return quant, "bf16"
-    raise Unsupported(f"quantization {text!r} (known: none, fp8, int4 awq/gptq, int8, nvfp4, mxfp4)")
+    raise Unsupported(f"quantization {text!r} (known: none, fp8, fp8 weight-only, int4 awq/gptq/tinygemm, int8, nvfp4, mxfp4)")
 
 
 def profile_of(engine: str) -> str:
@@ -153,9 +160,11 @@ def profile_of(engine: str) -> str:
     for name in ("trtllm", "tensorrt", "vllm", "sglang", "lmdeploy", "turbomind"):
         if text.startswith(name) or name in text.split()[0]:
             return {"tensorrt": "trtllm", "turbomind": "lmdeploy"}.get(name, name)
+    if "torch.compile" in text or text.startswith(("gpt-fast", "torchao")):
+        return "compiled"
     if "splitwise" in text or "eager" in text or "transformers" in text:
         return "eager"
-    raise Unsupported(f"engine {engine!r} (known profiles: trtllm, vllm, sglang, lmdeploy, eager)")
+    raise Unsupported(f"engine {engine!r} (known profiles: trtllm, vllm, sglang, lmdeploy, compiled, eager)")
 
 
 @dataclass(frozen=True)
@@ -422,6 +431,11 @@ def _server(s: Scenario, cache: dict[Any, Any]) -> dict[str, Any]:
 
 
 def _value(s: Scenario, family: str, stat: str, metric: str, unit: str, cache: dict[Any, Any]) -> float:
+    if metric == "speedup_vs_fp16_matmul":  # the linear layers alone, at the row's batch of tokens
+        base = replace(s, quant=RATIOS[metric], kv_dtype="bf16")
+        tokens = max(1, s.batch)
+        return float(_iteration_model(base, cache).linear_seconds(tokens) /
+                     _iteration_model(s, cache).linear_seconds(tokens))
     r = simulate_scenario(s, cache)
     replicas = s.replicas
     if family == "prefill_time_batch":
@@ -439,7 +453,7 @@ def _value(s: Scenario, family: str, stat: str, metric: str, unit: str, cache: d
         per_gpu = kind == "output_per_gpu" or "gpu" in unit
         total = r["total_tokens_per_s" if kind == "total" else "output_tokens_per_s"] * replicas
         return float(total / s.gpus if per_gpu else total)
-    else:  # a ratio: this row's quantization against 16-bit, same load
+    else:  # a ratio: this row's quantization against 16-bit, same load, in output tokens a second
         base = replace(s, quant=RATIOS[metric], kv_dtype="bf16")
         mine, ref = r["output_tokens_per_s"], simulate_scenario(base, cache)["output_tokens_per_s"]
         return float(mine / ref)
