@@ -145,7 +145,7 @@ PROFILES: dict[str, EngineProfile] = {p.name: p for p in (
     # PyTorch under torch.compile (gpt-fast, torchao's generate.py): the decode step compiled with
     # mode="reduce-overhead", one CUDA graph whose elementwise ops Inductor fuses; the Python loop queues
     # the next step without waiting for the GPU (no per-token sync), so no host time is in the GPU's path
-    # (assumption); static batches, the prompt prefilled whole
+    # (assumption); one sequence or a fixed batch at a time, each prompt prefilled whole
     EngineProfile("compiled", iteration_s=0.0, per_sequence_s=0.0, max_batch=256, max_tokens=1 << 20,
                   chunked_prefill=False, block_size=16, memory_fraction=0.9, attention_backend="flash",
                   graphs="all", admission="reserve", all_reduce_s=0.0, prefix_caching=False,

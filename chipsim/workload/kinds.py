@@ -311,7 +311,8 @@ register(OpKind(
                                      "its own tile choice, no split-k) rather than a batched cuBLAS GEMM"),
            "kernel": Attr(_one_of("weight-only kernel", "tinygemm", "marlin"),
                           "int4/int8 weight-only kernel class: tinygemm (default; torchao's, measured on H200) or "
-                          "marlin (dequantizes in registers, bf16 MMA at the GEMM's full rate; vLLM/SGLang/TRT-LLM)")},
+                          "marlin (dequantizes in registers, bf16 MMA at the GEMM's full rate, its narrow weights "
+                          "streamed at the chip's `memory.kernels.marlin` share of bandwidth; vLLM/SGLang/TRT-LLM)")},
     check=_at_least_one("m", "n", "k", "batch"), integer_keys=("m", "n", "k", "batch")))
 register(OpKind(
     "attention", {"batch": None, "heads": None, "kv_heads": None, "seq_q": None, "seq_kv": None, "head_dim": None,
