@@ -169,9 +169,25 @@ OVERRIDABLE = ("iteration_s", "per_sequence_s", "frontend_token_s", "eager_layer
                "prefix_caching", "moe_efficiency", "moe_compute_efficiency")
 
 
+# A context step (launched op by op, no CUDA graph) costs TensorRT-LLM's PyTorch executor ~0.5 ms of host
+# time per layer beyond its kernels' launches: how much a prompt's step adds to the others' TPOT (the TPOT
+# difference between output lengths 128 and 512 at the same concurrency) is 12-16 ms for an 8B model on
+# 4 and 8 GPUs whatever the prompt length (1,024 or 2,048 tokens), where its kernels take 4-9 ms; on 1-2
+# GPUs the kernels are the longer. 500 us a layer (fitted to AIConfigurator's 1.0.0rc3 H100 rows of
+# published/serving_calibration.csv: TTFT 11.9% -> 8.5%, TPOT unchanged at 5.8%) makes such a step ~21 ms of
+# host time for 32 layers with its kernels' launches (the chip's dispatch costs). Checked on the
+# later releases' AIConfigurator rows (validation/published_crosscheck/aic_silicon.csv, B200 and H200):
+# TensorRT-LLM B200 Llama-3.1-70B TTFT 27.8% -> 15.7%, gpt-oss 51% -> 29%; the calibration file's H200
+# TTFT family 18.2% -> 17.9% (its 1,024/1,024 rows stay 2x the prediction)
+PYTORCH_EXECUTOR_LAYER_S = 500e-6
+
 # what an engine's release changes in its profile, by (profile, version prefix): applied to an engine
 # named with its version ("trtllm 1.0.0rc3")
 RELEASES: dict[tuple[str, str], dict[str, Any]] = {
+    # TensorRT-LLM 1.x runs the PyTorch executor by default (trtllm-serve's, trtllm-bench's): its
+    # context steps are launched op by op (CUDA graphs cover decode-only steps), at
+    # `PYTORCH_EXECUTOR_LAYER_S` of host time a layer
+    ("trtllm", "1."): {"eager_layer_s": PYTORCH_EXECUTOR_LAYER_S},
     # TensorRT-LLM 1.0's release candidates (PyTorch executor, CUDA-graph padding on): a closed loop of c
     # clients on a server of max_batch_size c keeps one request waiting at all times, its TTFT the wait
     # for the next finish (about the end-to-end latency / c) plus its prefill, at every TP, length and
@@ -188,14 +204,7 @@ RELEASES: dict[tuple[str, str], dict[str, Any]] = {
     # their TPOT from 0.8x to 0.9-1.1x. A single front-end process is the documented bottleneck of LLM
     # servers at high concurrency (ai-dynamo/dynamo PR #865: tokenizer processes; SGLang's detokenizer
     # workers; vLLM's api-server-count).
-    # A context step (launched op by op, no CUDA graph) costs the PyTorch executor ~0.5 ms of host time
-    # per layer beyond its kernels' launches: how much a prompt's step adds to the others' TPOT (the
-    # TPOT difference between output lengths 128 and 512 at the same concurrency) is 12-16 ms for an
-    # 8B model on 4 and 8 GPUs whatever the prompt length (1,024 or 2,048 tokens), where its kernels
-    # take 4-9 ms; on 1-2 GPUs the kernels are the longer. 500 us a layer (fitted to those rows: TTFT
-    # 11.9% -> 8.5%, TPOT unchanged at 5.8%) makes such a step ~21 ms of host time for 32 layers
-    # with its kernels' launches (the chip's dispatch costs).
-    ("trtllm", "1.0.0rc"): {"reserved_slots": 1, "frontend_token_s": 100e-6, "eager_layer_s": 500e-6},
+    ("trtllm", "1.0.0rc"): {"reserved_slots": 1, "frontend_token_s": 100e-6},
     # LMDeploy 0.1 (TurboMind 2.0's config.ini: max_batch_size 64, cache_max_entry_count 0.5,
     # cache_block_seq_len 128; docs/en/inference/turbomind_config.md)
     ("lmdeploy", "0.1"): {"max_batch": 64, "memory_fraction": 0.5, "block_size": 128},

@@ -52,6 +52,7 @@ from chipsim.config.reader import Section
 from chipsim.errors import InputError
 from chipsim.hardware.registry import chip_for_device_name
 from chipsim.serving.engine import BENCHMARK_ROUNDS
+from chipsim.serving.profiles import PYTORCH_EXECUTOR_LAYER_S
 from chipsim.study.validate import Unsupported
 
 SERVING_COLUMNS = ("engine", "model", "gpu", "tp", "input_len", "output_len", "batch_or_concurrency",
@@ -216,7 +217,9 @@ def _int(row: Mapping[str, Any], key: str, default: int | None = None) -> int:
 # templates/trtllm/extra_engine_args.yaml.j2), vLLM V1's always on. SGLang: chunked prefill off
 # (chunked-prefill-size -1, as max_num_tokens is unset), which also turns its enable_mixed_chunk off
 # (scheduler.py: is_mixed_chunk needs a chunk size), and max-prefill-tokens = isl + 1500 prompt tokens a
-# step.
+# step. Its TensorRT-LLM servers are trtllm-serve on the PyTorch executor (the templates configure
+# cuda_graph_config, which only that executor reads), whose context steps cost `PYTORCH_EXECUTOR_LAYER_S`
+# of host time a layer, in the rows that name no release as in those that do.
 def harness_settings(row: Mapping[str, Any], profile: str, input_len: int,
                      concurrency: int) -> tuple[tuple[str, Any], ...]:
     """The engine settings a row's benchmark harness is documented to run with (none if unknown)."""
@@ -224,8 +227,8 @@ def harness_settings(row: Mapping[str, Any], profile: str, input_len: int,
         return ()
     budget = input_len + 1500 if profile == "sglang" else concurrency + input_len + 1500
     common = (("max_batch", concurrency), ("max_tokens", budget))
-    if profile == "trtllm":
-        return (("chunked_prefill", False), *common)
+    if profile == "trtllm":  # trtllm-serve on the PyTorch executor, release named or not
+        return (("chunked_prefill", False), ("eager_layer_s", PYTORCH_EXECUTOR_LAYER_S), *common)
     if profile == "vllm":
         return (("chunked_prefill", True), *common)
     if profile == "sglang":

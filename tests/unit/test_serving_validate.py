@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from chipsim.serving.profiles import PYTORCH_EXECUTOR_LAYER_S
 from chipsim.study.serving_validate import (
     Unsupported,
     harness_settings,
@@ -136,7 +137,8 @@ def test_aiconfigurator_rows_run_the_engine_as_its_harness_configured_it() -> No
     aic = _row(source="NVIDIA AIConfigurator silicon_sample.csv", metric_name="ttft", batch_or_concurrency="32",
                engine="trtllm")
     settings = dict(harness_settings(aic, "trtllm", 1024, 32))
-    assert settings == {"chunked_prefill": False, "max_batch": 32, "max_tokens": 32 + 1024 + 1500}
+    assert settings == {"chunked_prefill": False, "max_batch": 32, "max_tokens": 32 + 1024 + 1500,
+                        "eager_layer_s": PYTORCH_EXECUTOR_LAYER_S}  # trtllm-serve's PyTorch executor
     assert dict(harness_settings(aic, "vllm", 1024, 32)) == {"chunked_prefill": True, "max_batch": 32,
                                                              "max_tokens": 32 + 1024 + 1500}
     # SGLang: chunked prefill off (and with it mixed chunks), a prompt budget of isl + 1500, graphs up to 32
