@@ -27,6 +27,9 @@ from pathlib import Path
 import pandas as pd
 
 HERE = Path(__file__).resolve().parent / "published_crosscheck"
+# INT8 W8A8 (SmoothQuant, Neural Magic's w8a8), W4A8, bitsandbytes, AutoGPTQ's old CUDA kernel, torchao's
+# unfused AWQ and its int8 path inside vLLM
+NO_KERNEL = re.compile(r"smoothquant|int8.*w8a8|w4a8|int4-fp8|bitsandbytes|cuda-old|without efficient|int8_rowwise")
 STATIC = re.compile(r"(?<!not )\bstatic batch", re.IGNORECASE)
 COLUMNS = ["source", "source_detail", "engine", "model", "params_b", "gpu", "gpus", "tp", "pp", "precision",
            "quant_method", "input_len", "output_len", "batch_or_concurrency", "request_rate", "metric_name",
@@ -52,10 +55,7 @@ def model_name(raw: str) -> str | None:
 
 def skip_reason(r: pd.Series) -> str:
     q, src, gpu = str(r.quant_method).lower(), str(r.source), str(r.gpu)
-    if re.search(r"smoothquant|w8a8\)?$|w4a8|int4-fp8|bitsandbytes|cuda-old|without efficient|int8_rowwise", q) or (
-            "int8" in q and "w8a8" in q):
-        return "a format without a kernel class in chipsim"
-    if str(r.precision).upper() in ("INT8",) and "vllm" in str(r.engine).lower():
+    if NO_KERNEL.search(q):
         return "a format without a kernel class in chipsim"
     if "sparsity" in q:
         return "2:4 sparsity not modelled"
