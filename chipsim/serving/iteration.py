@@ -188,9 +188,9 @@ class IterationModel:
             if op.kind == "all_reduce" and self.profile.all_reduce_round_bytes_per_s:
                 rounds = math.ceil(math.log2(self.tp))
                 link_s = max(link_s, rounds * op.shape["bytes"] / self.profile.all_reduce_round_bytes_per_s)
-            # the engine's own MoE kernels for FP8 and 16-bit experts (weight-only experts run Marlin-class
+            # the engine's own MoE kernels for FP8 and 16-bit experts (weight-only experts run their format's
             # kernels and FP4 ones Blackwell's CUTLASS/FlashInfer kernels, costed as such)
-            moe = op.attrs.get("grouped") and op.attrs.get("kernel") != "marlin" and op.dtype in ("fp8", "bf16")
+            moe = op.attrs.get("grouped") and "weight_dtype" not in op.attrs and op.dtype in ("fp8", "bf16")
             mem_scale, compute_scale = (1.0 / self.profile.moe_efficiency,
                                         1.0 / self.profile.moe_compute_efficiency) if moe else (1.0, 1.0)
             out.append((fixed + max(c.mem_s * mem_scale, link_s), c.compute_s * compute_scale, c.compute_energy_j,

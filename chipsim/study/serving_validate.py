@@ -243,9 +243,9 @@ def row_settings(row: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
         return ()
     data: dict[str, Any] = {}
     for item in str(row["engine_settings"]).split(";"):
-        key, sep, value = item.partition("=")
         if not item.strip():
             continue
+        key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise Unsupported(f"column 'engine_settings': expected 'key=value' items separated by ';', got "
                               f"{item.strip()!r}")
@@ -434,11 +434,15 @@ def _server(s: Scenario, cache: dict[Any, Any]) -> dict[str, Any]:
 
 
 def _value(s: Scenario, family: str, stat: str, metric: str, unit: str, cache: dict[Any, Any]) -> float:
-    if metric == "speedup_vs_fp16_matmul":  # the linear layers alone, at the row's batch of tokens
+    if family == "ratio":  # this row's quantization against 16-bit
         base = replace(s, quant=RATIOS[metric], kv_dtype="bf16")
-        tokens = max(1, s.batch)
-        return float(_iteration_model(base, cache).linear_seconds(tokens) /
-                     _iteration_model(s, cache).linear_seconds(tokens))
+        if metric == "speedup_vs_fp16_matmul":  # the linear layers alone, at the row's batch of tokens
+            tokens = max(1, s.batch)
+            return float(_iteration_model(base, cache).linear_seconds(tokens) /
+                         _iteration_model(s, cache).linear_seconds(tokens))
+        # the same load, in output tokens a second
+        return float(simulate_scenario(s, cache)["output_tokens_per_s"] /
+                     simulate_scenario(base, cache)["output_tokens_per_s"])
     r = simulate_scenario(s, cache)
     replicas = s.replicas
     if family == "prefill_time_batch":
@@ -456,10 +460,6 @@ def _value(s: Scenario, family: str, stat: str, metric: str, unit: str, cache: d
         per_gpu = kind == "output_per_gpu" or "gpu" in unit
         total = r["total_tokens_per_s" if kind == "total" else "output_tokens_per_s"] * replicas
         return float(total / s.gpus if per_gpu else total)
-    else:  # a ratio: this row's quantization against 16-bit, same load, in output tokens a second
-        base = replace(s, quant=RATIOS[metric], kv_dtype="bf16")
-        mine, ref = r["output_tokens_per_s"], simulate_scenario(base, cache)["output_tokens_per_s"]
-        return float(mine / ref)
     return float(seconds * 1e3 if unit.strip().lower().startswith("ms") else seconds)
 
 

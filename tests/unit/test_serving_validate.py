@@ -254,9 +254,10 @@ def test_a_rows_engine_settings_column_configures_its_engine() -> None:
 
 def test_a_matmul_speedup_is_the_linear_layers_alone() -> None:
     """`speedup_vs_fp16_matmul`: one layer's GEMMs at the row's batch of tokens. On an A100 Marlin's 4-bit
-    weights stream ~3x faster at batch 1 (its premise, less the scales and the 16-bit activations); compute-bound at 512 tokens, both run 16-bit
-    MMAs. The end-to-end `speedup_vs_fp16` of the same row is smaller: attention and host time do not
-    shrink. On Hopper, where Marlin streams at under half the copy's bandwidth (fitted), it gains less."""
+    weights stream ~3x faster at batch 1 (its premise, less the scales and the 16-bit activations);
+    compute-bound at 512 tokens, both run 16-bit MMAs. The end-to-end `speedup_vs_fp16` of the same row is
+    smaller: attention and host time do not shrink. On Hopper, where Marlin streams at under half the
+    copy's bandwidth (fitted), it gains less."""
     row = _row(engine="vllm", model="Llama-2-7B", gpu="A100", precision="INT4",
                quant_method="int4 awq (w4a16, group 128)", input_len=128, output_len=128, request_rate="", unit="x")
     def speedup(metric: str, batch: int, gpu: str = "A100") -> float:
